@@ -1,0 +1,19 @@
+"""Backends: one file per backend, all plugged into :mod:`normkit.backends.registry`.
+
+``reference`` (pure-torch math, always available) and ``torch`` (native ops) ship with the core;
+optional backends register themselves on import when their dependencies are present.
+"""
+
+from normkit.backends import reference, torch_native  # noqa: F401  (registration side effect)
+from normkit.backends.registry import (
+    OPS,
+    Backend,
+    available,
+    dispatch,
+    get,
+    names,
+    register,
+    resolve,
+)
+
+__all__ = ["OPS", "Backend", "available", "dispatch", "get", "names", "register", "resolve"]

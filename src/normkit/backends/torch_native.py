@@ -1,0 +1,112 @@
+"""The ``torch`` backend: PyTorch's native fused ops, with normkit's dtype policy on top.
+
+float16/bfloat16 inputs are computed in float32 and cast back (statistics never accumulate in
+half precision; see pytorch#115500, pytorch#189581). Batch statistics for the running averages
+come out of the same native call: ``F.batch_norm`` is given scratch buffers and ``momentum=1``,
+so they receive exactly the batch mean and unbiased variance, with no extra pass over the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normkit._stats import accumulation_dtype
+from normkit.backends.registry import Backend, register
+
+
+def _with_params(
+    weight: Tensor | None, bias: Tensor | None, acc: torch.dtype
+) -> tuple[Tensor | None, Tensor | None]:
+    w = weight if weight is None or weight.dtype == acc else weight.to(acc)
+    b = bias if bias is None or bias.dtype == acc else bias.to(acc)
+    return w, b
+
+
+def _batch_norm_train(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, axis: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    axis %= x.ndim
+    xm = x if axis == 1 else x.movedim(axis, 1)
+    acc = accumulation_dtype(x.dtype)
+    c = xm.shape[1]
+    n = xm.numel() // max(c, 1)
+    mean = torch.zeros(c, dtype=acc, device=x.device)
+    var = torch.ones(c, dtype=acc, device=x.device)
+    w, b = _with_params(weight, bias, acc)
+    y = F.batch_norm(xm.to(acc), mean, var, w, b, True, 1.0, eps)
+    y = y.to(x.dtype)
+    if axis != 1:
+        y = y.movedim(1, axis)
+    return y, mean, var * ((n - 1) / n) if n > 1 else var
+
+
+def _batch_norm_eval(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    axis: int,
+) -> Tensor:
+    axis %= x.ndim
+    xm = x if axis == 1 else x.movedim(axis, 1)
+    acc = accumulation_dtype(x.dtype)
+    w, b = _with_params(weight, bias, acc)
+    y = F.batch_norm(xm.to(acc), running_mean.to(acc), running_var.to(acc), w, b, False, 0.0, eps)
+    y = y.to(x.dtype)
+    return y if axis == 1 else y.movedim(1, axis)
+
+
+def _layer_norm(
+    x: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> Tensor:
+    acc = accumulation_dtype(x.dtype)
+    w, b = _with_params(weight, bias, acc)
+    return F.layer_norm(x.to(acc), tuple(normalized_shape), w, b, eps).to(x.dtype)
+
+
+def _rms_norm(
+    x: Tensor, normalized_shape: Sequence[int], weight: Tensor | None, eps: float
+) -> Tensor:
+    acc = accumulation_dtype(x.dtype)
+    w, _ = _with_params(weight, None, acc)
+    return F.rms_norm(x.to(acc), tuple(normalized_shape), w, eps).to(x.dtype)
+
+
+def _group_norm(
+    x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> Tensor:
+    acc = accumulation_dtype(x.dtype)
+    w, b = _with_params(weight, bias, acc)
+    return F.group_norm(x.to(acc), num_groups, w, b, eps).to(x.dtype)
+
+
+def _instance_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    acc = accumulation_dtype(x.dtype)
+    w, b = _with_params(weight, bias, acc)
+    return F.instance_norm(x.to(acc), None, None, w, b, True, 0.0, eps).to(x.dtype)
+
+
+BACKEND = Backend(
+    name="torch",
+    priority=10,
+    description="PyTorch native ops (low precision computed in float32)",
+    ops={
+        "batch_norm_train": _batch_norm_train,
+        "batch_norm_eval": _batch_norm_eval,
+        "layer_norm": _layer_norm,
+        "rms_norm": _rms_norm,
+        "group_norm": _group_norm,
+        "instance_norm": _instance_norm,
+    },
+)
+register(BACKEND)

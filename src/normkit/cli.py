@@ -1,0 +1,34 @@
+"""The ``normkit`` command. Each subcommand lives in its own module exposing
+``add_parser(subparsers)``, which registers the parser and sets ``func`` (taking the parsed
+namespace, returning an exit code). Adding a command is one line in ``_COMMANDS``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_COMMANDS: tuple[str, ...] = ("normkit.compare",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normkit", description="normkit — the normalization toolkit for PyTorch"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _COMMANDS:
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``normkit`` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""The public functional API, mirroring :mod:`torch.nn.functional`.
+
+Each function checks its arguments (errors say expected vs got and the fix), decides train/eval,
+updates running statistics through the pure functions of :mod:`normkit._stats`, and hands the
+math to :func:`normkit.backends.dispatch`. Every function takes ``backend="auto"`` (see
+:mod:`normkit.backends.registry` for the auto rule).
+
+Dtype policy: float16/bfloat16 inputs compute statistics in float32 and return the input dtype.
+Memory format: outputs keep the input's (channels_last in → channels_last out), for every op.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from normkit import backends
+from normkit._stats import (
+    MomentumConvention,
+    NanPolicy,
+    bessel_correction,
+    moments,
+    running_average_factor,
+    update_running_stats,
+)
+
+__all__ = [
+    "batch_norm",
+    "channel_norm",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "layer_norm_2d",
+    "memory_format_of",
+    "rms_norm",
+    "update_running_buffers",
+]
+
+_NAN_POLICIES = ("skip", "raise", "propagate")
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _check_input(x: Tensor, op: str, min_ndim: int = 1) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op} expects a torch.Tensor input (got {type(x).__name__})")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{op} expects a floating-point input (got dtype {x.dtype}); convert it first, "
+            f"e.g. x.float()"
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{op} expects an input with at least {min_ndim} dims (got shape {tuple(x.shape)})"
+        )
+
+
+def _check_param(t: Tensor | None, name: str, shape: Sequence[int], op: str) -> None:
+    if t is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(
+            f"{op}: {name} must have shape {tuple(shape)} to match the input (got "
+            f"{tuple(t.shape)}); check num_features/normalized_shape against the input's features"
+        )
+
+
+def _feature_axis(x: Tensor, axis: int, op: str) -> int:
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"{op}: axis={axis} is out of range for an input of shape {tuple(x.shape)} "
+            f"(expected -{x.ndim} <= axis < {x.ndim})"
+        )
+    return axis % x.ndim
+
+
+def memory_format_of(x: Tensor) -> torch.memory_format | None:
+    """``channels_last``/``channels_last_3d`` when ``x`` is (strictly) in that format, else None."""
+    if x.is_contiguous():
+        return None
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.channels_last_3d
+    return None
+
+
+def _keep_format(y: Tensor, x: Tensor) -> Tensor:
+    """``y`` in ``x``'s memory format (contiguous or channels_last), copying only if needed."""
+    fmt = memory_format_of(x)
+    if fmt is not None and not y.is_contiguous(memory_format=fmt):
+        return y.contiguous(memory_format=fmt)
+    if fmt is None and x.is_contiguous() and not y.is_contiguous():
+        return y.contiguous()
+    return y
+
+
+# --------------------------------------------------------------------------- running statistics
+
+
+def _check_nan_policy(nan_policy: str) -> None:
+    if nan_policy not in _NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {_NAN_POLICIES} (got {nan_policy!r})")
+
+
+@torch.no_grad()
+def update_running_buffers(
+    running_mean: Tensor,
+    running_var: Tensor,
+    batch_mean: Tensor,
+    batch_var: Tensor,
+    count: int | Tensor | None,
+    momentum: float | None,
+    *,
+    num_batches_tracked: Tensor | None = None,
+    convention: MomentumConvention = "torch",
+    nan_policy: NanPolicy = "skip",
+) -> None:
+    """Fold one batch's moments into running buffers, in place (the module-facing step).
+
+    ``batch_var`` is the *biased* batch variance over ``count`` values; the torch convention
+    stores the unbiased one (``n/(n−1)``), the Keras convention the biased one, as each library
+    does. ``count=None`` means ``batch_var`` is already the value to average in. ``momentum=None`` (torch convention only) is the cumulative average over
+    ``num_batches_tracked`` batches. ``nan_policy`` decides what a batch with non-finite moments
+    does: ``"skip"`` leaves every buffer (and ``num_batches_tracked``) untouched and warns (on
+    CPU; on accelerators the skip happens without a host sync and without the warning),
+    ``"raise"`` raises :class:`FloatingPointError`, ``"propagate"`` updates as torch.nn would.
+    """
+    _check_nan_policy(nan_policy)
+    if momentum is None and (convention != "torch" or num_batches_tracked is None):
+        raise ValueError(
+            "momentum=None (cumulative average) needs the torch convention and num_batches_tracked"
+        )
+    bessel = convention == "torch" and count is not None
+    var = bessel_correction(batch_var, count) if bessel else batch_var  # type: ignore[arg-type]
+    ok = None
+    if nan_policy != "propagate":
+        ok = torch.isfinite(batch_mean).all() & torch.isfinite(var).all()
+        check_on_host = nan_policy == "raise" or (
+            batch_mean.device.type == "cpu" and not torch.compiler.is_compiling()
+        )
+        if check_on_host and not bool(ok):
+            msg = (
+                "batch statistics contain NaN/Inf (the input batch has non-finite values or "
+                "overflowed); running_mean/running_var were left unchanged"
+            )
+            if nan_policy == "raise":
+                raise FloatingPointError(
+                    msg.replace("were left unchanged", "were not updated")
+                    + "; check the input or pass nan_policy='skip'"
+                )
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    if num_batches_tracked is not None:
+        step = 1 if ok is None else ok.to(num_batches_tracked.dtype)
+        num_batches_tracked.add_(step)
+    factor = running_average_factor(momentum, num_batches_tracked if momentum is None else 0)
+    new_mean, new_var = update_running_stats(
+        running_mean, running_var, batch_mean, var, factor, convention=convention
+    )
+    if ok is not None:
+        new_mean = torch.where(ok, new_mean, running_mean)
+        new_var = torch.where(ok, new_var, running_var)
+    running_mean.copy_(new_mean)
+    running_var.copy_(new_var)
+
+
+# --------------------------------------------------------------------------- ops
+
+
+def batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    axis: int = 1,
+    num_batches_tracked: Tensor | None = None,
+    momentum_convention: MomentumConvention = "torch",
+    nan_policy: NanPolicy = "skip",
+    backend: str = "auto",
+) -> Tensor:
+    """Batch normalization (Ioffe & Szegedy 2015, arXiv:1502.03167) over any feature axis.
+
+    .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\gamma + \\beta
+
+    Statistics are taken per feature (the entries along ``axis``) over every other axis. In
+    training the batch's biased moments normalize, and the running buffers (if given) are updated
+    in place like :func:`torch.nn.functional.batch_norm` (unbiased running variance; see
+    :func:`update_running_buffers` for ``momentum_convention``, ``momentum=None``, ``nan_policy``).
+    In eval the running buffers normalize.
+
+    Shapes: ``input`` ``(N, C, *)`` for ``axis=1`` (torch), ``(N, *, C)`` for ``axis=-1``
+    (Keras/channels-last); ``running_*``, ``weight``, ``bias``: ``(C,)``.
+
+    >>> x = torch.randn(16, 8, 5, 5)
+    >>> rm, rv = torch.zeros(8), torch.ones(8)
+    >>> y = batch_norm(x, rm, rv, training=True)
+    """
+    op = "batch_norm"
+    _check_input(input, op, 2 if axis in (1, -1) else 1)
+    ax = _feature_axis(input, axis, op)
+    c = input.shape[ax]
+    for t, name in (
+        (weight, "weight"),
+        (bias, "bias"),
+        (running_mean, "running_mean"),
+        (running_var, "running_var"),
+    ):
+        _check_param(t, name, (c,), op)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
+    if training:
+        count = input.numel() // max(c, 1)
+        if count <= 1:
+            raise ValueError(
+                f"BatchNorm in training mode needs more than one value per channel (got input of "
+                f"shape {tuple(input.shape)}, {count} value per channel); use eval mode, "
+                "GroupNorm/LayerNorm, or normkit.nn.BatchRenorm"
+            )
+        y, mean, var = backends.dispatch(
+            "batch_norm_train", input, weight, bias, eps, ax, backend=backend
+        )
+        if running_mean is not None and running_var is not None:
+            update_running_buffers(
+                running_mean,
+                running_var,
+                mean,
+                var,
+                count,
+                momentum,
+                num_batches_tracked=num_batches_tracked,
+                convention=momentum_convention,
+                nan_policy=nan_policy,
+            )
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(
+                f"{op} in eval mode (training=False) needs running_mean and running_var; pass "
+                "training=True to normalize with the batch statistics"
+            )
+        y = backends.dispatch(
+            "batch_norm_eval",
+            input,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            eps,
+            ax,
+            backend=backend,
+        )
+    return _keep_format(y, input)
+
+
+def _check_normalized_shape(
+    x: Tensor, normalized_shape: int | Sequence[int], op: str
+) -> tuple[int, ...]:
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not shape or tuple(x.shape[x.ndim - len(shape) :]) != shape or x.ndim < len(shape):
+        raise ValueError(
+            f"{op}: normalized_shape {shape} must match the trailing dims of the input (got input "
+            f"of shape {tuple(x.shape)}); pass normalized_shape=x.shape[-k:] for the last k dims"
+        )
+    return shape
+
+
+def layer_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Layer normalization (Ba, Kiros & Hinton 2016, arXiv:1607.06450) over the trailing dims.
+
+    .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
+
+    Statistics per sample over the last ``len(normalized_shape)`` dims; ``weight``/``bias`` have
+    shape ``normalized_shape``.
+
+    >>> x = torch.randn(4, 10, 32)
+    >>> y = layer_norm(x, (32,))
+    """
+    op = "layer_norm"
+    _check_input(input, op)
+    shape = _check_normalized_shape(input, normalized_shape, op)
+    _check_param(weight, "weight", shape, op)
+    _check_param(bias, "bias", shape, op)
+    y = backends.dispatch("layer_norm", input, shape, weight, bias, eps, backend=backend)
+    return _keep_format(y, input)
+
+
+def rms_norm(
+    input: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Root-mean-square normalization (Zhang & Sennrich 2019, arXiv:1910.07467).
+
+    .. math:: y = \\frac{x}{\\sqrt{\\frac1n\\sum_i x_i^2 + \\epsilon}} \\odot \\gamma
+
+    ``eps=None`` uses ``torch.finfo(input.dtype).eps`` as :func:`torch.nn.functional.rms_norm`.
+
+    >>> y = rms_norm(torch.randn(4, 32), (32,))
+    """
+    op = "rms_norm"
+    _check_input(input, op)
+    shape = _check_normalized_shape(input, normalized_shape, op)
+    _check_param(weight, "weight", shape, op)
+    if eps is None:
+        eps = torch.finfo(input.dtype).eps
+    y = backends.dispatch("rms_norm", input, shape, weight, eps, backend=backend)
+    return _keep_format(y, input)
+
+
+def group_norm(
+    input: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Group normalization (Wu & He 2018, arXiv:1803.08494).
+
+    .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,g(c)}}{\\sqrt{\\sigma^2_{n,g(c)} + \\epsilon}}\\gamma_c + \\beta_c
+
+    Channels (dim 1) split into ``num_groups`` groups; statistics per sample and group.
+
+    >>> y = group_norm(torch.randn(2, 32, 8, 8), 8)
+    """
+    op = "group_norm"
+    _check_input(input, op, 2)
+    c = input.shape[1]
+    if num_groups < 1 or c % num_groups:
+        raise ValueError(
+            f"{op}: num_groups={num_groups} must divide the number of channels {c} (input shape "
+            f"{tuple(input.shape)}); pick a divisor of {c}"
+        )
+    _check_param(weight, "weight", (c,), op)
+    _check_param(bias, "bias", (c,), op)
+    y = backends.dispatch("group_norm", input, num_groups, weight, bias, eps, backend=backend)
+    return _keep_format(y, input)
+
+
+def instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    nan_policy: NanPolicy = "skip",
+    backend: str = "auto",
+) -> Tensor:
+    """Instance normalization (Ulyanov, Vedaldi & Lempitsky 2016, arXiv:1607.08022).
+
+    .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,c}}{\\sqrt{\\sigma^2_{n,c} + \\epsilon}}\\gamma_c + \\beta_c
+
+    Statistics per sample and channel over the positions (dims ≥ 2). With running buffers and
+    ``use_input_stats``, they are updated with the batch-average of the per-instance mean and
+    unbiased variance, as :func:`torch.nn.functional.instance_norm` does.
+
+    >>> y = instance_norm(torch.randn(2, 3, 16, 16))
+    """
+    op = "instance_norm"
+    _check_input(input, op, 3)
+    c = input.shape[1]
+    for t, name in (
+        (weight, "weight"),
+        (bias, "bias"),
+        (running_mean, "running_mean"),
+        (running_var, "running_var"),
+    ):
+        _check_param(t, name, (c,), op)
+    if use_input_stats:
+        positions = input[0, 0].numel()
+        if positions <= 1:
+            raise ValueError(
+                f"{op} needs more than one spatial element per channel (got input of shape "
+                f"{tuple(input.shape)}); use BatchNorm or LayerNorm for inputs without positions"
+            )
+        y = backends.dispatch("instance_norm", input, weight, bias, eps, backend=backend)
+        if running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                mean, var = moments(input, list(range(2, input.ndim)))
+                unbiased = bessel_correction(var, positions)
+            update_running_buffers(
+                running_mean,
+                running_var,
+                mean.mean(0),
+                unbiased.mean(0),
+                None,
+                momentum,
+                nan_policy=nan_policy,
+            )
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError(f"{op} with use_input_stats=False needs running_mean and running_var")
+        y = backends.dispatch(
+            "batch_norm_eval",
+            input,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            eps,
+            1,
+            backend=backend,
+        )
+    return _keep_format(y, input)
+
+
+def channel_norm(
+    input: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Channel normalization (Dai & Heckel 2019, arXiv:1908.10196): each channel of each sample
+    centred and scaled by its own statistics over the positions, then a per-channel affine.
+
+    .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,c}}{\\sqrt{\\sigma^2_{n,c} + \\epsilon}}\\gamma_c + \\beta_c
+
+    The same statistics as instance norm, without running buffers (train and eval agree).
+
+    >>> y = channel_norm(torch.randn(2, 3, 64), torch.ones(3), torch.zeros(3))
+    """
+    return instance_norm(input, None, None, weight, bias, True, 0.0, eps, backend=backend)
+
+
+def layer_norm_2d(
+    input: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Layer norm across the channels (dim 1) at each position, for channels-first inputs.
+
+    .. math:: y_{n,:,p} = \\frac{x_{n,:,p} - \\mu_{n,p}}{\\sqrt{\\sigma^2_{n,p} + \\epsilon}} \\odot \\gamma + \\beta
+
+    The ``LayerNorm2d`` of ConvNeXt (Liu et al. 2022, arXiv:2201.03545) and timm; any ndim ≥ 2.
+    Channels-last inputs take the fast path (the channel dim is already innermost).
+
+    >>> y = layer_norm_2d(torch.randn(2, 96, 14, 14), torch.ones(96), torch.zeros(96))
+    """
+    op = "layer_norm_2d"
+    _check_input(input, op, 2)
+    c = input.shape[1]
+    _check_param(weight, "weight", (c,), op)
+    _check_param(bias, "bias", (c,), op)
+    y = backends.dispatch(
+        "layer_norm", input.movedim(1, -1), (c,), weight, bias, eps, backend=backend
+    ).movedim(-1, 1)
+    return _keep_format(y, input)

@@ -1,0 +1,188 @@
+"""The shared spec table: every norm layer × shapes × layouts, checked by one equivalence suite.
+
+A row names a normkit module factory (taking ``backend=``), its torch.nn twin (or an adaptor
+built from torch.nn ops, or ``None`` when torch has no twin and the float64 reference is the only
+oracle) and an input shape. Adding an op or a layer adds rows here, not test files; adding a
+backend needs nothing (the suite runs every registered backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+import normkit.nn as nkn
+
+# Tolerances per dtype, in one place: (rtol, atol) against the float64 reference.
+TOL: dict[torch.dtype, tuple[float, float]] = {
+    torch.float64: (1e-9, 1e-10),
+    torch.float32: (1e-4, 1e-5),
+    torch.bfloat16: (2e-2, 3e-2),
+    torch.float16: (4e-3, 4e-3),
+}
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class ChannelsLastLayerNorm(nn.Module):
+    """torch.nn oracle for LayerNorm2d: move channels last, nn.LayerNorm, move back."""
+
+    def __init__(self, c: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.ln = nn.LayerNorm(c, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ln(x.movedim(1, -1)).movedim(-1, 1)
+
+    def state_dict_map(self) -> dict[str, str]:
+        return {"weight": "ln.weight", "bias": "ln.bias"}
+
+
+class FeatureLastBatchNorm(nn.Module):
+    """torch.nn oracle for BatchNorm(axis=-1): move features to dim 1, nn.BatchNorm, move back."""
+
+    def __init__(self, c: int, **kw: object) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(c, **kw)  # type: ignore[arg-type]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(x.movedim(-1, 1)).movedim(1, -1)
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    id: str
+    make: Callable[..., nn.Module]
+    twin: Callable[[], nn.Module] | None
+    shape: tuple[int, ...]
+    channels_last: bool = False
+    # twin state_dict keys differ (adaptors): normkit key -> twin key
+    key_map: tuple[tuple[str, str], ...] = ()
+
+    def input(self, dtype: torch.dtype, seed: int = 0) -> Tensor:
+        g = torch.Generator().manual_seed(seed)
+        x = (torch.randn(self.shape, generator=g, dtype=torch.float64) * 2 + 0.5).to(dtype)
+        if self.channels_last:
+            fmt = torch.channels_last if x.ndim == 4 else torch.channels_last_3d
+            x = x.contiguous(memory_format=fmt)
+        return x
+
+
+def _bn(cls, *a, **kw):
+    return lambda backend="auto": cls(*a, backend=backend, **kw)
+
+
+SPECS: list[NormSpec] = [
+    NormSpec("bn1d-2d", _bn(nkn.BatchNorm1d, 6), lambda: nn.BatchNorm1d(6), (8, 6)),
+    NormSpec("bn1d-3d", _bn(nkn.BatchNorm1d, 6), lambda: nn.BatchNorm1d(6), (4, 6, 7)),
+    NormSpec("bn2d", _bn(nkn.BatchNorm2d, 6), lambda: nn.BatchNorm2d(6), (4, 6, 5, 5)),
+    NormSpec("bn2d-cl", _bn(nkn.BatchNorm2d, 6), lambda: nn.BatchNorm2d(6), (4, 6, 5, 5), True),
+    NormSpec(
+        "bn2d-noaffine",
+        _bn(nkn.BatchNorm2d, 6, affine=False),
+        lambda: nn.BatchNorm2d(6, affine=False),
+        (4, 6, 3, 3),
+    ),
+    NormSpec(
+        "bn2d-cumulative",
+        _bn(nkn.BatchNorm2d, 6, momentum=None),
+        lambda: nn.BatchNorm2d(6, momentum=None),
+        (4, 6, 3, 3),
+    ),
+    NormSpec(
+        "bn2d-notrack",
+        _bn(nkn.BatchNorm2d, 6, track_running_stats=False),
+        lambda: nn.BatchNorm2d(6, track_running_stats=False),
+        (4, 6, 3, 3),
+    ),
+    NormSpec("bn3d", _bn(nkn.BatchNorm3d, 4), lambda: nn.BatchNorm3d(4), (2, 4, 3, 4, 5)),
+    NormSpec("bn3d-cl", _bn(nkn.BatchNorm3d, 4), lambda: nn.BatchNorm3d(4), (2, 4, 3, 4, 5), True),
+    NormSpec(
+        "bn-axis-last",
+        _bn(nkn.BatchNorm, 6, axis=-1),
+        lambda: FeatureLastBatchNorm(6),
+        (4, 5, 6),
+        key_map=tuple(
+            (k, "bn." + k)
+            for k in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        ),
+    ),
+    NormSpec("ln", _bn(nkn.LayerNorm, 8), lambda: nn.LayerNorm(8), (4, 5, 8)),
+    NormSpec("ln-2dims", _bn(nkn.LayerNorm, (5, 8)), lambda: nn.LayerNorm((5, 8)), (3, 5, 8)),
+    NormSpec(
+        "ln-nobias",
+        _bn(nkn.LayerNorm, 8, bias=False),
+        lambda: nn.LayerNorm(8, bias=False),
+        (6, 8),
+    ),
+    NormSpec(
+        "ln-noaffine",
+        _bn(nkn.LayerNorm, 8, elementwise_affine=False),
+        lambda: nn.LayerNorm(8, elementwise_affine=False),
+        (6, 8),
+    ),
+    NormSpec("rms", _bn(nkn.RMSNorm, 8), lambda: nn.RMSNorm(8), (4, 5, 8)),
+    NormSpec(
+        "rms-eps-2dims",
+        _bn(nkn.RMSNorm, (5, 8), eps=1e-6),
+        lambda: nn.RMSNorm((5, 8), eps=1e-6),
+        (3, 5, 8),
+    ),
+    NormSpec("gn", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (4, 6, 5, 5)),
+    NormSpec("gn-cl", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (4, 6, 5, 5), True),
+    NormSpec("gn-1group-1d", _bn(nkn.GroupNorm, 1, 6), lambda: nn.GroupNorm(1, 6), (4, 6, 9)),
+    NormSpec("in1d", _bn(nkn.InstanceNorm1d, 6), lambda: nn.InstanceNorm1d(6), (4, 6, 9)),
+    NormSpec(
+        "in2d-affine-track",
+        _bn(nkn.InstanceNorm2d, 6, affine=True, track_running_stats=True),
+        lambda: nn.InstanceNorm2d(6, affine=True, track_running_stats=True),
+        (4, 6, 5, 5),
+    ),
+    NormSpec(
+        "in2d-cl",
+        _bn(nkn.InstanceNorm2d, 6, affine=True),
+        lambda: nn.InstanceNorm2d(6, affine=True),
+        (4, 6, 5, 5),
+        True,
+    ),
+    NormSpec("in3d", _bn(nkn.InstanceNorm3d, 4), lambda: nn.InstanceNorm3d(4), (2, 4, 3, 4, 5)),
+    NormSpec(
+        "ln2d",
+        _bn(nkn.LayerNorm2d, 6),
+        lambda: ChannelsLastLayerNorm(6),
+        (4, 6, 5, 5),
+        key_map=(("weight", "ln.weight"), ("bias", "ln.bias")),
+    ),
+    NormSpec(
+        "ln2d-cl",
+        _bn(nkn.LayerNorm2d, 6),
+        lambda: ChannelsLastLayerNorm(6),
+        (4, 6, 5, 5),
+        True,
+        key_map=(("weight", "ln.weight"), ("bias", "ln.bias")),
+    ),
+    NormSpec("cn", _bn(nkn.ChannelNorm, 6), lambda: nn.InstanceNorm1d(6, affine=True), (4, 6, 9)),
+]
+
+SPEC_IDS = [s.id for s in SPECS]
+
+
+def to_twin_state(spec: NormSpec, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    m = dict(spec.key_map)
+    return {m.get(k, k): v for k, v in state.items()}
+
+
+def from_twin_state(spec: NormSpec, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    m = {v: k for k, v in spec.key_map}
+    return {m.get(k, k): v for k, v in state.items()}
+
+
+def randomize_params(module: nn.Module, seed: int = 1) -> None:
+    """Non-trivial affine parameters so that weight/bias mistakes show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float64) + 0.5)
