@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMANDS: tuple[str, ...] = ("normkit.compare",)
+_COMMANDS: tuple[str, ...] = ("normkit.compare", "normkit.bench.command")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,331 @@
+"""The default suite: norm kernels of every normkit backend against torch eager (and compile).
+
+Declarative specs (op, shape, dtype, layout, direction); for each the same process measures a
+memory copy of the same bytes (the bandwidth limit), torch eager, optionally torch.compile
+(cold compile time reported separately), and every available normkit backend except the slow
+``reference`` oracle. Backends that can write into caller-provided buffers (``numba``) are also
+timed with reused outputs (``out=``), which removes the glibc page-fault cost of fresh outputs
+≥ 32 MiB (see the README's "Speed" section). The first call in a fresh process (JIT cache load)
+is measured in a subprocess per op.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normkit import backends
+from normkit import functional as NF
+from normkit.bench._registry import register_suite
+from normkit.bench.timing import Timing, copy_baseline, measure, row_metrics
+
+__all__ = ["OPS", "SPECS", "BenchSpec", "first_call_seconds", "run_kernels_bench"]
+
+OPS = (
+    "layer_norm",
+    "rms_norm",
+    "batch_norm",
+    "batch_norm_eval",
+    "group_norm",
+    "add_layer_norm",
+    "add_rms_norm",
+)
+_BN_SHAPE = (32, 64, 56, 56)
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    """One measurement: ``op`` on an input of ``shape`` in ``layout``, forward or fwd+bwd."""
+
+    op: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    layout: str = "contiguous"  # or "channels_last"
+    direction: str = "fwd"  # or "fwd+bwd"
+    groups: int = 32
+
+    @property
+    def label(self) -> str:
+        return "x".join(map(str, self.shape))
+
+
+def _specs(quick: bool) -> list[BenchSpec]:
+    rows = [(4096, 4096), (16384, 1024), (512, 8192)]
+    if quick:
+        rows = [(16384, 1024)]
+    out: list[BenchSpec] = []
+    for op in ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm"):
+        for shape in rows:
+            for d in ("fwd", "fwd+bwd"):
+                out.append(BenchSpec(op, shape, direction=d))
+    for layout in ("contiguous", "channels_last"):
+        for d in ("fwd", "fwd+bwd"):
+            out.append(BenchSpec("batch_norm", _BN_SHAPE, layout=layout, direction=d))
+            out.append(BenchSpec("group_norm", _BN_SHAPE, layout=layout, direction=d))
+        out.append(BenchSpec("batch_norm_eval", _BN_SHAPE, layout=layout))
+    return out
+
+
+SPECS: tuple[BenchSpec, ...] = tuple(_specs(False))
+
+
+# --------------------------------------------------------------------------- inputs and callables
+
+
+@dataclass
+class _Case:
+    inputs: list[Tensor]  # differentiable inputs (x, and residual for add_* ops)
+    params: list[Tensor]  # weight/bias
+    buffers: list[Tensor]  # running stats
+    n_in: int  # big arrays read in the forward
+    n_out: int  # big arrays written in the forward
+
+
+def _make_case(spec: BenchSpec) -> _Case:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(spec.shape, generator=g, dtype=spec.dtype)
+    if spec.layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    feat = (
+        spec.shape[1]
+        if spec.op in ("batch_norm", "batch_norm_eval", "group_norm")
+        else spec.shape[-1]
+    )
+    w = torch.rand(feat, generator=g, dtype=spec.dtype) + 0.5
+    b = torch.randn(feat, generator=g, dtype=spec.dtype)
+    if spec.op.startswith("add_"):
+        r = torch.randn(spec.shape, generator=g, dtype=spec.dtype)
+        params = [w, b] if spec.op == "add_layer_norm" else [w]
+        return _Case([x, r], params, [], 2, 2)
+    params = [w] if spec.op == "rms_norm" else [w, b]
+    bufs = [torch.zeros(feat, dtype=spec.dtype), torch.ones(feat, dtype=spec.dtype)]
+    return _Case([x], params, bufs if spec.op.startswith("batch_norm") else [], 1, 1)
+
+
+def _bytes_moved(spec: BenchSpec, case: _Case) -> int:
+    """Minimum bytes an ideal kernel moves: each big input read once, each output written once.
+
+    Backward (fwd+bwd): reads the saved input (or sum), the output grad(s), writes the input grad.
+    """
+    elem = case.inputs[0].numel() * case.inputs[0].element_size()
+    arrays = case.n_in + case.n_out
+    if spec.direction == "fwd+bwd":
+        arrays += 3 if case.n_in == 1 else 4
+    return arrays * elem
+
+
+def _torch_fn(spec: BenchSpec, case: _Case) -> Callable[..., Any]:
+    """The plain-torch eager computation (the baseline): torch.nn.functional ops."""
+    shape = spec.shape[-1:]
+    rm, rv = [*case.buffers, None, None][:2]
+    op = spec.op
+    if op == "layer_norm":
+        return lambda x, w, b: F.layer_norm(x, shape, w, b, 1e-5)
+    if op == "rms_norm":
+        return lambda x, w: F.rms_norm(x, shape, w, 1e-6)
+    if op == "add_layer_norm":
+
+        def add_ln(x, r, w, b):
+            s = x + r
+            return F.layer_norm(s, shape, w, b, 1e-5), s
+
+        return add_ln
+    if op == "add_rms_norm":
+
+        def add_rms(x, r, w):
+            s = x + r
+            return F.rms_norm(s, shape, w, 1e-6), s
+
+        return add_rms
+    if op == "batch_norm":
+        return lambda x, w, b: F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
+    if op == "batch_norm_eval":
+        return lambda x, w, b: F.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5)
+    if op == "group_norm":
+        return lambda x, w, b: F.group_norm(x, spec.groups, w, b, 1e-5)
+    raise ValueError(f"unknown benchmark op {op!r}; expected one of {OPS}")
+
+
+def _normkit_fn(spec: BenchSpec, case: _Case, backend: str) -> Callable[..., Any]:
+    shape = spec.shape[-1:]
+    rm, rv = [*case.buffers, None, None][:2]
+    op = spec.op
+    if op == "layer_norm":
+        return lambda x, w, b: NF.layer_norm(x, shape, w, b, 1e-5, backend=backend)
+    if op == "rms_norm":
+        return lambda x, w: NF.rms_norm(x, shape, w, 1e-6, backend=backend)
+    if op == "add_layer_norm":
+        return lambda x, r, w, b: NF.add_layer_norm(x, r, shape, w, b, 1e-5, backend=backend)
+    if op == "add_rms_norm":
+        return lambda x, r, w: NF.add_rms_norm(x, r, shape, w, 1e-6, backend=backend)
+    if op == "batch_norm":
+        return lambda x, w, b: NF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, backend=backend)
+    if op == "batch_norm_eval":
+        return lambda x, w, b: NF.batch_norm(x, rm, rv, w, b, False, 0.1, 1e-5, backend=backend)
+    if op == "group_norm":
+        return lambda x, w, b: NF.group_norm(x, spec.groups, w, b, 1e-5, backend=backend)
+    raise ValueError(f"unknown benchmark op {op!r}; expected one of {OPS}")
+
+
+def _registry_op(spec: BenchSpec) -> str:
+    return {"batch_norm": "batch_norm_train"}.get(spec.op, spec.op)
+
+
+def _timed(spec: BenchSpec, case: _Case, fn: Callable[..., Any], reps: int) -> Timing:
+    """Time ``fn`` forward (no grad) or forward + backward with fixed output grads."""
+    args = [*case.inputs, *case.params]
+    if spec.direction == "fwd":
+
+        def fwd() -> None:
+            with torch.no_grad():
+                fn(*args)
+
+        return measure(fwd, reps=reps)
+    leaves = [t.detach().requires_grad_() for t in args]
+    outs = fn(*leaves)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    grads = [torch.randn_like(o) for o in outs]
+    del outs
+
+    def clear() -> None:
+        for t in leaves:
+            t.grad = None
+
+    def fwd_bwd() -> None:
+        o = fn(*leaves)
+        torch.autograd.backward(o if isinstance(o, tuple) else (o,), grads)
+
+    return measure(fwd_bwd, reps=reps, setup=clear)
+
+
+def _reused(spec: BenchSpec, case: _Case, backend: str, reps: int) -> Timing | None:
+    """Forward into preallocated outputs with the backend's ``out=`` entry points, if any."""
+    if spec.direction != "fwd":
+        return None
+    entry = backends.get(backend).extra.get("out", {}).get(_registry_op(spec))
+    if entry is None:
+        return None
+    outs = [torch.empty_like(t) for t in case.inputs]
+    args = [*case.inputs, *case.params]
+    shape = spec.shape[-1:]
+    extra: tuple[Any, ...]
+    if spec.op in ("layer_norm", "add_layer_norm"):
+        extra = (shape, 1e-5)
+    elif spec.op in ("rms_norm", "add_rms_norm"):
+        extra = (shape, 1e-6)
+    elif spec.op == "group_norm":
+        extra = (spec.groups, 1e-5)
+    elif spec.op == "batch_norm_eval":
+        args = [case.inputs[0], *case.buffers, *case.params]
+        extra = (1e-5, 1)
+    else:
+        extra = (1e-5, 1)
+    return measure(lambda: entry(*args, *extra, out=outs), reps=reps)
+
+
+def first_call_seconds(op: str, backend: str = "numba") -> float:
+    """Seconds of the first ``op`` call in a fresh Python process (imports excluded)."""
+    code = f"""
+import json, time, torch, normkit
+from normkit.bench.kernels import BenchSpec, _make_case, _normkit_fn
+spec = BenchSpec({op!r}, (64, 8, 16, 16) if {op!r} in ("batch_norm", "batch_norm_eval", "group_norm") else (256, 256), groups=4)
+case = _make_case(spec)
+fn = _normkit_fn(spec, case, {backend!r})
+t0 = time.perf_counter()
+fn(*case.inputs, *case.params)
+print(json.dumps(time.perf_counter() - t0))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def run_kernels_bench(
+    quick: bool,
+    ops: Sequence[str] | None = None,
+    compile: bool = False,
+    reps: int | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every spec (filtered by ``ops``); one row per (spec, implementation)."""
+    from rich.progress import Progress
+
+    reps = reps or (7 if quick else 15)
+    unknown = set(ops or ()) - set(OPS) - {"first_call"}
+    if unknown:
+        raise ValueError(f"unknown --ops {sorted(unknown)}; expected some of {list(OPS)}")
+    specs = [s for s in _specs(quick) if ops is None or s.op in ops]
+    contenders = [b for b in backends.available() if b != "reference"]
+    rows: list[dict[str, Any]] = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"{spec.op} {spec.label} {spec.direction}")
+            case = _make_case(spec)
+            nbytes = _bytes_moved(spec, case)
+            copy = copy_baseline(nbytes, reps=reps)
+            base = {
+                "op": spec.op,
+                "shape": spec.label,
+                "dtype": str(spec.dtype).removeprefix("torch."),
+                "layout": spec.layout,
+                "dir": spec.direction,
+            }
+            eager = _timed(spec, case, _torch_fn(spec, case), reps)
+            results: list[tuple[str, Timing, float | None]] = [("torch eager", eager, None)]
+            if compile:
+                torch._dynamo.reset()
+                compiled = torch.compile(_torch_fn(spec, case))
+                t0 = time.perf_counter()
+                t = _timed(spec, case, compiled, reps)
+                results.append(("torch.compile", t, time.perf_counter() - t0))
+            for b in contenders:
+                reason = backends.get(b).check(_registry_op(spec), case.inputs[0])
+                if reason is not None:
+                    continue
+                t = _timed(spec, case, _normkit_fn(spec, case, b), reps)
+                results.append((f"normkit {b}", t, t.first))
+                reused = _reused(spec, case, b, reps)
+                if reused is not None:
+                    results.append((f"normkit {b} out=", reused, None))
+            for impl, t, cold in results:
+                row = {
+                    **base,
+                    "impl": impl,
+                    **row_metrics(nbytes, t.median, copy.median, eager.median),
+                }
+                row["first ms"] = cold * 1e3 if cold is not None else None
+                rows.append(row)
+            progress.advance(task)
+    if ops is None or "first_call" in (ops or ()):
+        for b in contenders:
+            if b == "torch":
+                continue
+            for op in ("layer_norm", "rms_norm", "batch_norm", "group_norm", "add_layer_norm"):
+                t = first_call_seconds(op, b)
+                rows.append(
+                    {
+                        "op": op,
+                        "dir": "first call, fresh process",
+                        "impl": f"normkit {b}",
+                        "first ms": t * 1e3,
+                    }
+                )
+    return rows
+
+
+register_suite(
+    "kernels",
+    run_kernels_bench,
+    "norm kernels: every normkit backend vs torch eager/compile and a memory copy",
+    default=True,
+)

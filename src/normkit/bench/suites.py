@@ -1,0 +1,6 @@
+"""The suite modules ``normkit bench`` imports; each registers its suite(s) on import.
+
+Adding a suite is one line here (keep the list sorted after the first entry, the default suite).
+"""
+
+SUITE_MODULES: tuple[str, ...] = ("normkit.bench.kernels",)

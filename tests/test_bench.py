@@ -1,0 +1,72 @@
+"""The benchmark harness: suite registry, CLI wiring, metrics and report writers."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from normkit.bench import (
+    copy_baseline,
+    get_suite,
+    load_suites,
+    measure,
+    register_suite,
+    row_metrics,
+    suite_names,
+    write_csv,
+)
+from normkit.cli import build_parser, main
+
+
+def _demo_suite(quick: bool, reps: int | None = None) -> list[dict]:
+    return [{"op": "demo", "quick": quick, "reps": reps, "ms": 1.5}]
+
+
+def test_registry_and_cli_flag(tmp_path, capsys):
+    register_suite("demo-suite", _demo_suite, "a test suite")
+    register_suite("demo-suite", _demo_suite, "a test suite")  # re-import is a no-op
+    with pytest.raises(ValueError, match="already registered"):
+        register_suite("demo-suite", lambda quick: [], "other")
+    assert "demo-suite" in suite_names()
+    assert get_suite("demo-suite").options() == {"reps"}
+    out = tmp_path / "rows.csv"
+    rc = main(["bench", "--demo-suite", "--quick", "--reps", "4", "--csv", str(out)])
+    assert rc == 0
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows == [
+        {"suite": "demo-suite", "op": "demo", "quick": "True", "reps": "4", "ms": "1.5"}
+    ]
+    assert "demo" in capsys.readouterr().out
+
+
+def test_default_suite_is_kernels():
+    load_suites()
+    assert suite_names()[0] == "kernels"
+    args = build_parser().parse_args(["bench", "--quick"])
+    assert args.quick and not args.compile
+
+
+def test_unknown_suite_error_says_choices():
+    with pytest.raises(ValueError, match="expected one of"):
+        get_suite("nope")
+
+
+def test_row_metrics_analytic():
+    # 1 GB moved in 0.5 s; copy took 0.25 s; baseline 1 s.
+    m = row_metrics(10**9, 0.5, 0.25, 1.0)
+    assert m == {"ms": 500.0, "GB/s": 2.0, "% copy": 50.0, "speedup": 2.0}
+
+
+def test_measure_counts_calls_and_reports_median():
+    calls = []
+    t = measure(lambda: calls.append(1), reps=5, warmup=2)
+    assert len(calls) == 2 + 5 - 1 + 1  # first call + (warmup-1) + reps
+    assert t.reps == 5 and t.min <= t.median
+    assert copy_baseline(1 << 16, reps=3).median > 0
+
+
+def test_write_csv_union_of_keys(tmp_path):
+    p = write_csv([{"a": 1}, {"a": 2, "b": "x"}], tmp_path / "sub" / "r.csv")
+    assert p.read_text().splitlines() == ["a,b", "1,", "2,x"]
