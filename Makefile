@@ -21,16 +21,16 @@ demo: $(STAMP)
 	$(VENV)/bin/normkit compare
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
 	$(PY) -m pytest -n 2 -m "not slow" -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -m slow -q
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests bench
-	$(VENV)/bin/ruff check --fix src tests bench
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
 
 bench: $(STAMP)
 	$(VENV)/bin/normkit bench --quick --csv bench/results.csv
