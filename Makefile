@@ -21,16 +21,16 @@ demo: $(STAMP)
 	$(VENV)/bin/normkit compare
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
 	$(PY) -m pytest -n 2 -m "not slow" -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -m slow -q
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix src tests scripts
 
 bench: $(STAMP)
 	$(VENV)/bin/normkit bench --quick --csv bench/results.csv

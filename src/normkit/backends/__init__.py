@@ -4,7 +4,11 @@
 optional backends register themselves on import when their dependencies are present.
 """
 
-from normkit.backends import reference, torch_native  # noqa: F401  (registration side effect)
+from normkit.backends import (  # noqa: F401  (registration side effect)
+    reference,
+    torch_native,
+    triton_backend,
+)
 from normkit.backends.registry import (
     OPS,
     Backend,
