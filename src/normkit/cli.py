@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMANDS: tuple[str, ...] = ("normkit.compare", "normkit.bench.command")
+_COMMANDS: tuple[str, ...] = ("normkit.compare", "normkit.bench.command", "normkit.inference.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

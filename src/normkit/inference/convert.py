@@ -1,0 +1,232 @@
+"""Swap every norm layer of a model for its twin: ``torch.nn`` ⇄ ``normkit.nn``.
+
+One table (:data:`TWINS`) pairs each torch.nn norm with its normkit twin and names the
+constructor arguments both share; conversion builds the twin with those arguments on the same
+device and dtype, loads the state_dict (strict: every parameter and buffer carries over), copies
+``requires_grad`` and the training flag, and puts it where the original was (shared modules stay
+shared). Only exact types convert: subclasses (FrozenBatchNorm, BatchRenorm, …) behave differently
+and are left alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, overload
+
+import torch
+from torch import nn
+
+import normkit.nn as nkn
+
+__all__ = ["TWINS", "ConversionReport", "Converted", "Twin", "convert"]
+
+
+def _bn_args(m: nn.Module) -> dict[str, Any]:
+    return {
+        "num_features": m.num_features,
+        "eps": m.eps,
+        "momentum": m.momentum,
+        "affine": m.affine,
+        "track_running_stats": m.track_running_stats,
+    }
+
+
+def _ln_args(m: nn.Module) -> dict[str, Any]:
+    return {
+        "normalized_shape": tuple(m.normalized_shape),
+        "eps": m.eps,
+        "elementwise_affine": m.elementwise_affine,
+        "bias": getattr(m, "bias", None) is not None or not m.elementwise_affine,
+    }
+
+
+def _rms_args(m: nn.Module) -> dict[str, Any]:
+    return {
+        "normalized_shape": tuple(m.normalized_shape),
+        "eps": m.eps,
+        "elementwise_affine": m.elementwise_affine,
+    }
+
+
+def _gn_args(m: nn.Module) -> dict[str, Any]:
+    return {
+        "num_groups": m.num_groups,
+        "num_channels": m.num_channels,
+        "eps": m.eps,
+        "affine": m.affine,
+    }
+
+
+def _axis_blocker(m: nn.Module) -> str | None:
+    axis = getattr(m, "axis", 1)
+    if axis != 1:
+        return f"normalizes feature axis {axis}; torch.nn batch norms only normalize axis 1"
+    return None
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A torch.nn norm, its normkit twin, the shared constructor arguments read off an instance,
+    and (optionally) why a given normkit instance has no exact torch.nn equivalent."""
+
+    torch_cls: type[nn.Module]
+    normkit_cls: type[nn.Module]
+    args: Callable[[nn.Module], dict[str, Any]]
+    to_torch_blocker: Callable[[nn.Module], str | None] = lambda m: None
+
+
+TWINS: tuple[Twin, ...] = (
+    Twin(nn.BatchNorm1d, nkn.BatchNorm1d, _bn_args, _axis_blocker),
+    Twin(nn.BatchNorm2d, nkn.BatchNorm2d, _bn_args, _axis_blocker),
+    Twin(nn.BatchNorm3d, nkn.BatchNorm3d, _bn_args, _axis_blocker),
+    Twin(nn.LayerNorm, nkn.LayerNorm, _ln_args),
+    Twin(nn.RMSNorm, nkn.RMSNorm, _rms_args),
+    Twin(nn.GroupNorm, nkn.GroupNorm, _gn_args),
+    Twin(nn.InstanceNorm1d, nkn.InstanceNorm1d, _bn_args),
+    Twin(nn.InstanceNorm2d, nkn.InstanceNorm2d, _bn_args),
+    Twin(nn.InstanceNorm3d, nkn.InstanceNorm3d, _bn_args),
+)
+"""The one twin table: every normkit layer with an exact torch.nn counterpart."""
+
+_BY_TORCH = {t.torch_cls: t for t in TWINS}
+_BY_NORMKIT = {t.normkit_cls: t for t in TWINS}
+
+
+@dataclass(frozen=True)
+class Converted:
+    """One converted module: its qualified name(s) and the classes before/after."""
+
+    name: str
+    source: str
+    target: str
+
+
+@dataclass
+class ConversionReport:
+    """``converted`` modules and ``skipped`` ones (name → reason) of a :func:`convert` call."""
+
+    to: str
+    converted: list[Converted] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"converted {len(self.converted)} module(s) to {self.to}"]
+        lines += [f"  {c.name}: {c.source} -> {c.target}" for c in self.converted]
+        lines += [f"  kept {n}: {why}" for n, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _factory_of(m: nn.Module) -> dict[str, Any]:
+    for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
+        if t.is_floating_point():
+            return {"device": t.device, "dtype": t.dtype}
+    return {}
+
+
+def _convert_one(m: nn.Module, twin: Twin, to: str, backend: str | None) -> nn.Module:
+    cls = twin.normkit_cls if to == "normkit" else twin.torch_cls
+    kwargs = {**twin.args(m), **_factory_of(m)}
+    if to == "normkit" and backend is not None:
+        kwargs["backend"] = backend
+    new = cls(**kwargs)
+    new.load_state_dict(m.state_dict(), strict=True)
+    for (_, p_old), (_, p_new) in zip(
+        m.named_parameters(recurse=False), new.named_parameters(recurse=False), strict=True
+    ):
+        p_new.requires_grad_(p_old.requires_grad)
+    # buffers keep their own device (e.g. a long num_batches_tracked created on the device)
+    for name, b in m.named_buffers(recurse=False):
+        nb = getattr(new, name)
+        if nb is not None and nb.device != b.device:
+            setattr(new, name, nb.to(b.device))
+    new.train(m.training)
+    return new
+
+
+@overload
+def convert(
+    model: nn.Module,
+    to: Literal["normkit", "torch"] = ...,
+    *,
+    backend: str | None = ...,
+    inplace: bool = ...,
+    return_report: Literal[False] = ...,
+) -> nn.Module: ...
+@overload
+def convert(
+    model: nn.Module,
+    to: Literal["normkit", "torch"] = ...,
+    *,
+    backend: str | None = ...,
+    inplace: bool = ...,
+    return_report: Literal[True],
+) -> tuple[nn.Module, ConversionReport]: ...
+def convert(
+    model: nn.Module,
+    to: Literal["normkit", "torch"] = "normkit",
+    *,
+    backend: str | None = None,
+    inplace: bool = False,
+    return_report: bool = False,
+) -> nn.Module | tuple[nn.Module, ConversionReport]:
+    """Replace every norm layer by its twin from the other library.
+
+    Covers BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d both ways
+    (the :data:`TWINS` table), keeping weights, buffers (``running_mean``, ``running_var``,
+    ``num_batches_tracked``), device, dtype, ``requires_grad`` and the training flag, so
+    ``convert(convert(m, "normkit"), "torch")`` has the same state_dict as ``m``. Layers without
+    an exact twin (e.g. ``normkit.nn.BatchNorm(axis=-1)``, ``LayerNorm2d``, subclasses) are left
+    alone and listed in the report. normkit layers use their own defaults for normkit-only
+    options (``nan_policy="skip"``: a NaN batch does not poison the running stats in training).
+
+    Args:
+        model: any ``nn.Module`` (a norm layer itself is converted too).
+        to: ``"normkit"`` or ``"torch"``.
+        backend: for ``to="normkit"``, the ``backend=`` of the new layers (default ``"auto"``).
+        inplace: modify ``model`` instead of a deep copy (a root norm is still returned anew).
+        return_report: also return a :class:`ConversionReport`.
+
+    >>> m = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    >>> nk = convert(m, "normkit")
+    >>> type(nk[1]).__module__
+    'normkit.nn.layernorm'
+    """
+    if to not in ("normkit", "torch"):
+        raise ValueError(f"convert: to must be 'normkit' or 'torch' (got {to!r})")
+    if backend is not None and to != "normkit":
+        raise ValueError("convert: backend= applies to to='normkit' only")
+    table = _BY_TORCH if to == "normkit" else _BY_NORMKIT
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConversionReport(to=to)
+    names: dict[int, list[str]] = {}
+    modules: dict[int, nn.Module] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(name)
+        modules[id(m)] = m
+    new_root = model
+    with torch.no_grad():
+        for key, m in modules.items():
+            twin = table.get(type(m))
+            if twin is None:
+                continue
+            shown = ", ".join(n or "<root>" for n in names[key])
+            blocker = twin.to_torch_blocker(m) if to == "torch" else None
+            if blocker is not None:
+                report.skipped[shown] = blocker
+                continue
+            new = _convert_one(m, twin, to, backend)
+            for name in names[key]:
+                if not name:
+                    new_root = new
+                    continue
+                parent_name, _, attr = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, attr, new)
+            lib = "normkit.nn" if to == "normkit" else "torch.nn"
+            report.converted.append(
+                Converted(shown, type(m).__name__, f"{lib}.{type(new).__name__}")
+            )
+    return (new_root, report) if return_report else new_root
