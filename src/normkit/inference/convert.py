@@ -210,9 +210,15 @@ def convert(
     with torch.no_grad():
         for key, m in modules.items():
             twin = table.get(type(m))
-            if twin is None:
-                continue
             shown = ", ".join(n or "<root>" for n in names[key])
+            if twin is None:
+                if "Norm" in type(m).__name__:
+                    other = "torch.nn" if to == "torch" else "normkit.nn"
+                    report.skipped[shown] = (
+                        f"{type(m).__name__} has no exact twin in {other} (only the classes of "
+                        "normkit.inference.TWINS convert; subclasses are left alone)"
+                    )
+                continue
             blocker = twin.to_torch_blocker(m) if to == "torch" else None
             if blocker is not None:
                 report.skipped[shown] = blocker
