@@ -83,9 +83,12 @@ def _leaves(out: Any) -> list[Tensor]:
     return []
 
 
-def output_error(out: Any, ref: Any) -> tuple[float, float]:
+def output_error(
+    out: Any, ref: Any, tolerance: tuple[float, float] | None = None
+) -> tuple[float, float]:
     """``(max |out − ref|, allowed)`` over every tensor of two model outputs (nested
-    tuples/lists/dicts), with the allowance ``atol + rtol·max|ref|`` from :data:`TOLERANCE`."""
+    tuples/lists/dicts), with the allowance ``atol + rtol·max|ref|``; ``tolerance=(rtol, atol)``
+    or, by default, the reference dtype's entry of :data:`TOLERANCE`."""
     a, b = _leaves(out), _leaves(ref)
     if len(a) != len(b):
         raise OptimizationError(
@@ -100,7 +103,7 @@ def output_error(out: Any, ref: Any) -> tuple[float, float]:
         if not r.is_floating_point():
             err = max(err, float((x != r).sum().item()))
             continue
-        rtol, atol = TOLERANCE.get(r.dtype, TOLERANCE[torch.float32])
+        rtol, atol = tolerance or TOLERANCE.get(r.dtype, TOLERANCE[torch.float32])
         scale = r.double().abs().max().item() if r.numel() else 0.0
         allowed = max(allowed, atol + rtol * scale)
         if r.numel():
@@ -236,10 +239,7 @@ def optimize(
     rejected: dict[str, str] = {}
     errors: dict[str, tuple[float, float]] = {}
     for name in list(choice):
-        err, allowed = output_error(_call(candidates[name], inputs), reference)
-        if tolerance is not None:
-            scale = max((r.double().abs().max().item() for r in _leaves(reference)), default=0.0)
-            allowed = tolerance[1] + tolerance[0] * scale
+        err, allowed = output_error(_call(candidates[name], inputs), reference, tolerance)
         errors[name] = (err, allowed)
         if not err <= allowed:
             rejected[name] = f"max |error| {err:.3e} > tolerance {allowed:.3e}"
@@ -265,7 +265,7 @@ def optimize(
     best = min(choice, key=lambda n: med[n])
     cl, nb = choice[best]
     result = candidates[best]
-    err, allowed = output_error(_call(result, inputs), reference)
+    err, allowed = output_error(_call(result, inputs), reference, tolerance)
     if not err <= allowed:
         raise OptimizationError(
             f"the optimized model differs from the original on the example inputs: max |error| "
