@@ -333,7 +333,7 @@ def test_watched_model_is_bit_identical(
 def test_bad_arguments_say_the_fix() -> None:
     with pytest.raises(ValueError, match="every must be a positive int"):
         watch(nn.Linear(2, 2), every=0)
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         watch(torch.zeros(2))  # type: ignore[arg-type]
     rec = watch(nn.Linear(2, 2))
     rec.close()
