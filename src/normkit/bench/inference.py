@@ -98,7 +98,7 @@ def run_inference_bench(
                     "original_ms": round(ms["original"], 3),
                     "optimized_ms": round(ms["optimized"], 3),
                     "speedup": round(ms["original"] / ms["optimized"], 3),
-                    "max_abs_error": rep.max_abs_error,
+                    "max_abs_error": f"{rep.max_abs_error:.1e}",
                 }
             )
             bar.advance(task)

@@ -95,24 +95,37 @@ class FoldableNorm:
 
 Extractor = Callable[[nn.Module], "FoldableNorm | str"]
 _FOLDABLE: dict[type[nn.Module], Extractor] = {}
+# Layers of libraries normkit does not import, keyed by "module.QualName" (no import needed).
+_FOLDABLE_BY_NAME: dict[str, Extractor] = {}
 
 
-def register_foldable_norm(cls: type[nn.Module], extract: Extractor | None = None) -> None:
+def register_foldable_norm(cls: type[nn.Module] | str, extract: Extractor | None = None) -> None:
     """Let :func:`fold_batchnorm` fold layers of exactly type ``cls``.
 
+    ``cls`` is a class or its ``"module.QualName"`` (for libraries you do not want to import).
     ``extract(module)`` returns a :class:`FoldableNorm`, or a string saying why this instance
-    cannot be folded (it is reported). The default reads the batch-norm protocol:
-    ``running_mean``, ``running_var``, ``eps``, ``weight``, ``bias``, ``axis`` (default 1) and,
-    if present, an ``activation`` — refusing layers in training mode or without running stats.
+    cannot be folded (it is reported). The default, :func:`batchnorm_protocol`, reads
+    ``running_mean``, ``running_var``, ``eps``, ``weight``, ``bias`` and ``axis`` (default 1),
+    refusing layers in training mode or without running stats; a norm+activation layer passes
+    ``activation=`` so that the activation stays after folding.
 
     >>> register_foldable_norm(MyFrozenBN)
+    >>> register_foldable_norm(MyBNAct, lambda m: batchnorm_protocol(m, activation=m.act))
     """
-    _FOLDABLE[cls] = extract or batchnorm_protocol
+    if isinstance(cls, str):
+        _FOLDABLE_BY_NAME[cls] = extract or batchnorm_protocol
+    else:
+        _FOLDABLE[cls] = extract or batchnorm_protocol
 
 
-def foldable_norm_types() -> tuple[type[nn.Module], ...]:
-    """The norm classes :func:`fold_batchnorm` knows how to fold."""
-    return tuple(_FOLDABLE)
+def _extractor(m: nn.Module) -> Extractor | None:
+    t = type(m)
+    return _FOLDABLE.get(t) or _FOLDABLE_BY_NAME.get(f"{t.__module__}.{t.__qualname__}")
+
+
+def foldable_norm_types() -> tuple[type[nn.Module] | str, ...]:
+    """The norm classes (and class names) :func:`fold_batchnorm` knows how to fold."""
+    return (*_FOLDABLE, *_FOLDABLE_BY_NAME)
 
 
 def batchnorm_protocol(m: nn.Module, activation: nn.Module | None = None) -> FoldableNorm | str:
@@ -153,6 +166,21 @@ for _cls in (
     nkn.BatchNorm3d,
 ):
     register_foldable_norm(_cls)
+
+
+def _timm_norm_act(m: nn.Module) -> FoldableNorm | str:
+    """timm's ``BatchNormAct2d``/``FrozenBatchNormAct2d``: BN, then ``drop``, then ``act``."""
+    drop, act = getattr(m, "drop", None), getattr(m, "act", None)
+    parts = [p for p in (drop, act) if isinstance(p, nn.Module) and not isinstance(p, nn.Identity)]
+    activation = parts[0] if len(parts) == 1 else nn.Sequential(*parts) if parts else None
+    return batchnorm_protocol(m, activation=activation)
+
+
+register_foldable_norm("torchvision.ops.misc.FrozenBatchNorm2d")
+register_foldable_norm("timm.layers.norm_act.BatchNormAct2d", _timm_norm_act)
+register_foldable_norm("timm.layers.norm_act.FrozenBatchNormAct2d", _timm_norm_act)
+register_foldable_norm("timm.layers.norm_act.SyncBatchNormAct", _timm_norm_act)
+register_foldable_norm("timm.layers.norm_act.FrozenBatchNorm2d")
 
 
 # --------------------------------------------------------------------------- the fold itself
@@ -265,7 +293,7 @@ class _LeafTracer(torch.fx.Tracer):
     """fx tracer keeping norms, convs, linears and all normkit layers as leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if type(m) in _FOLDABLE or isinstance(m, _PRODUCERS):
+        if _extractor(m) is not None or isinstance(m, _PRODUCERS):
             return True
         if type(m).__module__.startswith("normkit.nn"):
             return True
@@ -326,7 +354,7 @@ class _Finder:
             if node.op != "call_module":
                 continue
             norm = module.get_submodule(node.target)
-            if type(norm) not in _FOLDABLE:
+            if _extractor(norm) is None:
                 continue
             name = _join(prefix, node.target)
             if calls[node.target] > 1:
@@ -364,13 +392,13 @@ class _Finder:
         consumed: set[str] = set()
         if isinstance(module, nn.Sequential):
             for (ln, layer), (nn_, norm) in itertools.pairwise(children):
-                if isinstance(layer, _PRODUCERS) and type(norm) in _FOLDABLE:
+                if isinstance(layer, _PRODUCERS) and _extractor(norm) is not None:
                     self.consider(_join(prefix, ln), _join(prefix, nn_))
                     consumed.add(nn_)
-        elif any(type(c) in _FOLDABLE for _, c in children):
+        elif any(_extractor(c) is not None for _, c in children):
             why = self.untraceable[prefix or "<root>"]
             for n, c in children:
-                if type(c) in _FOLDABLE:
+                if _extractor(c) is not None:
                     self.reasons.setdefault(
                         _join(prefix, n),
                         f"its parent {prefix or '<root>'!r} could not be traced by torch.fx "
@@ -378,7 +406,7 @@ class _Finder:
                         "unknown; make it fx-traceable or wrap conv+BN in an nn.Sequential",
                     )
         for n, c in children:
-            if n in consumed or type(c) in _FOLDABLE or isinstance(c, _PRODUCERS):
+            if n in consumed or _extractor(c) is not None or isinstance(c, _PRODUCERS):
                 continue
             if next(c.children(), None) is None:
                 continue
@@ -387,7 +415,7 @@ class _Finder:
 
 def _norm_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, m in model.named_modules():
-        if type(m) in _FOLDABLE:
+        if _extractor(m) is not None:
             yield name, m
 
 
@@ -451,7 +479,7 @@ def fold_batchnorm(
         model = copy.deepcopy(model)
     report = FoldReport()
     finder = _Finder(model)
-    if type(model) in _FOLDABLE:
+    if _extractor(model) is not None:
         finder.reasons[""] = "the model itself is a norm layer; there is no layer to fold it into"
     else:
         finder.walk(model, "")
@@ -460,7 +488,7 @@ def fold_batchnorm(
     for layer_name, norm_name in finder.pairs:
         layer = model.get_submodule(layer_name)
         norm_mod = model.get_submodule(norm_name)
-        spec = _FOLDABLE[type(norm_mod)](norm_mod)
+        spec = _extractor(norm_mod)(norm_mod)  # type: ignore[misc]
         why = spec if isinstance(spec, str) else _compatibility(layer, spec)
         if why is not None:
             finder.reasons[norm_name] = why
