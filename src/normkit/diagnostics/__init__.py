@@ -3,6 +3,7 @@
 - :func:`watch` → :class:`Recorder`: per-layer activation/gradient statistics during training,
   :meth:`Recorder.verdict` (vanishing/exploding gradients, dead ReLUs, saturated units,
   activation drift), :meth:`Recorder.plot`, :meth:`Recorder.to_html`.
+- :func:`check_model`: static and one-batch checks for normalization pitfalls.
 - :func:`render_findings` prints findings as a rich table.
 
 >>> from normkit.diagnostics import watch
@@ -12,6 +13,7 @@
 ...     print(f.severity, f.code, f.message, f.fix)
 """
 
+from normkit.diagnostics._checks import check_model
 from normkit.diagnostics._findings import SEVERITIES, Finding, Severity, render_findings
 from normkit.diagnostics._modules import (
     activation_kind,
@@ -31,6 +33,7 @@ __all__ = [
     "Severity",
     "Thresholds",
     "activation_kind",
+    "check_model",
     "diagnose",
     "is_bn_like",
     "is_depth_layer",
