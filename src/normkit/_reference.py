@@ -44,12 +44,16 @@ def affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, axes: Sequence
     return y
 
 
-def normalize(x: Tensor, dims: Sequence[int], eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def normalize(
+    x: Tensor, dims: Sequence[int], eps: float, *, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(x − μ)/√(σ² + ε)`` with μ, σ² the biased moments over ``dims``.
 
     Returns ``(y, mean, var)`` in the accumulation dtype, mean/var keeping the reduced dims.
+    ``mask`` (bool, broadcastable to ``x``): only ``True`` positions enter μ and σ²; every
+    position is normalized.
     """
-    mean, var = moments(x, dims, keepdim=True)
+    mean, var = moments(x, dims, keepdim=True, mask=mask)
     y = (x.to(mean.dtype) - mean) * torch.rsqrt(var + eps)
     return y, mean, var
 
@@ -63,6 +67,8 @@ def batch_norm(
     training: bool,
     eps: float,
     axis: int = 1,
+    *,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Batch norm (Ioffe & Szegedy 2015) with features on ``axis``, statistics over all other axes.
 
@@ -70,11 +76,12 @@ def batch_norm(
 
     Training uses the batch moments (biased variance) and returns them as ``(y, mean, var)``
     with shape ``(C,)``; eval uses ``running_mean``/``running_var`` and returns ``(y, None, None)``.
+    ``mask`` (training only): the statistics use the ``True`` positions only.
     """
     axis %= x.ndim
     dims = [d for d in range(x.ndim) if d != axis]
     if training:
-        y, mean, var = normalize(x, dims, eps)
+        y, mean, var = normalize(x, dims, eps, mask=mask)
         out = affine(y, weight, bias, [axis]).to(x.dtype)
         return out, mean.reshape(-1), var.reshape(-1)
     if running_mean is None or running_var is None:
@@ -92,14 +99,18 @@ def layer_norm(
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
+    *,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Layer norm (Ba, Kiros & Hinton 2016) over the trailing ``len(normalized_shape)`` dims.
 
     .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
+
+    ``mask``: the statistics use the ``True`` positions only.
     """
     k = len(normalized_shape)
     dims = list(range(x.ndim - k, x.ndim))
-    y, _, _ = normalize(x, dims, eps)
+    y, _, _ = normalize(x, dims, eps, mask=mask)
     if weight is not None:
         y = y * weight.to(y.dtype)
     if bias is not None:

@@ -103,11 +103,15 @@ def moments(
         var = (xa - mean).square().mean(dim=dims, keepdim=True)
         count = torch.full_like(mean, float(n))
     else:
-        m = mask.to(xa.dtype).expand_as(xa)
-        count = m.sum(dim=dims, keepdim=True)
+        keep = mask.to(device=xa.device, dtype=torch.bool).expand_as(xa)
+        zero = xa.new_zeros(())
+        count = keep.sum(dim=dims, keepdim=True).to(xa.dtype)
         safe = count.clamp_min(1)
-        mean = (xa * m).sum(dim=dims, keepdim=True) / safe
-        var = ((xa - mean).square() * m).sum(dim=dims, keepdim=True) / safe
+        # where, not a product with the mask: NaN/Inf padding must not leak into the moments
+        # (nor into their gradients, hence the zero-filled copy before squaring)
+        xs = torch.where(keep, xa, zero)
+        mean = xs.sum(dim=dims, keepdim=True) / safe
+        var = torch.where(keep, (xs - mean).square(), zero).sum(dim=dims, keepdim=True) / safe
     if not keepdim:
         mean, var, count = (t.squeeze(dims) if dims else t for t in (mean, var, count))
     return (mean, var, count) if return_count else (mean, var)

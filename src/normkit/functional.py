@@ -17,10 +17,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from normkit import backends
+from normkit import _reference, backends
 from normkit._stats import (
     MomentumConvention,
     NanPolicy,
+    accumulation_dtype,
     bessel_correction,
     moments,
     running_average_factor,
@@ -95,6 +96,37 @@ def _keep_format(y: Tensor, x: Tensor) -> Tensor:
     if fmt is None and x.is_contiguous() and not y.is_contiguous():
         return y.contiguous()
     return y
+
+
+def _expand_mask(mask: Tensor, x: Tensor, op: str, *, insert_at: int | None) -> Tensor:
+    """A bool mask shaped to broadcast against ``x``.
+
+    ``insert_at`` (batch norm): a mask with one dim less than ``x`` gets a size-1 dim there
+    (the feature axis). ``None`` (layer norm): a mask equal to ``x``'s leading dims gets size-1
+    trailing dims. Anything else must broadcast to ``x`` as is.
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(
+            f"{op}: mask must be a bool tensor, True where values enter the statistics (got "
+            f"{got}); pass e.g. lengths[:, None] > torch.arange(L)"
+        )
+    m = mask.to(x.device)
+    if insert_at is not None and m.ndim == x.ndim - 1:
+        m = m.unsqueeze(insert_at)
+    elif insert_at is None and m.ndim < x.ndim and tuple(m.shape) == tuple(x.shape[: m.ndim]):
+        m = m.reshape(*m.shape, *([1] * (x.ndim - m.ndim)))
+    try:
+        ok = torch.broadcast_shapes(m.shape, x.shape) == x.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to the input of shape "
+            f"{tuple(x.shape)}; pass a mask shaped like the input without its feature axis "
+            "(e.g. (N, L) for (N, C, L)) or one broadcastable to the input"
+        )
+    return m
 
 
 # --------------------------------------------------------------------------- running statistics
@@ -183,6 +215,7 @@ def batch_norm(
     num_batches_tracked: Tensor | None = None,
     momentum_convention: MomentumConvention = "torch",
     nan_policy: NanPolicy = "skip",
+    mask: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """Batch normalization (Ioffe & Szegedy 2015, arXiv:1502.03167) over any feature axis.
@@ -194,6 +227,12 @@ def batch_norm(
     in place like :func:`torch.nn.functional.batch_norm` (unbiased running variance; see
     :func:`update_running_buffers` for ``momentum_convention``, ``momentum=None``, ``nan_policy``).
     In eval the running buffers normalize.
+
+    ``mask`` (bool; training only, ignored in eval): only ``True`` positions enter the batch
+    statistics and hence the running averages (padded sequence positions), as Keras' ``mask=``;
+    every position is normalized. Shaped like the input without the feature axis (``(N, L)``
+    for ``(N, C, L)`` or ``(N, L, C)``) or broadcastable to the input. The masked path runs the
+    reference math (``backend`` is not used).
 
     Shapes: ``input`` ``(N, C, *)`` for ``axis=1`` (torch), ``(N, *, C)`` for ``axis=-1``
     (Keras/channels-last); ``running_*``, ``weight``, ``bias``: ``(C,)``.
@@ -216,16 +255,30 @@ def batch_norm(
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
     if training:
-        count = input.numel() // max(c, 1)
-        if count <= 1:
+        m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
+        count: int | Tensor
+        if m is None:
+            count = input.numel() // max(c, 1)
+            least = count
+        else:
+            dims = [d for d in range(input.ndim) if d != ax]
+            count = m.expand(input.shape).sum(dim=dims).to(accumulation_dtype(input.dtype))
+            least = int(count.min().item())
+        if least <= 1:
             raise ValueError(
                 f"BatchNorm in training mode needs more than one value per channel (got input of "
-                f"shape {tuple(input.shape)}, {count} value per channel); use eval mode, "
+                f"shape {tuple(input.shape)}, {least} value per channel"
+                f"{' inside the mask' if m is not None else ''}); use eval mode, "
                 "GroupNorm/LayerNorm, or normkit.nn.BatchRenorm"
             )
-        y, mean, var = backends.dispatch(
-            "batch_norm_train", input, weight, bias, eps, ax, backend=backend
-        )
+        if m is None:
+            y, mean, var = backends.dispatch(
+                "batch_norm_train", input, weight, bias, eps, ax, backend=backend
+            )
+        else:
+            y, mean, var = _reference.batch_norm(
+                input, None, None, weight, bias, True, eps, ax, mask=m
+            )
         if running_mean is not None and running_var is not None:
             update_running_buffers(
                 running_mean,
@@ -277,6 +330,7 @@ def layer_norm(
     bias: Tensor | None = None,
     eps: float = 1e-5,
     *,
+    mask: Tensor | None = None,
     backend: str = "auto",
 ) -> Tensor:
     """Layer normalization (Ba, Kiros & Hinton 2016, arXiv:1607.06450) over the trailing dims.
@@ -284,7 +338,10 @@ def layer_norm(
     .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
 
     Statistics per sample over the last ``len(normalized_shape)`` dims; ``weight``/``bias`` have
-    shape ``normalized_shape``.
+    shape ``normalized_shape``. ``mask`` (bool, as Flax's ``LayerNorm(mask=)``): only ``True``
+    entries enter the statistics; useful when ``normalized_shape`` spans padded positions, e.g.
+    ``(L, C)`` with a ``(N, L)`` mask. A mask equal to the input's leading dims is extended on the
+    right; otherwise it must broadcast to the input. The masked path runs the reference math.
 
     >>> x = torch.randn(4, 10, 32)
     >>> y = layer_norm(x, (32,))
@@ -294,7 +351,11 @@ def layer_norm(
     shape = _check_normalized_shape(input, normalized_shape, op)
     _check_param(weight, "weight", shape, op)
     _check_param(bias, "bias", shape, op)
-    y = backends.dispatch("layer_norm", input, shape, weight, bias, eps, backend=backend)
+    if mask is not None:
+        m = _expand_mask(mask, input, op, insert_at=None)
+        y = _reference.layer_norm(input, shape, weight, bias, eps, mask=m)
+    else:
+        y = backends.dispatch("layer_norm", input, shape, weight, bias, eps, backend=backend)
     return _keep_format(y, input)
 
 

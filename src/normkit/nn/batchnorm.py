@@ -122,7 +122,10 @@ class BatchNorm(nn.Module):
                 "the input's feature count or pass the right axis="
             )
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Normalize ``input``; ``mask`` (bool, training only) restricts the batch statistics
+        and running averages to the ``True`` positions (see :func:`normkit.functional.batch_norm`).
+        """
         self._check_input_dim(input)
         tracking = self.training and self.track_running_stats
         use_batch_stats = self.training or self.running_mean is None
@@ -139,6 +142,7 @@ class BatchNorm(nn.Module):
             axis=self.axis,
             num_batches_tracked=self.num_batches_tracked if tracking else None,
             nan_policy=self.nan_policy,
+            mask=mask,
             backend=self.backend,
         )
 

@@ -67,9 +67,17 @@ class LayerNorm(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
-    def forward(self, input: Tensor) -> Tensor:
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Normalize ``input``; ``mask`` (bool) restricts the statistics to the ``True`` entries
+        (see :func:`normkit.functional.layer_norm`)."""
         return NF.layer_norm(
-            input, self.normalized_shape, self.weight, self.bias, self.eps, backend=self.backend
+            input,
+            self.normalized_shape,
+            self.weight,
+            self.bias,
+            self.eps,
+            mask=mask,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:

@@ -1,0 +1,151 @@
+"""Masked statistics (``mask=``) for batch_norm / layer_norm and the BatchNorm / LayerNorm modules.
+
+Oracles: torch.nn.BatchNorm1d run on the unpadded values only, torch.nn.functional.layer_norm run
+on each sample's unpadded slice, and float64 gradcheck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import normkit.functional as NF
+import normkit.nn as nkn
+
+
+def _lengths_mask(lengths: list[int], length: int) -> torch.Tensor:
+    return torch.tensor(lengths)[:, None] > torch.arange(length)
+
+
+def _padded(n: int, c: int, length: int, lengths: list[int], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, length, generator=g, dtype=torch.float64) * 3 + 1
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_masked_batch_norm_equals_torch_bn_on_unpadded_values(axis: int):
+    n, c, length, lengths = 4, 5, 7, [7, 3, 5, 2]
+    mask = _lengths_mask(lengths, length)
+    ours = nkn.BatchNorm1d(c).double() if axis == 1 else nkn.BatchNorm(c, axis=-1).double()
+    oracle = nn.BatchNorm1d(c).double()
+    with torch.no_grad():
+        w, b = torch.rand(c, dtype=torch.float64) + 0.5, torch.randn(c, dtype=torch.float64)
+        for m in (ours, oracle):
+            m.weight.copy_(w)
+            m.bias.copy_(b)
+    for step in range(3):
+        x = _padded(n, c, length, lengths, seed=step)
+        # padding is garbage (NaN): it must not leak into statistics, outputs or running stats
+        x = x.masked_fill(~mask[:, None, :], float("nan"))
+        xin = x if axis == 1 else x.transpose(1, 2)
+        y = ours(xin, mask)
+        y = y if axis == 1 else y.transpose(1, 2)
+        valid = x.transpose(1, 2)[mask]  # (K, C): the unpadded positions
+        expect = oracle(valid)
+        torch.testing.assert_close(y.transpose(1, 2)[mask], expect, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.running_mean, oracle.running_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.running_var, oracle.running_var, rtol=1e-12, atol=1e-12)
+    assert int(ours.num_batches_tracked) == 3
+
+
+def test_masked_batch_norm_gradients_match_torch_bn_on_unpadded_values():
+    n, c, length, lengths = 3, 4, 6, [6, 2, 4]
+    mask = _lengths_mask(lengths, length)
+    x = _padded(n, c, length, lengths).requires_grad_()
+    w = (torch.rand(c, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(c, dtype=torch.float64, requires_grad=True)
+    y = NF.batch_norm(x, None, None, w, b, True, mask=mask)
+    g = torch.randn_like(y)
+    gx, gw, gb = torch.autograd.grad((y * g * mask[:, None, :]).sum(), (x, w, b))
+
+    xv = x.detach().transpose(1, 2)[mask].requires_grad_()
+    w2, b2 = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    yv = F.batch_norm(xv, None, None, w2, b2, True)
+    ex, ew, eb = torch.autograd.grad((yv * g.transpose(1, 2)[mask]).sum(), (xv, w2, b2))
+    torch.testing.assert_close(gx.transpose(1, 2)[mask], ex)
+    assert torch.all(gx.transpose(1, 2)[~mask] == 0), "padded positions must get zero gradient"
+    torch.testing.assert_close(gw, ew)
+    torch.testing.assert_close(gb, eb)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=2, max_size=5),
+    c=st.integers(1, 4),
+    extra=st.integers(0, 2),
+)
+def test_masked_batch_norm_statistics_property(lengths: list[int], c: int, extra: int):
+    length = max(lengths) + extra
+    if sum(lengths) < 2:
+        return
+    mask = _lengths_mask(lengths, length)
+    x = _padded(len(lengths), c, length, lengths, seed=sum(lengths))
+    rm, rv = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    NF.batch_norm(x, rm, rv, training=True, momentum=1.0, mask=mask)
+    valid = x.transpose(1, 2)[mask]
+    torch.testing.assert_close(rm, valid.mean(0))
+    torch.testing.assert_close(rv, valid.var(0, unbiased=True))
+
+
+def test_masked_batch_norm_eval_ignores_mask_and_gradcheck():
+    x = _padded(3, 4, 5, [5, 2, 3]).requires_grad_()
+    mask = _lengths_mask([5, 2, 3], 5)
+    rm, rv = torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(
+        NF.batch_norm(x, rm, rv, training=False, mask=mask),
+        F.batch_norm(x, rm, rv, training=False),
+    )
+    w = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: NF.batch_norm(x, None, None, w, b, True, mask=mask), (x, w, b)
+    )
+
+
+def test_masked_layer_norm_equals_layer_norm_of_each_unpadded_slice():
+    n, length, c, lengths = 3, 6, 4, [6, 2, 4]
+    mask = _lengths_mask(lengths, length)  # (N, L), extended on the right to (N, L, 1)
+    x = torch.randn(n, length, c, dtype=torch.float64) * 2 + 3
+    x = x.masked_fill(~mask[..., None], float("inf"))
+    w = torch.rand(length, c, dtype=torch.float64) + 0.5
+    b = torch.randn(length, c, dtype=torch.float64)
+    ln = nkn.LayerNorm((length, c)).double()
+    with torch.no_grad():
+        ln.weight.copy_(w)
+        ln.bias.copy_(b)
+    y = ln(x, mask)
+    for i, k in enumerate(lengths):
+        expect = F.layer_norm(x[i, :k], (k, c), w[:k], b[:k])
+        torch.testing.assert_close(y[i, :k], expect)
+
+
+def test_masked_layer_norm_gradcheck_and_full_mask_is_plain_layer_norm():
+    mask = _lengths_mask([4, 1, 3], 4)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(4, 5, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: NF.layer_norm(x, (4, 5), w, b, mask=mask), (x, w, b)
+    )
+    full = torch.ones(3, 4, 5, dtype=torch.bool)
+    torch.testing.assert_close(
+        NF.layer_norm(x, (5,), w[0], b[0], mask=full), F.layer_norm(x, (5,), w[0], b[0])
+    )
+
+
+def test_mask_errors_say_what_to_do():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(TypeError, match="bool tensor"):
+        NF.batch_norm(x, None, None, training=True, mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        NF.batch_norm(x, None, None, training=True, mask=torch.ones(3, 5, dtype=torch.bool))
+    only_one = torch.zeros(2, 4, dtype=torch.bool)
+    only_one[0, 0] = True
+    with pytest.raises(ValueError, match="inside the mask"):
+        NF.batch_norm(x, None, None, training=True, mask=only_one)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        NF.layer_norm(x, (4,), mask=torch.ones(5, dtype=torch.bool))
