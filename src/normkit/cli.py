@@ -11,7 +11,12 @@ from collections.abc import Sequence
 
 __all__ = ["main"]
 
-_COMMANDS: tuple[str, ...] = ("normkit.compare", "normkit.bench.command", "normkit.inference.cli")
+_COMMANDS: tuple[str, ...] = (
+    "normkit.compare",
+    "normkit.bench.command",
+    "normkit.inference.cli",
+    "normkit.lab.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,8 @@
+"""Every lab experiment; importing this package registers them, in report order."""
+
+import importlib
+
+MODULES: tuple[str, ...] = ("training", "smoothness", "depth", "comparison")
+
+for _name in MODULES:
+    importlib.import_module(f"{__name__}.{_name}")

@@ -1,0 +1,227 @@
+"""Small models for the lab, each with a pluggable norm (built from :func:`normkit.nn.get_norm`).
+
+Norm names accepted by :func:`make_norm`: ``"none"``, ``"bn"`` (BatchNorm1d/2d), ``"ln"`` (LayerNorm
+over the features; for conv maps GroupNorm with one group = LayerNorm over C×H×W with per-channel
+affine), ``"ln-simple"`` (the same without gain and bias, Xu et al. 2019), ``"gn"`` (GroupNorm,
+``groups`` groups) and any other name registered in :mod:`normkit.nn` (e.g. ``"ghost"``,
+``"renorm"`` once they exist), called as ``get_norm(name, features)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from normkit.nn import get_norm
+
+__all__ = ["CNN", "MLP", "ElmanRNN", "ResidualNet", "init_weights", "make_norm"]
+
+Placement = Literal["pre", "post"]
+
+
+def make_norm(name: str, features: int, *, conv: bool = False, groups: int = 8) -> nn.Module:
+    """A norm layer for ``features`` features (``conv=True``: channels of an ``(N, C, H, W)`` map).
+
+    >>> make_norm("bn", 64)
+    BatchNorm1d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    """
+    if name == "none":
+        return nn.Identity()
+    if name == "bn":
+        return get_norm("bn2d" if conv else "bn1d", features)
+    if name in ("ln", "ln-simple"):
+        affine = name == "ln"
+        if conv:
+            return get_norm("gn", features, num_groups=1, affine=affine)
+        return get_norm("ln", features, elementwise_affine=affine)
+    if name == "gn":
+        return get_norm("gn", features, num_groups=math.gcd(groups, features))
+    return get_norm(name, features)
+
+
+_ACTS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+}
+
+
+def _act(name: str) -> nn.Module:
+    try:
+        return _ACTS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTS)}") from None
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, *, scheme: str = "he", scale: float = 1.0) -> None:
+    """Re-initialise every Linear/Conv weight as ``N(0, (scale·gain)² / fan_in)``, biases zero.
+
+    ``scheme="he"``: gain √2 (He et al. 2015); ``"lecun"``: gain 1. Norm layers keep γ=1, β=0.
+    """
+    gain = {"he": math.sqrt(2.0), "lecun": 1.0}[scheme]
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            m.weight.normal_(0.0, scale * gain / math.sqrt(fan_in))
+            if m.bias is not None:
+                m.bias.zero_()
+
+
+class MLP(nn.Module):
+    """``in → [Linear → norm → act → dropout] × len(hidden) → Linear → out``.
+
+    ``placement="post"`` puts the norm after the nonlinearity instead. ``tap`` keeps the
+    pre-activation input of the last hidden layer (after the norm) for inspection.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: tuple[int, ...],
+        out_features: int,
+        *,
+        norm: str = "none",
+        act: str = "relu",
+        placement: Placement = "pre",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        d = in_features
+        for h in hidden:
+            norm_layer = make_norm(norm, h)
+            parts: list[nn.Module] = [nn.Linear(d, h)]
+            parts += [norm_layer, _act(act)] if placement == "pre" else [_act(act), norm_layer]
+            if dropout > 0:
+                parts.append(nn.Dropout(dropout))
+            self.blocks.append(nn.Sequential(*parts))
+            d = h
+        self.head = nn.Linear(d, out_features)
+        self.tap: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.flatten(1)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+    def last_preactivation(self, x: Tensor) -> Tensor:
+        """The nonlinearity's input in the last hidden layer (``placement="pre"`` models)."""
+        x = x.flatten(1)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        last = self.blocks[-1]
+        return last[1](last[0](x))
+
+
+class CNN(nn.Module):
+    """``conv3×3(1→c) → norm → act → conv3×3(c→2c, stride 2) → norm → act → Linear``, for 8×8 maps."""
+
+    def __init__(
+        self,
+        channels: int = 8,
+        num_classes: int = 10,
+        *,
+        norm: str = "none",
+        placement: Placement = "pre",
+        size: int = 8,
+    ) -> None:
+        super().__init__()
+        c = channels
+
+        def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
+            n = make_norm(norm, cout, conv=True)
+            conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+            return (
+                nn.Sequential(conv, n, nn.ReLU())
+                if placement == "pre"
+                else (nn.Sequential(conv, nn.ReLU(), n))
+            )
+
+        self.features = nn.Sequential(stage(1, c, 1), stage(c, 2 * c, 2))
+        self.head = nn.Linear(2 * c * (size // 2) ** 2, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+class _Block(nn.Module):
+    """ResNet basic block: ``act(x + norm(W₂ act(norm(W₁ x))))``; ``skip=False`` drops ``x +``."""
+
+    def __init__(self, width: int, *, norm: str, skip: bool, conv: bool) -> None:
+        super().__init__()
+
+        def layer() -> nn.Module:
+            if conv:
+                return nn.Conv2d(width, width, 3, padding=1)
+            return nn.Linear(width, width)
+
+        self.l1, self.l2 = layer(), layer()
+        self.n1 = make_norm(norm, width, conv=conv)
+        self.n2 = make_norm(norm, width, conv=conv)
+        self.skip = skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.n2(self.l2(torch.relu(self.n1(self.l1(x)))))
+        return torch.relu(x + y if self.skip else y)
+
+
+class ResidualNet(nn.Module):
+    """Stem → ``blocks`` basic blocks (2 weight layers each) → Linear; ``arch`` ``"mlp"`` or ``"cnn"``.
+
+    The four arms of He et al. 2016 scaled down: plain, +BN (``norm="bn"``), +skip, +both.
+    Depth in weight layers is ``2·blocks + 2``. The CNN stem is a stride-2 conv (8×8 → 4×4).
+    """
+
+    def __init__(
+        self,
+        blocks: int,
+        *,
+        width: int = 32,
+        norm: str = "none",
+        skip: bool = False,
+        arch: Literal["mlp", "cnn"] = "mlp",
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        conv = arch == "cnn"
+        self.conv = conv
+        self.stem = nn.Conv2d(1, width, 3, stride=2, padding=1) if conv else nn.Linear(64, width)
+        self.blocks = nn.Sequential(
+            *[_Block(width, norm=norm, skip=skip, conv=conv) for _ in range(blocks)]
+        )
+        self.head = nn.Linear(width * 16 if conv else width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x if self.conv else x.flatten(1)
+        x = self.blocks(torch.relu(self.stem(x)))
+        return self.head(x.flatten(1))
+
+
+class ElmanRNN(nn.Module):
+    """``h_t = tanh(norm(W_x x_t + W_h h_{t−1}))``, class logits from the last ``h``.
+
+    With ``norm="bn"`` one BatchNorm (shared statistics and running buffers) is applied at every
+    time step — the naive recurrent BN that LN was proposed to replace (Ba et al. 2016).
+    """
+
+    def __init__(
+        self, in_features: int, hidden: int, num_classes: int, *, norm: str = "none"
+    ) -> None:
+        super().__init__()
+        self.wx = nn.Linear(in_features, hidden)
+        self.wh = nn.Linear(hidden, hidden, bias=False)
+        self.norm = make_norm(norm, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+        self.hidden = hidden
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.new_zeros(x.shape[0], self.hidden)
+        xs = self.wx(x)  # (N, T, H) in one matmul
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.norm(xs[:, t] + self.wh(h)))
+        return self.head(h)
