@@ -1,6 +1,15 @@
 """normkit layers: drop-in twins of the torch.nn norms, and the norms torch.nn lacks."""
 
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normkit.nn.frozen import (
+    FrozenBatchNorm,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+    freeze_batchnorm,
+    unfreeze_batchnorm,
+)
+from normkit.nn.ghost import GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d
 from normkit.nn.groupnorm import (
     ChannelNorm,
     GroupNorm,
@@ -8,23 +17,75 @@ from normkit.nn.groupnorm import (
     InstanceNorm2d,
     InstanceNorm3d,
 )
+from normkit.nn.keras import BatchNormalization
 from normkit.nn.layernorm import LayerNorm, LayerNorm2d, RMSNorm
+from normkit.nn.normact import (
+    BatchNormAct2d,
+    FrozenBatchNormAct2d,
+    GroupNormAct,
+    LayerNormAct,
+    SyncBatchNormAct2d,
+    make_activation,
+)
+from normkit.nn.normalization import Normalization
+from normkit.nn.recurrent import (
+    LayerNormGRU,
+    LayerNormGRUCell,
+    LayerNormLSTM,
+    LayerNormLSTMCell,
+    LayerNormRNN,
+    LayerNormRNNCell,
+)
 from normkit.nn.registry import get_norm, norm_names, register_norm
+from normkit.nn.renorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from normkit.nn.residual import AddLayerNorm, AddRMSNorm
+from normkit.nn.sync import SyncBatchNorm, convert_sync_batchnorm
 
 __all__ = [
+    "AddLayerNorm",
+    "AddRMSNorm",
     "BatchNorm",
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "BatchNormAct2d",
+    "BatchNormalization",
+    "BatchRenorm",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "ChannelNorm",
+    "FrozenBatchNorm",
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "FrozenBatchNorm3d",
+    "FrozenBatchNormAct2d",
+    "GhostBatchNorm",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
     "GroupNorm",
+    "GroupNormAct",
     "InstanceNorm1d",
     "InstanceNorm2d",
     "InstanceNorm3d",
     "LayerNorm",
     "LayerNorm2d",
+    "LayerNormAct",
+    "LayerNormGRU",
+    "LayerNormGRUCell",
+    "LayerNormLSTM",
+    "LayerNormLSTMCell",
+    "LayerNormRNN",
+    "LayerNormRNNCell",
+    "Normalization",
     "RMSNorm",
+    "SyncBatchNorm",
+    "SyncBatchNormAct2d",
+    "convert_sync_batchnorm",
+    "freeze_batchnorm",
     "get_norm",
+    "make_activation",
     "norm_names",
     "register_norm",
+    "unfreeze_batchnorm",
 ]

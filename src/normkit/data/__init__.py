@@ -1,0 +1,42 @@
+"""Data normalization: scikit-learn-compatible scalers that work on numpy arrays and torch
+tensors (CPU or GPU), stream over data that does not fit in memory, merge across workers and
+processes, and turn into an ``nn.Module`` so preprocessing ships inside the model.
+
+Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``Pipeline``):
+``pip install normkit[data]`` (scikit-learn >= 1.6).
+
+* :class:`StandardScaler`, :class:`MinMaxScaler`, :class:`MaxAbsScaler`,
+  :class:`RobustScaler`, :class:`Normalizer`, :func:`normalize` — scikit-learn's parameters,
+  fitted attributes, NaN and zero-variance rules; numpy in → numpy out, tensor in → tensor out
+  (same device and dtype, differentiable).
+* ``partial_fit`` over chunks = one ``fit`` (exact float64 Chan merge); ``merge(other)`` for
+  parallel workers; ``fit_distributed(x)`` over ``torch.distributed`` (every rank gets the
+  global scaler).
+* :class:`TargetScaler` — scaled regression targets, predictions back in original units.
+* :class:`normkit.nn.Normalization` — the fitted statistics as buffers of a layer
+  (``Normalization.from_scaler(scaler)`` or ``.adapt(data)``).
+
+>>> from normkit.data import StandardScaler
+>>> sc = StandardScaler().fit(np.random.rand(100, 3))
+>>> z = sc.transform(torch.rand(8, 3, device="cuda"))   # tensor in, tensor out on cuda
+"""
+
+from normkit.data._scalers import (
+    MaxAbsScaler,
+    MinMaxScaler,
+    Normalizer,
+    RobustScaler,
+    StandardScaler,
+    normalize,
+)
+from normkit.data._target import TargetScaler
+
+__all__ = [
+    "MaxAbsScaler",
+    "MinMaxScaler",
+    "Normalizer",
+    "RobustScaler",
+    "StandardScaler",
+    "TargetScaler",
+    "normalize",
+]

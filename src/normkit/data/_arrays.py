@@ -1,0 +1,186 @@
+"""Input checks and the numpy ↔ torch bridge shared by every scaler.
+
+All the math runs on torch tensors. A numpy input is validated by scikit-learn's own
+``validate_data`` (so dtypes, ``n_features_in_``, ``feature_names_in_`` and the error messages are
+scikit-learn's) and then viewed as a tensor without a copy; a tensor input is checked here with
+the same rules and messages. The output goes back to the caller's type.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
+from torch import Tensor
+
+__all__ = [
+    "ArrayLike",
+    "Batch",
+    "as_output",
+    "check_input",
+    "check_inverse_input",
+    "from_numpy",
+    "promoted",
+    "reject_sparse",
+    "to_attr",
+    "to_tensor",
+]
+
+ArrayLike = np.ndarray | Tensor | Any
+"""numpy array (or anything :func:`numpy.asarray` accepts) or a :class:`torch.Tensor`."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A validated 2-D floating input as a tensor, and whether the caller gave a tensor.
+
+    ``finite`` is True when the data holds no NaN (and, after validation, no inf): the fast
+    paths skip the NaN masks then.
+    """
+
+    x: Tensor
+    is_tensor: bool
+    finite: bool
+
+
+def reject_sparse(X: Any, who: str) -> None:
+    """Raise a TypeError naming the fix for scipy.sparse or torch sparse input."""
+    sparse = hasattr(X, "tocsr") and hasattr(X, "nnz")
+    if isinstance(X, Tensor) and X.layout != torch.strided:
+        sparse = True
+    if sparse:
+        raise TypeError(
+            f"{who} takes dense input (got sparse {type(X).__name__}); sparse data is not "
+            "supported by normkit.data. Densify it (X.toarray() / X.to_dense()) if it fits "
+            "in memory, or use sklearn.preprocessing.MaxAbsScaler or "
+            "StandardScaler(with_mean=False), which keep sparsity."
+        )
+
+
+def from_numpy(X: np.ndarray) -> Tensor:
+    """A tensor sharing ``X``'s memory (read-only inputs are never written to)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(X)
+
+
+def _all_finite(x: Tensor) -> bool:
+    """True when ``x`` has no NaN/inf: one sum (inf/NaN poison it); exact check only if not."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if bool(torch.isfinite(x.sum(dtype=acc))):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
+def _check_tensor(
+    est: Any, x: Tensor, *, reset: bool, allow_nan: bool, check_features: bool
+) -> Batch:
+    who = type(est).__name__
+    if x.ndim != 2:
+        raise ValueError(
+            f"Expected a 2D tensor of shape (n_samples, n_features), got a {x.ndim}D tensor of "
+            f"shape {tuple(x.shape)}. Reshape your data with x.reshape(-1, 1) if it has a single "
+            "feature or x.reshape(1, -1) if it contains a single sample."
+        )
+    if x.is_complex():
+        raise ValueError(f"{who} does not support complex data (got dtype {x.dtype})")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if x.shape[0] < 1:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={tuple(x.shape)}) while a minimum of 1 is "
+            f"required by {who}."
+        )
+    if x.shape[1] < 1:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={tuple(x.shape)}) while a minimum of 1 is "
+            f"required by {who}."
+        )
+    if check_features:
+        validate_data(est, x, reset=reset, skip_check_array=True)
+    finite = _all_finite(x)
+    if not finite:
+        if bool(torch.isinf(x).any()):
+            raise ValueError(
+                f"Input contains infinity (tensor of dtype {x.dtype}); {who} accepts finite "
+                "values" + (" and NaN (ignored in fit, kept in transform)" if allow_nan else "")
+            )
+        if not allow_nan:
+            raise ValueError(
+                f"Input contains NaN; {who} needs finite values. Impute them first, e.g. "
+                "torch.nan_to_num(x) or sklearn.impute.SimpleImputer."
+            )
+    return Batch(x, True, finite)
+
+
+def check_input(
+    est: Any,
+    X: ArrayLike,
+    *,
+    reset: bool,
+    allow_nan: bool = True,
+    check_features: bool = True,
+) -> Batch:
+    """Validate ``X`` for ``est`` as scikit-learn does and return it as a :class:`Batch`.
+
+    ``reset=True`` (first fit) records ``n_features_in_``/``feature_names_in_``; otherwise they
+    are checked. Integer/bool input becomes float (float64 for numpy as scikit-learn does, the
+    default torch dtype for tensors); float32/float64 are kept, and for tensors also
+    float16/bfloat16, on their device.
+    """
+    reject_sparse(X, type(est).__name__)
+    if isinstance(X, Tensor):
+        return _check_tensor(
+            est, X, reset=reset, allow_nan=allow_nan, check_features=check_features
+        )
+    kwargs: dict[str, Any] = {
+        "dtype": FLOAT_DTYPES,
+        "ensure_all_finite": "allow-nan" if allow_nan else True,
+    }
+    X = validate_data(est, X, reset=reset, **kwargs) if check_features else check_array(X, **kwargs)
+    x = from_numpy(X)
+    return Batch(x, False, _all_finite(x))
+
+
+def check_inverse_input(est: Any, X: ArrayLike) -> Batch:
+    """Validate the input of ``inverse_transform``: like :func:`check_input` without the
+    feature-name check (scaled data has no names), but with the feature-count check."""
+    batch = check_input(est, X, reset=False, allow_nan=True, check_features=False)
+    n = getattr(est, "n_features_in_", None)
+    if n is not None and batch.x.shape[1] != n:
+        raise ValueError(
+            f"X has {batch.x.shape[1]} features, but {type(est).__name__} is expecting {n} "
+            "features as input."
+        )
+    return batch
+
+
+def as_output(y: Tensor, batch: Batch) -> np.ndarray | Tensor:
+    """``y`` in the caller's type: the tensor itself, or a numpy array (no copy)."""
+    return y if batch.is_tensor else y.numpy()
+
+
+def to_tensor(a: Any, device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """A fitted attribute (numpy array, tensor or scalar) as a tensor on ``device``."""
+    return torch.as_tensor(a, device=device, dtype=dtype)
+
+
+def to_attr(t: Tensor, device: torch.device | None) -> np.ndarray | Tensor:
+    """A statistic in the type of the scaler's fitted attributes: numpy when the scaler was
+    first fitted on numpy (``device is None``), else a tensor on ``device``."""
+    t = t.detach()
+    return t.cpu().numpy() if device is None else t.to(device)
+
+
+def promoted(x: Tensor, op: Any, value: Tensor) -> Tensor:
+    """``op(x, value)`` computed in the promoted dtype and rounded back to ``x.dtype``.
+
+    This is numpy's in-place ``X op= value`` (what scikit-learn's transforms do), so a float32
+    input with float64 statistics is computed in float64 and rounded once, as scikit-learn does.
+    """
+    wide = torch.promote_types(x.dtype, value.dtype)
+    return op(x.to(wide), value.to(device=x.device, dtype=wide)).to(x.dtype)

@@ -1,0 +1,589 @@
+"""The scalers: ``StandardScaler``, ``MinMaxScaler``, ``MaxAbsScaler``, ``RobustScaler``,
+``Normalizer`` and the functional ``normalize`` — scikit-learn's API and numbers, on numpy
+arrays and torch tensors (any device)."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils.validation import FLOAT_DTYPES, check_array, check_is_fitted
+from torch import Tensor
+
+from normkit._stats import Moments, accumulation_dtype, merge_moments
+from normkit.data._arrays import (
+    ArrayLike,
+    Batch,
+    as_output,
+    check_input,
+    check_inverse_input,
+    from_numpy,
+    promoted,
+    reject_sparse,
+    to_attr,
+    to_tensor,
+)
+from normkit.data._base import State, StreamingScaler, all_gather_rows
+from normkit.nn.normalization import handle_zeros_in_scale, std_scale
+
+__all__ = [
+    "MaxAbsScaler",
+    "MinMaxScaler",
+    "Normalizer",
+    "RobustScaler",
+    "StandardScaler",
+    "normalize",
+]
+
+_F64 = torch.float64
+
+
+def _stats_dtype(x: Tensor) -> torch.dtype:
+    """dtype of exact statistics (min, max, quantiles): the input's, float32 for 16-bit."""
+    return accumulation_dtype(x.dtype)
+
+
+def _counts(n: Any, n_features: int, device: torch.device) -> Tensor:
+    """``n_samples_seen_`` (scalar or per feature) as a float64 ``(F,)`` tensor."""
+    return to_tensor(np.asarray(n), device, _F64).expand(n_features).clone()
+
+
+def _publish_counts(count: Tensor, dtype: Any) -> Any:
+    """scikit-learn's ``n_samples_seen_``: one number when equal for all features, else an array."""
+    c = count.detach().cpu().numpy().astype(dtype)
+    return c[0] if c.min() == c.max() else c
+
+
+# ============================================================================ StandardScaler
+
+
+def _batch_moments(batch: Batch) -> Moments:
+    """Count, mean and sum of squared deviations per column of a batch, in float64.
+
+    The two-pass estimator of :func:`normkit._stats.moments` (mean first, then the squared
+    deviations from it); without NaNs it runs in place on one float64 copy of the batch
+    (three passes instead of five), with NaNs through the masked :meth:`Moments.of`.
+    """
+    x = batch.x
+    if batch.finite:
+        xa = x.to(_F64, copy=True)
+        n = x.shape[0]
+        mean = xa.sum(0) / n
+        m2 = xa.sub_(mean).square_().sum(0)
+        return Moments(torch.full_like(mean, n), mean, m2)
+    keep = ~torch.isnan(x)
+    filled = torch.where(keep, x.to(_F64), torch.zeros((), dtype=_F64, device=x.device))
+    m = Moments.of(filled, [0], mask=keep)
+    return Moments(m.count[0], m.mean[0], m.m2[0])
+
+
+class StandardScaler(StreamingScaler):
+    """Standardize features: remove the mean and scale to unit variance (scikit-learn's
+    ``StandardScaler``, on numpy arrays and torch tensors).
+
+    .. math:: z = \\frac{x - \\mu}{\\sigma}, \\qquad \\sigma = \\sqrt{\\tfrac1n \\textstyle\\sum (x-\\mu)^2}
+
+    Statistics are accumulated in float64 and merged exactly across :meth:`partial_fit` chunks,
+    :meth:`merge` d scalers and :meth:`fit_distributed` ranks (Chan, Golub & LeVeque, "Updating
+    formulae and a pairwise algorithm for computing sample variances", 1979): any chunking gives
+    the statistics of one :meth:`fit` up to float64 rounding. NaNs are ignored in fit (counted
+    per feature in ``n_samples_seen_``) and kept in transform; a feature whose variance is
+    indistinguishable from 0 gets ``scale_ = 1`` (scikit-learn's rule,
+    :func:`normkit.nn.normalization.std_scale`).
+
+    Output type follows the input: numpy → numpy (float32 stays float32), tensor → tensor on
+    the same device and dtype (float16/bfloat16 computed in float32), differentiable.
+
+    Shapes: ``X`` is ``(n_samples, n_features)``. Fitted attributes (scikit-learn's names, numpy
+    float64 after a numpy fit, float64 tensors on the data's device after a tensor fit):
+    ``mean_``, ``var_``, ``scale_`` (None where disabled), ``n_samples_seen_``,
+    ``n_features_in_``.
+
+    >>> sc = StandardScaler()
+    >>> for chunk in torch.randn(10_000, 4).split(1000):
+    ...     sc.partial_fit(chunk)
+    >>> z = sc.transform(torch.randn(5, 4))       # tensor in, tensor out
+    """
+
+    _fitted = ("mean_", "var_", "scale_")
+
+    def __init__(self, *, with_mean: bool = True, with_std: bool = True) -> None:
+        self.with_mean = with_mean
+        self.with_std = with_std
+
+    def _batch_state(self, batch: Batch) -> State:
+        m = _batch_moments(batch)
+        return (m.count, m.mean, m.m2)
+
+    def _read_state(self, est: Any, device: torch.device) -> State:
+        n_features = int(est.n_features_in_)
+        count = _counts(est.n_samples_seen_, n_features, device)
+        mean_ = getattr(est, "mean_", None)
+        var_ = getattr(est, "var_", None)
+        mean = torch.zeros(n_features, dtype=_F64, device=device)
+        m2 = torch.zeros_like(mean)
+        if mean_ is not None:
+            mean = to_tensor(mean_, device, _F64).expand(n_features)
+        if var_ is not None:
+            m2 = to_tensor(var_, device, _F64).expand(n_features) * count
+        return (count, mean, m2)
+
+    @staticmethod
+    def _combine(a: State, b: State) -> State:
+        m = merge_moments([Moments(*a), Moments(*b)])
+        return (m.count, m.mean, m.m2)
+
+    def _publish(self, state: State) -> None:
+        count, mean, m2 = state
+        dev = self._state_device
+        # scikit-learn 1.9's types: float64 counts from the moments, int64 when none are kept
+        kept = self.with_mean or self.with_std
+        self.n_samples_seen_ = _publish_counts(count, np.float64 if kept else np.int64)
+        nan = torch.full_like(mean, float("nan"))
+        mean = torch.where(count > 0, mean, nan)
+        var = torch.where(count > 0, m2 / count.clamp_min(1), nan)
+        self.mean_ = to_attr(mean, dev) if kept else None
+        self.var_ = to_attr(var, dev) if self.with_std else None
+        self.scale_ = to_attr(std_scale(var, mean, count), dev) if self.with_std else None
+
+    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """Standardize ``X``: ``(X − mean_) / scale_`` (new array/tensor, NaNs kept)."""
+        check_is_fitted(self)
+        batch = check_input(self, X, reset=False)
+        x = batch.x
+        cd = accumulation_dtype(x.dtype)
+        y = x.to(cd)
+        if self.with_mean:
+            y = y - to_tensor(self.mean_, x.device, cd)
+        if self.with_std:
+            s = to_tensor(self.scale_, x.device, cd)
+            y = y.div_(s) if y is not x else y / s  # in place on our own fresh tensor
+        y = x.clone() if y is x else y.to(x.dtype)
+        return as_output(y, batch)
+
+    def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """Undo :meth:`transform`: ``X · scale_ + mean_``."""
+        check_is_fitted(self)
+        batch = check_inverse_input(self, X)
+        x = batch.x
+        cd = accumulation_dtype(x.dtype)
+        y = x.to(cd)
+        if self.with_std:
+            y = y * to_tensor(self.scale_, x.device, cd)
+        if self.with_mean:
+            y = y + to_tensor(self.mean_, x.device, cd)
+        y = x.clone() if y is x else y.to(x.dtype)
+        return as_output(y, batch)
+
+
+# ============================================================================ Min/MaxAbs
+
+
+def _nan_extreme(x: Tensor, finite: bool, *, largest: bool) -> Tensor:
+    """Column-wise max (``largest``) or min ignoring NaNs; NaN where a column is all NaN."""
+    if finite:
+        return x.amax(0) if largest else x.amin(0)
+    nan = torch.isnan(x)
+    fill = float("-inf") if largest else float("inf")
+    r = torch.where(nan, torch.full((), fill, dtype=x.dtype, device=x.device), x)
+    r = r.amax(0) if largest else r.amin(0)
+    return torch.where(nan.all(0), torch.full_like(r, float("nan")), r)
+
+
+def _check_clip(est: Any) -> None:
+    if not isinstance(est.clip, bool):
+        raise ValueError(f"{type(est).__name__}: clip must be a bool (got {est.clip!r})")
+
+
+class MinMaxScaler(StreamingScaler):
+    """Rescale each feature to ``feature_range`` by its minimum and range (scikit-learn's
+    ``MinMaxScaler``, on numpy arrays and torch tensors).
+
+    .. math:: y = (x - \\min x)\\,\\frac{b - a}{\\max x - \\min x} + a, \\qquad (a, b) = \\text{feature\\_range}
+
+    computed as scikit-learn does, ``y = x · scale_ + min_`` with
+    ``scale_ = (b − a) / data_range_`` and ``min_ = a − data_min_ · scale_``. A constant feature
+    (range below ``10·eps``) gets ``scale_ = b − a``. NaNs are ignored in fit and kept in
+    transform; ``clip=True`` clamps transformed values to ``feature_range``. Min and max are
+    exact, so :meth:`partial_fit`, :meth:`merge` and :meth:`fit_distributed` equal :meth:`fit`
+    exactly. Statistics have the data's dtype (float32 data → float32 ``data_min_``, as
+    scikit-learn).
+
+    Shapes: ``X`` is ``(n_samples, n_features)``. Fitted attributes: ``data_min_``,
+    ``data_max_``, ``data_range_``, ``scale_``, ``min_``, ``n_samples_seen_``.
+
+    >>> mm = MinMaxScaler(feature_range=(-1, 1)).fit(np.array([[0.0], [5.0], [10.0]]))
+    >>> mm.transform(np.array([[2.5]]))
+    array([[-0.5]])
+    """
+
+    _fitted = ("data_min_", "data_max_", "data_range_", "scale_", "min_")
+
+    def __init__(self, feature_range: tuple[float, float] = (0, 1), *, clip: bool = False) -> None:
+        self.feature_range = feature_range
+        self.clip = clip
+
+    def _check_params(self) -> None:
+        _check_clip(self)
+        fr = self.feature_range
+        if not (isinstance(fr, (tuple, list)) and len(fr) == 2) or not fr[0] < fr[1]:
+            raise ValueError(
+                "Minimum of desired feature range must be smaller than maximum. Got "
+                f"{fr!r} (expected a pair (min, max) with min < max, e.g. (0, 1))"
+            )
+
+    def _batch_state(self, batch: Batch) -> State:
+        x = batch.x.to(_stats_dtype(batch.x))
+        lo = _nan_extreme(x, batch.finite, largest=False)
+        hi = _nan_extreme(x, batch.finite, largest=True)
+        return (torch.full(lo.shape, float(x.shape[0]), dtype=_F64, device=x.device), lo, hi)
+
+    def _read_state(self, est: Any, device: torch.device) -> State:
+        lo = to_tensor(est.data_min_, device)
+        n = torch.full(lo.shape, float(est.n_samples_seen_), dtype=_F64, device=device)
+        return (n, lo, to_tensor(est.data_max_, device))
+
+    @staticmethod
+    def _combine(a: State, b: State) -> State:
+        dt = torch.promote_types(a[1].dtype, b[1].dtype)
+        lo = torch.minimum(a[1].to(dt), b[1].to(b[1].device, dt))  # NaN propagates, as np.minimum
+        hi = torch.maximum(a[2].to(dt), b[2].to(b[2].device, dt))
+        return (a[0] + b[0], lo, hi)
+
+    def _publish(self, state: State) -> None:
+        n, lo, hi = state
+        dev = self._state_device
+        a, b = (
+            torch.tensor(float(v), dtype=lo.dtype, device=lo.device) for v in self.feature_range
+        )
+        rng = hi - lo
+        scale = (b - a) / handle_zeros_in_scale(rng)
+        self.n_samples_seen_ = int(n[0].item())
+        self.data_min_, self.data_max_ = to_attr(lo, dev), to_attr(hi, dev)
+        self.data_range_ = to_attr(rng, dev)
+        self.scale_ = to_attr(scale, dev)
+        self.min_ = to_attr(a - lo * scale, dev)
+
+    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """``X · scale_ + min_`` (clamped to ``feature_range`` when ``clip``)."""
+        check_is_fitted(self)
+        batch = check_input(self, X, reset=False)
+        x = batch.x
+        y = promoted(x, torch.mul, to_tensor(self.scale_, x.device))
+        y = promoted(y, torch.add, to_tensor(self.min_, x.device))
+        if self.clip:
+            y = y.clamp(float(self.feature_range[0]), float(self.feature_range[1]))
+        return as_output(y, batch)
+
+    def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """``(X − min_) / scale_``."""
+        check_is_fitted(self)
+        batch = check_inverse_input(self, X)
+        x = batch.x
+        y = promoted(x, torch.sub, to_tensor(self.min_, x.device))
+        y = promoted(y, torch.div, to_tensor(self.scale_, x.device))
+        return as_output(y, batch)
+
+
+class MaxAbsScaler(StreamingScaler):
+    """Scale each feature by its maximum absolute value, to ``[-1, 1]`` without shifting
+    (scikit-learn's ``MaxAbsScaler``, on numpy arrays and torch tensors).
+
+    .. math:: y = x / \\max |x|
+
+    A zero column keeps ``scale_ = 1``; NaNs are ignored in fit and kept in transform;
+    ``clip=True`` clamps to ``[-1, 1]``. Exact under :meth:`partial_fit`, :meth:`merge` and
+    :meth:`fit_distributed`. Dense input only (scikit-learn's version also takes sparse).
+
+    Shapes: ``X`` is ``(n_samples, n_features)``. Fitted: ``max_abs_``, ``scale_``,
+    ``n_samples_seen_``.
+
+    >>> MaxAbsScaler().fit_transform(np.array([[-2.0, 1.0], [1.0, 4.0]]))
+    array([[-1.  ,  0.25],
+           [ 0.5 ,  1.  ]])
+    """
+
+    _fitted = ("max_abs_", "scale_")
+
+    def __init__(self, *, clip: bool = False) -> None:
+        self.clip = clip
+
+    def _check_params(self) -> None:
+        _check_clip(self)
+
+    def _batch_state(self, batch: Batch) -> State:
+        x = batch.x.to(_stats_dtype(batch.x))
+        m = _nan_extreme(x.abs(), batch.finite, largest=True)
+        return (torch.full(m.shape, float(x.shape[0]), dtype=_F64, device=x.device), m)
+
+    def _read_state(self, est: Any, device: torch.device) -> State:
+        m = to_tensor(est.max_abs_, device)
+        return (torch.full(m.shape, float(est.n_samples_seen_), dtype=_F64, device=device), m)
+
+    @staticmethod
+    def _combine(a: State, b: State) -> State:
+        dt = torch.promote_types(a[1].dtype, b[1].dtype)
+        return (a[0] + b[0], torch.maximum(a[1].to(dt), b[1].to(b[1].device, dt)))
+
+    def _publish(self, state: State) -> None:
+        n, m = state
+        self.n_samples_seen_ = int(n[0].item())
+        self.max_abs_ = to_attr(m, self._state_device)
+        self.scale_ = to_attr(handle_zeros_in_scale(m), self._state_device)
+
+    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """``X / scale_`` (clamped to ``[-1, 1]`` when ``clip``)."""
+        check_is_fitted(self)
+        batch = check_input(self, X, reset=False)
+        y = promoted(batch.x, torch.div, to_tensor(self.scale_, batch.x.device))
+        if self.clip:
+            y = y.clamp(-1.0, 1.0)
+        return as_output(y, batch)
+
+    def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """``X · scale_``."""
+        check_is_fitted(self)
+        batch = check_inverse_input(self, X)
+        y = promoted(batch.x, torch.mul, to_tensor(self.scale_, batch.x.device))
+        return as_output(y, batch)
+
+
+# ============================================================================ RobustScaler
+
+
+def _nan_quantiles(x: Tensor, qs: list[float]) -> tuple[Tensor, list[Tensor]]:
+    """Column-wise median and quantiles ignoring NaNs, as numpy's ``nanmedian`` /
+    ``nanpercentile`` (default ``linear`` method).
+
+    One sort per column (NaNs sort last); for ``n`` valid values the quantile ``q`` sits at
+    ``(n − 1)·q`` and is interpolated in float64 between its neighbours with numpy's two-sided
+    lerp; the median is the mean of the two middle values in the data's dtype (numpy's
+    ``median``). A column with no valid value gives NaN. No size limit (unlike
+    ``torch.quantile``).
+    """
+    xs = x.sort(dim=0).values
+    n = (~torch.isnan(x)).sum(0).to(_F64)
+    none = n == 0
+
+    def neighbours(q: float) -> tuple[Tensor, Tensor, Tensor]:
+        pos = (n - 1).clamp_min(0) * q
+        lo = pos.floor()
+        a = xs.gather(0, lo.to(torch.int64)[None])[0]
+        b = xs.gather(0, pos.ceil().to(torch.int64)[None])[0]
+        return a, b, pos - lo
+
+    a, b, _ = neighbours(0.5)
+    median = torch.where(none, float("nan"), (a + b) / 2)
+    out = []
+    for q in qs:
+        a, b, t = neighbours(q)
+        a, b = a.to(_F64), b.to(_F64)
+        d = b - a
+        v = torch.where(t >= 0.5, b - d * (1 - t), a + d * t)
+        out.append(torch.where(none, float("nan"), v))
+    return median, out
+
+
+class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Scale with statistics robust to outliers: remove the median and divide by the
+    interquartile range (scikit-learn's ``RobustScaler``, on numpy arrays and torch tensors).
+
+    .. math:: y = \\frac{x - \\operatorname{median}(x)}{Q_{q_{hi}}(x) - Q_{q_{lo}}(x)}
+
+    quantiles by numpy's ``linear`` method, NaNs ignored in fit and kept in transform; a zero
+    range scales by 1. ``unit_variance=True`` divides the scale by
+    ``Φ⁻¹(q_hi) − Φ⁻¹(q_lo)`` so normally distributed data ends with unit variance.
+
+    Streaming: there is no ``partial_fit`` — medians and quantiles have no exact summary of
+    bounded size, and scikit-learn has none either. Fit on the full data (``fit`` sorts each
+    column once; a GPU tensor is fine), or across processes with :meth:`fit_distributed`,
+    which gathers the rows and is exact.
+
+    Shapes: ``X`` is ``(n_samples, n_features)``. Fitted: ``center_``, ``scale_`` (None where
+    disabled), ``n_features_in_``; ``center_`` in the data's dtype, ``scale_`` in float64, as in
+    scikit-learn.
+
+    >>> RobustScaler().fit(np.array([[1.0], [2.0], [3.0], [100.0]])).center_
+    array([2.5])
+    """
+
+    def __init__(
+        self,
+        *,
+        with_centering: bool = True,
+        with_scaling: bool = True,
+        quantile_range: tuple[float, float] = (25.0, 75.0),
+        unit_variance: bool = False,
+    ) -> None:
+        self.with_centering = with_centering
+        self.with_scaling = with_scaling
+        self.quantile_range = quantile_range
+        self.unit_variance = unit_variance
+
+    def _check_params(self) -> None:
+        qr = self.quantile_range
+        if not (isinstance(qr, (tuple, list)) and len(qr) == 2 and 0 <= qr[0] <= qr[1] <= 100):
+            raise ValueError(
+                f"Invalid quantile range: {qr!r} (expected (q_min, q_max) with "
+                "0 <= q_min <= q_max <= 100, e.g. (25.0, 75.0))"
+            )
+
+    def _fit_rows(self, x: Tensor, device: torch.device | None) -> RobustScaler:
+        x = x.to(_stats_dtype(x))
+        q_lo, q_hi = (float(q) / 100.0 for q in self.quantile_range)
+        with torch.no_grad():
+            med, (lo, hi) = _nan_quantiles(x, [q_lo, q_hi])
+            self.center_ = to_attr(med, device) if self.with_centering else None
+            if self.with_scaling:
+                scale = handle_zeros_in_scale(hi - lo)
+                if self.unit_variance:
+                    nd = statistics.NormalDist()
+
+                    def ppf(p: float) -> float:
+                        return (
+                            nd.inv_cdf(p) if 0 < p < 1 else (float("inf") if p else -float("inf"))
+                        )
+
+                    scale = scale / (ppf(q_hi) - ppf(q_lo))
+                self.scale_ = to_attr(scale, device)
+            else:
+                self.scale_ = None
+        return self
+
+    def fit(self, X: ArrayLike, y: Any = None) -> RobustScaler:
+        """Compute the per-feature median and quantile range of ``X`` (exact)."""
+        self._check_params()
+        batch = check_input(self, X, reset=True)
+        return self._fit_rows(batch.x, batch.x.device if batch.is_tensor else None)
+
+    def fit_distributed(self, X: ArrayLike, y: Any = None, *, group: Any = None) -> RobustScaler:
+        """Exact fit on the union of every rank's ``X``: the rows are all-gathered (memory
+        ``O(total rows × features)`` per rank), then every rank computes the same quantiles.
+        Collective: call it on every rank of ``group``."""
+        self._check_params()
+        batch = check_input(self, X, reset=True)
+        rows = torch.cat(all_gather_rows(batch.x.to(_stats_dtype(batch.x)), group))
+        return self._fit_rows(rows, batch.x.device if batch.is_tensor else None)
+
+    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """``(X − center_) / scale_``."""
+        check_is_fitted(self)
+        batch = check_input(self, X, reset=False)
+        y = batch.x
+        if self.with_centering:
+            y = promoted(y, torch.sub, to_tensor(self.center_, y.device))
+        if self.with_scaling:
+            y = promoted(y, torch.div, to_tensor(self.scale_, y.device))
+        return as_output(y.clone() if y is batch.x else y, batch)
+
+    def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """``X · scale_ + center_``."""
+        check_is_fitted(self)
+        batch = check_inverse_input(self, X)
+        y = batch.x
+        if self.with_scaling:
+            y = promoted(y, torch.mul, to_tensor(self.scale_, y.device))
+        if self.with_centering:
+            y = promoted(y, torch.add, to_tensor(self.center_, y.device))
+        return as_output(y.clone() if y is batch.x else y, batch)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.sparse = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+# ============================================================================ Normalizer
+
+_NORMS = ("l1", "l2", "max")
+
+
+def _check_norm(norm: Any) -> None:
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS} (got {norm!r})")
+
+
+def _normalize_tensor(x: Tensor, norm: str, axis: int) -> tuple[Tensor, Tensor]:
+    cd = accumulation_dtype(x.dtype)
+    xc = x.to(cd)
+    if norm == "l1":
+        n = xc.abs().sum(axis, keepdim=True)
+    elif norm == "l2":
+        n = torch.linalg.vector_norm(xc, 2, dim=axis, keepdim=True)
+    else:
+        n = xc.abs().amax(axis, keepdim=True)
+    n = handle_zeros_in_scale(n.to(x.dtype)).to(cd)
+    return (xc / n).to(x.dtype), n.squeeze(axis).to(x.dtype)
+
+
+def normalize(x: ArrayLike, norm: str = "l2", *, axis: int = 1, return_norm: bool = False) -> Any:
+    """Scale vectors to unit norm along ``axis`` (scikit-learn's ``normalize``; numpy or torch).
+
+    .. math:: y = x / \\lVert x \\rVert_p, \\qquad p \\in \\{1, 2, \\infty\\} \\text{ for }
+        \\texttt{"l1"}, \\texttt{"l2"}, \\texttt{"max"}
+
+    Vectors whose norm is below ``10·eps`` of the dtype are left unchanged (norm taken as 1),
+    as in scikit-learn — no epsilon is added (``torch.nn.functional.normalize`` clamps instead).
+    numpy input must be 2-D with ``axis`` 0 (columns) or 1 (rows) and finite, as scikit-learn
+    requires; a tensor may have any shape and ``axis``, keeps its device and dtype, is not
+    checked for NaN (they propagate) and is differentiable. ``return_norm=True`` also returns
+    the norms (1 where the vector was zero).
+
+    >>> normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
+    array([[0.6, 0.8],
+           [0. , 0. ]])
+    """
+    _check_norm(norm)
+    reject_sparse(x, "normalize")
+    if isinstance(x, Tensor):
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        y, n = _normalize_tensor(x, norm, axis)
+        return (y, n) if return_norm else y
+    if axis not in (0, 1):
+        raise ValueError(f"normalize: axis must be 0 or 1 for numpy input (got {axis})")
+    arr = check_array(x, dtype=FLOAT_DTYPES, estimator="the normalize function")
+    y, n = _normalize_tensor(from_numpy(arr), norm, axis)
+    return (y.numpy(), n.numpy()) if return_norm else y.numpy()
+
+
+class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Scale each sample (row) to unit norm (scikit-learn's ``Normalizer``; numpy or torch).
+
+    .. math:: y_i = x_i / \\lVert x_i \\rVert_p
+
+    Stateless: ``fit`` only checks the input and records ``n_features_in_``. Rows with zero
+    norm are left unchanged. Input must be finite (scikit-learn's rule; tensors too). See
+    :func:`normalize` for the functional form on any axis.
+
+    >>> Normalizer(norm="l1").transform(np.array([[1.0, 3.0]]))
+    array([[0.25, 0.75]])
+    """
+
+    def __init__(self, norm: str = "l2") -> None:
+        self.norm = norm
+
+    def fit(self, X: ArrayLike, y: Any = None) -> Normalizer:
+        """Check ``X`` and the parameters; nothing is learned."""
+        _check_norm(self.norm)
+        check_input(self, X, reset=True, allow_nan=False)
+        return self
+
+    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
+        """Each row divided by its ``norm``."""
+        _check_norm(self.norm)
+        batch = check_input(self, X, reset=False, allow_nan=False)
+        y, _ = _normalize_tensor(batch.x, self.norm, 1)
+        return as_output(y, batch)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.requires_fit = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
