@@ -419,3 +419,25 @@ def test_cli_factory_and_trust(tmp_path, capsys):
     loaded = torch.load(out, weights_only=False)
     with torch.no_grad():
         assert torch.allclose(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class ReadsWeight(nn.Module):
+    """forward reads conv.weight directly (e.g. a weight penalty term): folding must not happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x)) * self.conv.weight.sum()
+
+
+def test_tied_weights_and_direct_weight_reads_block_folding():
+    _, report = _check(ReadsWeight(), torch.randn(2, 3, 4, 4), n_folded=0)
+    assert "reads the weights" in report.skipped[0].reason
+    a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+    b.weight = a.weight
+    model = nn.Sequential(a, nn.ReLU(), b, nn.BatchNorm1d(4))
+    _, report = _check(model, torch.randn(5, 4), n_folded=0)
+    assert "tied" in report.skipped[0].reason

@@ -312,6 +312,12 @@ class _Finder:
         self.names: dict[int, list[str]] = {}
         for name, m in model.named_modules(remove_duplicate=False):
             self.names.setdefault(id(m), []).append(name)
+        self.tensor_names: dict[int, list[str]] = {}
+        for name, t in (
+            *model.named_parameters(remove_duplicate=False),
+            *model.named_buffers(remove_duplicate=False),
+        ):
+            self.tensor_names.setdefault(id(t), []).append(name)
         self.pairs: list[tuple[str, str]] = []
         self.reasons: dict[str, str] = {}
         self.untraceable: dict[str, str] = {}
@@ -334,6 +340,14 @@ class _Finder:
                 f"{self.names[id(layer)]})"
             )
             return
+        for pname, t in layer.named_parameters(recurse=False):
+            full = f"{layer_name}.{pname}"
+            tied = [n for n in self.tensor_names.get(id(t), []) if n != full]
+            if tied:
+                self.reasons[norm_name] = (
+                    f"{full} is tied to {tied}; folding would change the other users of that tensor"
+                )
+                return
         self.pairs.append((layer_name, norm_name))
 
     def walk(self, module: nn.Module, prefix: str) -> None:
@@ -347,9 +361,12 @@ class _Finder:
 
     def _graph(self, module: nn.Module, graph: torch.fx.Graph, prefix: str) -> None:
         calls: dict[str, int] = {}
+        read: set[str] = set()  # modules whose tensors forward reads directly (get_attr)
         for node in graph.nodes:
             if node.op == "call_module":
                 calls[node.target] = calls.get(node.target, 0) + 1
+            elif node.op == "get_attr":
+                read.add(str(node.target).rpartition(".")[0])
         for node in graph.nodes:
             if node.op != "call_module":
                 continue
@@ -383,6 +400,12 @@ class _Finder:
             if calls[src.target] > 1:
                 self.reasons[name] = (
                     f"{_join(prefix, src.target)!r} is called {calls[src.target]} times in forward"
+                )
+                continue
+            if src.target in read or node.target in read:
+                self.reasons[name] = (
+                    f"forward reads the weights of {_join(prefix, src.target)!r} or of the norm "
+                    "directly; folding would change what it reads"
                 )
                 continue
             self.consider(_join(prefix, src.target), name)

@@ -235,8 +235,7 @@ def optimize(
     if _has_norms(folded):
         norm_choices += [b for b in backends.available() if b != "reference"]
     layouts = [False]
-    probe = copy.deepcopy(folded)
-    if _to_channels_last(probe):
+    if any(t.ndim in (4, 5) for t in (*folded.parameters(), *folded.buffers())):
         layouts.append(True)
 
     candidates: dict[str, nn.Module] = {"original": model}
