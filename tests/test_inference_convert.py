@@ -61,7 +61,27 @@ def _randomized(model: nn.Module) -> nn.Module:
 
 
 def test_twin_table_covers_every_torch_norm():
-    assert {t.torch_cls for t in TWINS} == set(TORCH_NORMS)
+    extra = {nn.SyncBatchNorm} if hasattr(nkn, "SyncBatchNorm") else set()
+    assert {t.torch_cls for t in TWINS} == set(TORCH_NORMS) | extra
+
+
+def test_sync_batchnorm_round_trip():
+    if not hasattr(nkn, "SyncBatchNorm"):
+        pytest.skip("this normkit has no SyncBatchNorm")
+    model = _randomized(nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4))).eval()
+    nk = convert(model, "normkit")
+    assert type(nk[1]) is nkn.SyncBatchNorm and nk[1].process_group is None
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(
+        nk(x),
+        nn.functional.batch_norm(
+            model[0](x), model[1].running_mean, model[1].running_var, model[1].weight, model[1].bias
+        ),
+    )
+    back = convert(nk, "torch")
+    assert type(back[1]) is nn.SyncBatchNorm
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])

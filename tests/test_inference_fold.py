@@ -441,3 +441,42 @@ def test_tied_weights_and_direct_weight_reads_block_folding():
     model = nn.Sequential(a, nn.ReLU(), b, nn.BatchNorm1d(4))
     _, report = _check(model, torch.randn(5, 4), n_folded=0)
     assert "tied" in report.skipped[0].reason
+
+
+# every normkit batch-norm variant this normkit ships: (name, constructor kwargs, activation kept)
+VARIANTS = [
+    ("BatchRenorm2d", {}, None),
+    ("GhostBatchNorm2d", {"virtual_batch_size": 2}, None),
+    ("SyncBatchNorm", {}, None),
+    ("BatchNormalization", {"axis": 1}, None),
+    ("FrozenBatchNorm2d", {}, None),
+    ("BatchNormAct2d", {"act": "silu"}, nn.SiLU),
+    ("FrozenBatchNormAct2d", {"act": "gelu"}, nn.GELU),
+    ("SyncBatchNormAct2d", {"act": "relu"}, nn.ReLU),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "act"), VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_normkit_batchnorm_variants_fold(name, kwargs, act):
+    cls = getattr(nkn, name, None)
+    if cls is None:
+        pytest.skip(f"this normkit has no {name}")
+    norm = cls(num_features=4, **kwargs) if name == "BatchNormalization" else cls(4, **kwargs)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), norm, nn.Conv2d(4, 2, 1))
+    folded, report = _check(model, torch.randn(4, 3, 6, 6), n_folded=1)
+    if act is None:
+        assert isinstance(folded[1], nn.Identity)
+    else:
+        assert report.folded[0].activation is not None
+        assert any(isinstance(m, act) for m in folded[1].modules())
+
+
+def test_frozen_bn_in_training_mode_still_folds():
+    if not hasattr(nkn, "FrozenBatchNorm1d"):
+        pytest.skip("this normkit has no FrozenBatchNorm1d")
+    model = _stats(nn.Sequential(nn.Linear(3, 4), nkn.FrozenBatchNorm1d(4)).double())
+    model[1].train()  # a frozen BN uses its running statistics in training mode too
+    x = torch.randn(5, 3, dtype=torch.float64)
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert len(report.folded) == 1
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-12, atol=1e-12)

@@ -88,6 +88,15 @@ TWINS: tuple[Twin, ...] = (
     Twin(nn.InstanceNorm2d, nkn.InstanceNorm2d, _bn_args),
     Twin(nn.InstanceNorm3d, nkn.InstanceNorm3d, _bn_args),
 )
+if hasattr(nkn, "SyncBatchNorm"):  # present when this normkit ships synchronized BN
+    TWINS += (
+        Twin(
+            nn.SyncBatchNorm,
+            nkn.SyncBatchNorm,
+            lambda m: {**_bn_args(m), "process_group": m.process_group},
+            _axis_blocker,
+        ),
+    )
 """The one twin table: every normkit layer with an exact torch.nn counterpart."""
 
 _BY_TORCH = {t.torch_cls: t for t in TWINS}
@@ -173,8 +182,8 @@ def convert(
 ) -> nn.Module | tuple[nn.Module, ConversionReport]:
     """Replace every norm layer by its twin from the other library.
 
-    Covers BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm and InstanceNorm1d/2d/3d both ways
-    (the :data:`TWINS` table), keeping weights, buffers (``running_mean``, ``running_var``,
+    Covers BatchNorm1d/2d/3d, LayerNorm, RMSNorm, GroupNorm, InstanceNorm1d/2d/3d and
+    SyncBatchNorm (with its ``process_group``) both ways (the :data:`TWINS` table), keeping weights, buffers (``running_mean``, ``running_var``,
     ``num_batches_tracked``), device, dtype, ``requires_grad`` and the training flag, so
     ``convert(convert(m, "normkit"), "torch")`` has the same state_dict as ``m``. Layers without
     an exact twin (e.g. ``normkit.nn.BatchNorm(axis=-1)``, ``LayerNorm2d``, subclasses) are left

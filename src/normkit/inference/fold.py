@@ -38,6 +38,7 @@ from typing import Literal, overload
 import torch
 import torch.fx
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 import normkit.nn as nkn
 
@@ -128,9 +129,15 @@ def foldable_norm_types() -> tuple[type[nn.Module] | str, ...]:
     return (*_FOLDABLE, *_FOLDABLE_BY_NAME)
 
 
-def batchnorm_protocol(m: nn.Module, activation: nn.Module | None = None) -> FoldableNorm | str:
-    """Read the batch-norm protocol off ``m`` (see :func:`register_foldable_norm`)."""
-    if m.training:
+def batchnorm_protocol(
+    m: nn.Module, activation: nn.Module | None = None, *, frozen: bool = False
+) -> FoldableNorm | str:
+    """Read the batch-norm protocol off ``m`` (see :func:`register_foldable_norm`).
+
+    ``frozen=True`` for layers that use their running statistics in training mode too
+    (FrozenBatchNorm): their training flag does not matter.
+    """
+    if m.training and not frozen:
         return (
             "BN is in training mode (it normalizes with batch statistics); call model.eval() "
             "before folding"
@@ -142,6 +149,11 @@ def batchnorm_protocol(m: nn.Module, activation: nn.Module | None = None) -> Fol
             "BN has no running statistics (track_running_stats=False), so it normalizes with "
             "batch statistics even in eval mode; it is not an affine map and cannot be folded"
         )
+    if any(
+        isinstance(t, Tensor) and is_lazy(t)
+        for t in (mean, var, getattr(m, "weight", None), getattr(m, "bias", None))
+    ):
+        return "the lazy norm has not seen an input yet (uninitialized parameters); run it once"
     weight = getattr(m, "weight", None)
     bias = getattr(m, "bias", None)
     return FoldableNorm(
@@ -155,17 +167,58 @@ def batchnorm_protocol(m: nn.Module, activation: nn.Module | None = None) -> Fol
     )
 
 
-for _cls in (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nkn.BatchNorm,
-    nkn.BatchNorm1d,
-    nkn.BatchNorm2d,
-    nkn.BatchNorm3d,
-):
+def _norm_act(m: nn.Module) -> FoldableNorm | str:
+    """normkit's BatchNormAct2d/SyncBatchNormAct2d: BN, then ``act``."""
+    act = getattr(m, "act", None)
+    return batchnorm_protocol(m, act if isinstance(act, nn.Module) else None)
+
+
+def _frozen(m: nn.Module) -> FoldableNorm | str:
+    return batchnorm_protocol(m, frozen=True)
+
+
+def _frozen_act(m: nn.Module) -> FoldableNorm | str:
+    act = getattr(m, "act", None)
+    return batchnorm_protocol(m, act if isinstance(act, nn.Module) else None, frozen=True)
+
+
+for _cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm):
     register_foldable_norm(_cls)
+
+# normkit's batch norms: eval mode is "normalize with the running statistics" for all of them
+# (BatchRenorm and GhostBatchNorm differ only in training). Looked up by name so that the table
+# holds whichever of them this normkit ships.
+_NORMKIT_TABLE: dict[str, Extractor] = {
+    **dict.fromkeys(
+        (
+            "BatchNorm",
+            "BatchNorm1d",
+            "BatchNorm2d",
+            "BatchNorm3d",
+            "BatchRenorm",
+            "BatchRenorm1d",
+            "BatchRenorm2d",
+            "BatchRenorm3d",
+            "GhostBatchNorm",
+            "GhostBatchNorm1d",
+            "GhostBatchNorm2d",
+            "SyncBatchNorm",
+            "BatchNormalization",
+        ),
+        batchnorm_protocol,
+    ),
+    **dict.fromkeys(
+        ("FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"),
+        _frozen,
+    ),
+    "BatchNormAct2d": _norm_act,
+    "SyncBatchNormAct2d": _norm_act,
+    "FrozenBatchNormAct2d": _frozen_act,
+}
+for _name, _extract in _NORMKIT_TABLE.items():
+    _cls = getattr(nkn, _name, None)
+    if isinstance(_cls, type):
+        register_foldable_norm(_cls, _extract)
 
 
 def _timm_norm_act(m: nn.Module) -> FoldableNorm | str:
