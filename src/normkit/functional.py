@@ -30,7 +30,9 @@ from normkit._stats import (
 
 __all__ = [
     "batch_norm",
+    "batch_renorm",
     "channel_norm",
+    "ghost_batch_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",
@@ -533,3 +535,185 @@ def layer_norm_2d(
         "layer_norm", input.movedim(1, -1), (c,), weight, bias, eps, backend=backend
     ).movedim(-1, 1)
     return _keep_format(y, input)
+
+
+# --------------------------------------------------------------------------- training-time family
+
+
+def batch_renorm(
+    input: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    r_max: float | Tensor = 3.0,
+    d_max: float | Tensor = 5.0,
+    axis: int = 1,
+    num_batches_tracked: Tensor | None = None,
+    nan_policy: NanPolicy = "skip",
+    mask: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Batch renormalization (Ioffe 2017, arXiv:1702.03275): batch norm whose training output is
+    corrected towards the running statistics, so that train and eval agree for small or
+    non-i.i.d. batches.
+
+    .. math::
+        r = \\mathrm{clip}_{[1/r_{max},\\,r_{max}]}\\Big(\\frac{\\sigma_B}{\\sigma}\\Big),\\quad
+        d = \\mathrm{clip}_{[-d_{max},\\,d_{max}]}\\Big(\\frac{\\mu_B - \\mu}{\\sigma}\\Big),\\quad
+        y = \\gamma\\Big(\\frac{x - \\mu_B}{\\sigma_B}\\, r + d\\Big) + \\beta
+
+    with :math:`\\sigma_B = \\sqrt{\\mathrm{Var}_B[x] + \\epsilon}`, :math:`\\sigma = \\sqrt{\\text{running\\_var} + \\epsilon}`,
+    :math:`\\mu` the running mean (before this batch's update) and ``r``, ``d`` treated as
+    constants by autograd. That is batch norm with weight ``γ·r`` and bias ``γ·d + β``, which is
+    how it runs (any backend); ``r_max=1, d_max=0`` gives exactly :func:`batch_norm`. The running
+    statistics update as batch norm's. Eval is batch norm with the running statistics.
+
+    ``r_max`` ≥ 1 and ``d_max`` ≥ 0 may be tensors (a warm-up schedule without host syncs).
+    Shapes as :func:`batch_norm`; ``mask`` as there.
+
+    >>> rm, rv = torch.zeros(8), torch.ones(8)
+    >>> y = batch_renorm(torch.randn(4, 8, 5, 5), rm, rv, training=True, r_max=2.0, d_max=1.0)
+    """
+    op = "batch_renorm"
+    if running_mean is None or running_var is None:
+        raise ValueError(
+            f"{op} needs running_mean and running_var (the correction r, d is relative to them); "
+            "use batch_norm for a norm without running statistics"
+        )
+    for value, low, name in ((r_max, 1.0, "r_max"), (d_max, 0.0, "d_max")):
+        if not isinstance(value, Tensor) and value < low:
+            raise ValueError(
+                f"{op}: {name} must be >= {low:g} (got {value}); r_max=1, d_max=0 is plain batch "
+                "norm and larger values let the running statistics correct the batch ones"
+            )
+    if not training:
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, False, momentum, eps,
+            axis=axis, backend=backend,
+        )  # fmt: skip
+    _check_input(input, op, 2)
+    ax = _feature_axis(input, axis, op)
+    with torch.no_grad():
+        m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
+        dims = [d for d in range(input.ndim) if d != ax]
+        mean, var = moments(input, dims, mask=m)
+        rm = running_mean.to(mean.dtype)
+        sigma = torch.sqrt(running_var.to(mean.dtype) + eps)
+        r_lim = torch.as_tensor(r_max, dtype=mean.dtype, device=mean.device)
+        d_lim = torch.as_tensor(d_max, dtype=mean.dtype, device=mean.device)
+        r = torch.clamp(torch.sqrt(var + eps) / sigma, 1 / r_lim, r_lim)
+        d = torch.clamp((mean - rm) / sigma, -d_lim, d_lim)
+    w_eff = r if weight is None else weight * r
+    b_eff = d if weight is None else weight * d
+    if bias is not None:
+        b_eff = b_eff + bias
+    return batch_norm(
+        input,
+        running_mean,
+        running_var,
+        w_eff,
+        b_eff,
+        True,
+        momentum,
+        eps,
+        axis=axis,
+        num_batches_tracked=num_batches_tracked,
+        nan_policy=nan_policy,
+        mask=mask,
+        backend=backend,
+    )
+
+
+def ghost_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    *,
+    virtual_batch_size: int,
+    axis: int = 1,
+    num_batches_tracked: Tensor | None = None,
+    nan_policy: NanPolicy = "skip",
+    mask: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Ghost batch normalization (Hoffer, Hubara & Soudry 2017, arXiv:1705.08741): batch norm
+    over virtual batches of ``virtual_batch_size`` samples (dim 0) of a large batch.
+
+    .. math:: y_{i} = \\frac{x_i - \\mu_{B_k}}{\\sqrt{\\sigma^2_{B_k} + \\epsilon}}\\gamma + \\beta,
+        \\quad i \\in B_k = \\{k v, \\dots, k v + v - 1\\}
+
+    Training runs :func:`batch_norm` on each virtual batch in turn, so the running statistics
+    (and ``num_batches_tracked``) are updated once per virtual batch, as Algorithm 1 of the
+    paper; ``nan_policy`` acts per virtual batch (a virtual batch with NaN/Inf statistics is
+    skipped, the others update). When ``N % virtual_batch_size != 0`` the last virtual batch holds the remaining
+    samples (like :meth:`torch.Tensor.split`). ``virtual_batch_size == N`` is plain batch norm
+    of the whole batch; a virtual batch larger than the batch is rejected (almost always a
+    configuration mistake). Eval is batch norm with the running statistics.
+
+    Shapes as :func:`batch_norm` (the batch is dim 0); ``mask`` as there.
+
+    >>> y = ghost_batch_norm(torch.randn(64, 8), None, None, training=True, virtual_batch_size=16)
+    """
+    op = "ghost_batch_norm"
+    if not training:
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, False, momentum, eps,
+            axis=axis, backend=backend,
+        )  # fmt: skip
+    _check_input(input, op, 2)
+    ax = _feature_axis(input, axis, op)
+    n = input.shape[0]
+    if ax == 0:
+        raise ValueError(
+            f"{op}: the feature axis cannot be the batch dim 0 (got axis={axis} for input of shape "
+            f"{tuple(input.shape)}); virtual batches split dim 0"
+        )
+    if not 1 <= virtual_batch_size <= n:
+        raise ValueError(
+            f"{op}: virtual_batch_size must be between 1 and the batch size {n} (got "
+            f"{virtual_batch_size} for input of shape {tuple(input.shape)}); lower it, raise the "
+            "batch size, or use BatchNorm for batches this small"
+        )
+    rest = n % virtual_batch_size
+    per_sample = input[0].numel() // max(input.shape[ax], 1)
+    if rest and rest * per_sample <= 1 and mask is None:
+        raise ValueError(
+            f"{op}: the last virtual batch would hold {rest} sample with one value per channel "
+            f"(batch {n}, virtual_batch_size {virtual_batch_size}); pick a virtual_batch_size "
+            "that divides the batch size or drop the incomplete batch (DataLoader(drop_last=True))"
+        )
+    m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
+    chunks = input.split(virtual_batch_size, dim=0)
+    if m is not None and m.shape[0] == n:
+        masks: Sequence[Tensor | None] = m.split(virtual_batch_size, dim=0)
+    else:
+        masks = [m] * len(chunks)
+    outs = [
+        batch_norm(
+            chunk,
+            running_mean,
+            running_var,
+            weight,
+            bias,
+            True,
+            momentum,
+            eps,
+            axis=ax,
+            num_batches_tracked=num_batches_tracked,
+            nan_policy=nan_policy,
+            mask=cm,
+            backend=backend,
+        )
+        for chunk, cm in zip(chunks, masks, strict=True)
+    ]
+    return _keep_format(torch.cat(outs, dim=0), input)
