@@ -1,11 +1,12 @@
 """The inference benchmark (``normkit bench --inference``): eval forward before and after
 :func:`normkit.inference.optimize`, same process.
 
-Cases: the ResNet-style CNN of :mod:`normkit.inference.models` on a batch of 8 RGB 128×128 images
-and a BatchNorm MLP on 256×512. ``optimize`` picks its configuration with its own timings; the
-numbers reported here come from a *separate* interleaved loop over the original and the optimized
-model (so the winner of a noisy selection is not reported with its lucky time). Only the ratio
-measured in one run means anything on a shared machine.
+Cases: the ResNet-style CNN of :mod:`normkit.inference.models` on a batch of 8 RGB 128×128 images,
+a BatchNorm MLP on 256×512, and a LayerNorm/RMSNorm MLP block on 2048 tokens × 256 (nothing to
+fold: only the norm backend can change). ``optimize`` picks its configuration with its own
+timings; the numbers reported here come from a *separate* interleaved loop over the original and
+the optimized model (so the winner of a noisy selection is not reported with its lucky time).
+Only the ratio measured in one run means anything on a shared machine.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from normkit.bench._registry import register_suite
-from normkit.inference.models import mlp, resnet_cnn
+from normkit.inference.models import ln_mlp, mlp, resnet_cnn
 from normkit.inference.optimize import optimize
 
 __all__ = ["CASES", "InferenceCase", "run_inference_bench"]
@@ -37,6 +38,7 @@ class InferenceCase:
 CASES: tuple[InferenceCase, ...] = (
     InferenceCase("resnet-cnn", resnet_cnn, (8, 3, 128, 128)),
     InferenceCase("mlp-bn", mlp, (256, 512)),
+    InferenceCase("mlp-ln", ln_mlp, (2048, 256)),
 )
 
 
@@ -108,5 +110,5 @@ def run_inference_bench(
 register_suite(
     "inference",
     run_inference_bench,
-    "eval forward of a ResNet-style CNN and a BN MLP before/after normkit.inference.optimize",
+    "eval forward of a ResNet-style CNN and two MLPs before/after normkit.inference.optimize",
 )

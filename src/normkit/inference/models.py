@@ -2,8 +2,9 @@
 
 ``resnet_cnn()`` is a ResNet-style CNN (He et al. 2016, arXiv:1512.03385: basic blocks with
 skip connections, a 1×1 conv + BN downsample, every conv followed by BatchNorm2d), ``mlp()`` a
-multilayer perceptron with BatchNorm1d after every hidden Linear. Both come with random running
-statistics (as if trained) and are returned in eval mode.
+multilayer perceptron with BatchNorm1d after every hidden Linear, ``ln_mlp()`` a transformer-style
+MLP block whose LayerNorm/RMSNorm cannot be folded (so only the norm backend can help). All come
+with random norm parameters/statistics (as if trained) and are returned in eval mode.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "mlp", "randomize_norm_stats", "resnet_cnn"]
+__all__ = ["BasicBlock", "ln_mlp", "mlp", "randomize_norm_stats", "resnet_cnn"]
 
 
 class BasicBlock(nn.Module):
@@ -89,3 +90,19 @@ def mlp(sizes: tuple[int, ...] = (512, 1024, 1024, 1024, 10)) -> nn.Module:
         layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return randomize_norm_stats(nn.Sequential(*layers)).eval()
+
+
+def ln_mlp(dim: int = 256, hidden: int = 1024) -> nn.Module:
+    """``RMSNorm(Linear(GELU(LayerNorm(Linear(x)))))`` on ``(tokens, dim)``, eval mode.
+
+    >>> y = ln_mlp()(torch.randn(2048, 256))   # (2048, 256)
+    """
+    torch.manual_seed(0)
+    block = nn.Sequential(
+        nn.Linear(dim, hidden),
+        nn.LayerNorm(hidden),
+        nn.GELU(),
+        nn.Linear(hidden, dim),
+        nn.RMSNorm(dim),
+    )
+    return randomize_norm_stats(block).eval()
