@@ -3,4 +3,8 @@
 Adding a suite is one line here (keep the list sorted after the first entry, the default suite).
 """
 
-SUITE_MODULES: tuple[str, ...] = ("normkit.bench.kernels", "normkit.bench.inference")
+SUITE_MODULES: tuple[str, ...] = (
+    "normkit.bench.kernels",
+    "normkit.bench.inference",
+    "normkit.diagnostics.bench",
+)

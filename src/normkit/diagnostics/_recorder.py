@@ -2,12 +2,14 @@
 
 Hooks are only installed for the steps that are recorded: the model carries two light root hooks
 (a forward pre-hook that counts steps and a forward hook), and on a recorded step the pre-hook
-adds a forward hook to every leaf module and a gradient hook to every parameter; they are removed
-again at the end of that forward (leaf hooks) or at the next step (parameter hooks). Gradients of
-layer outputs come from tensor hooks on the outputs, which leave the autograd graph untouched, so
-a watched model computes bit-identical outputs and gradients, and in-place ops after a layer
-(``ReLU(inplace=True)``) keep working. Statistics are kept as small tensors and converted to
-Python numbers in one batch when read (one device sync instead of one per layer).
+adds a forward hook to every leaf module; they are removed again at the end of that forward.
+Gradients of layer outputs come from tensor hooks on the outputs, which leave the autograd graph
+untouched, so a watched model computes bit-identical outputs and gradients, and in-place ops
+after a layer (``ReLU(inplace=True)``) keep working. Parameter-gradient norms are read once per
+backward, from a callback queued on the autograd engine that runs when the backward pass ends,
+with one multi-tensor ``_foreach_norm``; the optimizer step is measured the same way. Every
+statistic stays a 0-d tensor until it is read, when all of them are stacked and converted at
+once (one device sync instead of one per layer and step).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import Variable
 from torch.utils.hooks import RemovableHandle
 
 from normkit._stats import accumulation_dtype
@@ -41,8 +44,9 @@ if TYPE_CHECKING:
 __all__ = ["METRICS", "LayerInfo", "Recorder", "watch"]
 
 _ACT = ("act_mean", "act_std", "act_min", "act_max")
-_GRAD_SQ = ("grad_sq",)
-_UPDATE_SQ = ("update_sq", "weight_sq")
+_SUMSQ = ("grad_sq", "update_sq", "weight_sq")  # per-parameter norms, summed in quadrature
+# pass-through modules: their output is their input (or a view of it); nothing new to measure
+_PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Flatten, nn.Unflatten, nn.Identity)
 METRICS: tuple[str, ...] = (
     *_ACT,
     "dead_frac",
@@ -59,8 +63,14 @@ the gradient w.r.t. the layer's output; L2 norm of the gradient of the layer's o
 L2 norm of those parameters before the optimizer step and ‖Δw‖/‖w‖ of that step."""
 
 _SAT_LOW, _SAT_HIGH = 0.01, 0.99
+# A pending value: (metric, layer, mode, arg). mode "set" stores the value, "sq" adds its square
+# (per-parameter norms of one layer), "dead" stores 1 − value/arg (alive units of arg), "frac"
+# stores value/arg (count of saturated outputs among arg), "mean" value/arg (Σx → mean), "msq"
+# √(value²/arg − mean²) (‖x‖ → std, with the layer's mean of that step).
+_Spec = tuple[str, str, str, int]
 _FLUSH_AT = 20_000
 _HIST_BINS = 40
+_HIST_SAMPLE = 4096
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,16 @@ def _first_tensor(output: Any) -> Tensor | None:
             if isinstance(o, Tensor):
                 return o
     return None
+
+
+def _foreach_norms(ts: list[Tensor]) -> list[Tensor]:
+    """L2 norms of many dense tensors in one multi-tensor op, accumulated in float32 (float64
+    for float64 tensors)."""
+    if not ts:
+        return []
+    if all(t.dtype in (torch.float32, torch.float64) for t in ts):
+        return list(torch._foreach_norm(ts))
+    return [_norm(t) for t in ts]
 
 
 def _norm(t: Tensor) -> Tensor:
@@ -108,7 +128,7 @@ class Recorder:
         *,
         every: int = 1,
         optimizer: torch.optim.Optimizer | None = None,
-        hist_every: int = 10,
+        hist_every: int = 20,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch expects a torch.nn.Module (got {type(model).__name__})")
@@ -123,16 +143,19 @@ class Recorder:
         self.model = model
         self.every = every
         self.hist_every = hist_every
-        self._leaves = leaf_modules(model)
+        all_leaves = leaf_modules(model)
+        self._leaves = [(n, m) for n, m in all_leaves if not isinstance(m, _PASS_THROUGH)]
         self._info: dict[str, LayerInfo] = {
             n: LayerInfo(n, type(m).__name__, is_depth_layer(m), activation_kind(m))
-            for n, m in self._leaves
+            for n, m in all_leaves
         }
         self._params: dict[str, list[nn.Parameter]] = {}
-        for n, m in self._leaves:
+        for n, m in all_leaves:
             ps = [p for p in m.parameters(recurse=False) if p.requires_grad]
             if ps:
                 self._params[n] = ps
+        self._flat_params = [(n, p) for n, ps in self._params.items() for p in ps]
+        self._callback_queued = False
         self._order: list[str] = []
         self._seen: set[str] = set()
         self._steps: list[int] = []
@@ -142,14 +165,14 @@ class Recorder:
         self._n_records = 0
         self._calls: dict[str, int] = {}
         self._opt_step = -1
-        self._snapshot: list[tuple[str, list[Tensor], list[Tensor]]] | None = None
-        self._pending: list[tuple[tuple[str, ...], str, int, Tensor]] = []
+        self._snapshot: tuple[list[str], list[Tensor], list[Tensor]] | None = None
+        self._pending_specs: list[tuple[int, _Spec]] = []
+        self._pending_values: list[Tensor] = []
         self._values: dict[str, dict[str, dict[int, float]]] = defaultdict(
             lambda: defaultdict(dict)
         )
         self._hists: dict[str, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
         self._leaf_handles: list[RemovableHandle] = []
-        self._param_handles: list[RemovableHandle] = []
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(self._on_root_pre),
             model.register_forward_hook(self._on_root_post),
@@ -203,10 +226,11 @@ class Recorder:
     def _drop_step_hooks(self) -> None:
         for h in self._leaf_handles:
             h.remove()
-        for h in self._param_handles:
-            h.remove()
         self._leaf_handles.clear()
-        self._param_handles.clear()
+
+    def _put(self, step: int, spec: _Spec, value: Tensor) -> None:
+        self._pending_specs.append((step, spec))
+        self._pending_values.append(value)
 
     # ----------------------------------------------------------------------- hooks
 
@@ -219,18 +243,16 @@ class Recorder:
         self._recording = self._step % self.every == 0
         if not self._recording:
             return
-        if len(self._pending) > _FLUSH_AT:
+        if len(self._pending_values) > _FLUSH_AT:
             self._flush()
         step = self._step
         self._steps.append(step)
         self._hist_now = self.hist_every > 0 and self._n_records % self.hist_every == 0
         self._n_records += 1
         self._calls = {}
+        self._callback_queued = False
         for name, m in self._leaves:
             self._leaf_handles.append(m.register_forward_hook(partial(self._on_leaf, name)))
-        for name, ps in self._params.items():
-            for p in ps:
-                self._param_handles.append(p.register_hook(partial(self._on_param, name, step)))
 
     def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         for h in self._leaf_handles:
@@ -252,88 +274,118 @@ class Recorder:
                 self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation)
         step = self._step
         act = self._info[name].activation
-        with torch.no_grad():
-            x = out.detach()
-            if x.dtype not in (torch.float32, torch.float64):
-                x = x.float()
-            std, mean = torch.std_mean(x, correction=0)
-            lo, hi = torch.aminmax(x)
-            self._pending.append((_ACT, key, step, torch.stack((mean, std, lo, hi))))
-            if act == "relu":
-                if x.ndim >= 2:
-                    alive = x.amax(dim=[d for d in range(x.ndim) if d != 1]) > 0
-                else:
-                    alive = x > 0
-                self._pending.append((("dead_frac",), key, step, 1 - alive.float().mean()))
-            elif act == "sigmoid":
-                sat = ((x < _SAT_LOW) | (x > _SAT_HIGH)).float().mean()
-                self._pending.append((("saturated_frac",), key, step, sat))
-            elif act == "tanh":
-                sat = (x.abs() > _SAT_HIGH).float().mean()
-                self._pending.append((("saturated_frac",), key, step, sat))
-            if self._hist_now and bool(torch.isfinite(lo) & torch.isfinite(hi)):
-                counts = torch.histc(x, bins=_HIST_BINS, min=float(lo), max=float(hi))
-                hists = self._hists.setdefault(key, [])
-                hists[1:] = []  # keep the first and the latest only
-                hists.append((step, counts, lo.clone(), hi.clone()))
+        put = self._put
+        x = out.detach()
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        # One pass each for Σx, ‖x‖ and (min, max), no temporaries: the std is combined in
+        # float64 at read time as √(Σx²/n − mean²). Σx² is accumulated in float32, so the std
+        # carries a relative error of about 1e-7·(mean/std)²: exact enough to monitor scale
+        # unless |mean| > 1000·std. (A two-pass std costs an extra temporary and pass per
+        # layer; torch.std_mean's Welford kernel is ~20x slower than both on CPU.)
+        n = x.numel()
+        total = x.sum()
+        norm = torch.linalg.vector_norm(x)
+        lo, hi = torch.aminmax(x)
+        put(step, ("act_mean", key, "mean", n), total)
+        put(step, ("act_std", key, "msq", n), norm)
+        put(step, ("act_min", key, "set", 0), lo)
+        put(step, ("act_max", key, "set", 0), hi)
+        if act == "relu":
+            if x.ndim >= 2:  # a unit is a channel: dead if ≤ 0 for every sample and position
+                units = x.shape[1]
+                peak = x.amax(dim=[d for d in range(x.ndim) if d != 1])
+            else:
+                units, peak = x.numel(), x
+            put(step, ("dead_frac", key, "dead", units), torch.count_nonzero(peak))  # ≥ 0
+        elif act is not None:
+            centre, half = (0.5, _SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, _SAT_HIGH)
+            sat = torch.count_nonzero((x - centre).abs_() > half)
+            put(step, ("saturated_frac", key, "frac", x.numel()), sat)
+        if self._hist_now:  # on a systematic sample of ≤ 4096 values; no device sync
+            flat = x.reshape(-1)
+            sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
+            s_lo, s_hi = torch.aminmax(sample)
+            counts = torch.histc(sample, bins=_HIST_BINS)  # range: the sample's min..max
+            hists = self._hists.setdefault(key, [])
+            hists[1:] = []  # keep the first and the latest only
+            hists.append((step, counts, s_lo, s_hi))
         if out.requires_grad:
             out.register_hook(partial(self._on_out_grad, key, step))
 
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
-        self._pending.append((("grad_out_norm",), key, step, _norm(grad)))
+        if not self._callback_queued and self._flat_params:
+            # runs once the whole backward pass is done, when every .grad is accumulated
+            self._callback_queued = True
+            Variable._execution_engine.queue_callback(partial(self._on_backward_end, step))
+        self._put(step, ("grad_out_norm", key, "set", 0), _norm(grad))
 
-    def _on_param(self, name: str, step: int, grad: Tensor) -> None:
-        self._pending.append((_GRAD_SQ, name, step, _norm(grad).square()))
+    def _on_backward_end(self, step: int) -> None:
+        names, grads = [], []
+        for name, p in self._flat_params:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                self._put(step, ("grad_sq", name, "sq", 0), _norm(g))
+            else:
+                names.append(name)
+                grads.append(g.detach())
+        for name, norm in zip(names, _foreach_norms(grads), strict=True):
+            self._put(step, ("grad_sq", name, "sq", 0), norm)
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._recording or self._opt_step == self._step:
             return
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        snap = []
-        with torch.no_grad():
-            for name, ps in self._params.items():
-                mine = [p for p in ps if id(p) in ids]
-                if mine:
-                    snap.append((name, mine, [p.detach().clone() for p in mine]))
-        if snap:
-            self._snapshot = snap
+        mine = [(n, p.detach()) for n, p in self._flat_params if id(p) in ids]
+        if mine:
+            names, params = [n for n, _ in mine], [p for _, p in mine]
+            with torch.no_grad():
+                self._snapshot = (names, params, list(torch._foreach_mul(params, 1.0)))
             self._opt_step = self._step
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         snap, self._snapshot = self._snapshot, None
         if snap is None:
             return
+        names, params, olds = snap
         step = self._opt_step
         with torch.no_grad():
-            for name, ps, olds in snap:
-                upd = sum(_norm(p - o).square() for p, o in zip(ps, olds, strict=True))
-                wsq = sum(_norm(o).square() for o in olds)
-                self._pending.append((_UPDATE_SQ, name, step, torch.stack((upd, wsq))))  # type: ignore[arg-type]
+            updates = _foreach_norms(list(torch._foreach_sub(params, olds)))
+            weights = _foreach_norms(olds)
+        for name, u, w in zip(names, updates, weights, strict=True):
+            self._put(step, ("update_sq", name, "sq", 0), u)
+            self._put(step, ("weight_sq", name, "sq", 0), w)
 
     # ----------------------------------------------------------------------- reading
 
     def _flush(self) -> None:
-        if not self._pending:
+        if not self._pending_values:
             return
-        pending, self._pending = self._pending, []
+        specs, self._pending_specs = self._pending_specs, []
+        values, self._pending_values = self._pending_values, []
         by_device: dict[torch.device, list[int]] = defaultdict(list)
-        for i, (*_, t) in enumerate(pending):
+        for i, t in enumerate(values):
             by_device[t.device].append(i)
-        flat: list[list[float]] = [[] for _ in pending]
+        flat: list[float] = [0.0] * len(values)
         for idx in by_device.values():
-            parts = [pending[i][3].reshape(-1).double() for i in idx]
-            vals = torch.cat(parts).tolist()
-            pos = 0
-            for i, part in zip(idx, parts, strict=True):
-                flat[i] = vals[pos : pos + part.numel()]
-                pos += part.numel()
-        for (metrics, key, step, _), vals in zip(pending, flat, strict=True):
-            for metric, v in zip(metrics, vals, strict=True):
-                cell = self._values[metric][key]
-                if metric in ("grad_sq", "update_sq", "weight_sq"):
-                    cell[step] = cell.get(step, 0.0) + v
-                else:
-                    cell[step] = v
+            vals = torch.stack([values[i] for i in idx]).tolist()  # promotes int counts
+            for i, v in zip(idx, vals, strict=True):
+                flat[i] = v
+        for (step, (metric, key, mode, arg)), v in zip(specs, flat, strict=True):
+            cell = self._values[metric][key]
+            if mode == "sq":
+                cell[step] = cell.get(step, 0.0) + v * v
+            elif mode == "dead":
+                cell[step] = 1.0 - v / arg
+            elif mode == "frac" or mode == "mean":
+                cell[step] = v / arg
+            elif mode == "msq":  # ‖x‖ → std, using the mean stored just before it
+                mean = self._values["act_mean"][key][step]
+                cell[step] = math.sqrt(max(v * v / arg - mean * mean, 0.0))
+            else:
+                cell[step] = v
 
     @property
     def steps(self) -> list[int]:
@@ -471,7 +523,7 @@ def watch(
     *,
     every: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
-    hist_every: int = 10,
+    hist_every: int = 20,
 ) -> Recorder:
     """Record per-layer activation and gradient statistics of ``model`` while it trains.
 

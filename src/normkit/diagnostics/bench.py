@@ -1,0 +1,113 @@
+"""The cost of leaving :func:`normkit.diagnostics.watch` on: training steps of a small CNN on the
+8×8 digits with no recorder, ``every=1`` and ``every=10``, in one process.
+
+Three copies of the model train side by side (one unwatched, one per ``every``), interleaved in
+blocks of steps so that machine noise hits all of them alike; the reported time per step is the
+median over blocks. Only ratios measured in one run mean anything on a shared machine. Runs as
+``normkit doctor --overhead`` and as the ``diagnostics`` suite of ``normkit bench``.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from normkit.diagnostics._recorder import Recorder, watch
+from normkit.diagnostics.examples import deep_mlp, digits, digits_cnn
+
+__all__ = ["CASES", "run_diagnostics_bench"]
+
+CASES: dict[str, Callable[[], nn.Module]] = {
+    "digits-cnn (lab shape, c=8)": lambda: digits_cnn(8),
+    "digits-cnn (c=32)": lambda: digits_cnn(32),
+    "mlp 30×32 sigmoid": lambda: deep_mlp(30, 32),
+}
+
+
+def _block(
+    model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, steps: int, batch: int
+) -> float:
+    n = len(x) - batch
+    t0 = time.perf_counter()
+    for i in range(steps):
+        j = (i * batch) % n
+        xb = x[j : j + batch]
+        if xb.ndim == 4 and isinstance(model[0], nn.Linear):  # type: ignore[index]
+            xb = xb.flatten(1)
+        loss = F.cross_entropy(model(xb), y[j : j + batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t0) / steps
+
+
+def run_diagnostics_bench(
+    quick: bool, *, reps: int | None = None, device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """Per case: ms per training step unwatched, with ``every=1`` and ``every=10``, and the
+    overheads in % of the unwatched step (median over interleaved blocks of 20 steps)."""
+    blocks = reps or (8 if quick else 30)
+    steps, batch = 20, 64
+    x, y = digits()
+    x, y = x.to(device), y.to(device)
+    cases = dict(list(CASES.items())[:1]) if quick else CASES
+    rows = []
+    for name, factory in cases.items():
+        torch.manual_seed(0)
+        base = factory().to(device)
+        models = {"off": base, "every=1": copy.deepcopy(base), "every=10": copy.deepcopy(base)}
+        opts = {
+            k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for k, m in models.items()
+        }
+        recs: dict[str, Recorder] = {
+            "every=1": watch(models["every=1"], every=1, optimizer=opts["every=1"]),
+            "every=10": watch(models["every=10"], every=10, optimizer=opts["every=10"]),
+        }
+        times: dict[str, list[float]] = {k: [] for k in models}
+        try:
+            for k, m in models.items():  # warm-up
+                _block(m, opts[k], x, y, steps, batch)
+            for b in range(blocks):
+                order = list(models) if b % 2 == 0 else list(reversed(models))
+                for k in order:
+                    times[k].append(_block(models[k], opts[k], x, y, steps, batch))
+                if device != "cpu":
+                    torch.cuda.synchronize()
+        finally:
+            for r in recs.values():
+                r.close()
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        rows.append(
+            {
+                "case": name,
+                "device": device,
+                "batch": batch,
+                "ms_step_off": round(med["off"], 4),
+                "ms_step_every1": round(med["every=1"], 4),
+                "ms_step_every10": round(med["every=10"], 4),
+                "overhead_every1_pct": round(100 * (med["every=1"] / med["off"] - 1), 1),
+                "overhead_every10_pct": round(100 * (med["every=10"] / med["off"] - 1), 1),
+                "recorded_steps_every1": len(recs["every=1"].steps),
+            }
+        )
+    return rows
+
+
+def _register() -> None:
+    from normkit.bench._registry import register_suite
+
+    register_suite(
+        "diagnostics",
+        run_diagnostics_bench,
+        "overhead of normkit.diagnostics.watch on small training steps (every=1, every=10)",
+    )
+
+
+_register()
