@@ -111,7 +111,12 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self.partial_fit(X, y)
 
     def partial_fit(self, X: ArrayLike, y: Any = None) -> StreamingScaler:
-        """Add the batch ``X`` to the statistics (exactly: chunked = one :meth:`fit`)."""
+        """Add the batch ``X`` to the statistics (exactly: chunked = one :meth:`fit`).
+
+        A batch in which a feature is all NaN leaves that feature's statistics as they were
+        (scikit-learn's ``partial_fit`` turns them into NaN for good), so every chunking of the
+        data gives the statistics of one :meth:`fit`.
+        """
         self._check_params()
         first = not hasattr(self, "n_samples_seen_")
         batch = check_input(self, X, reset=first)

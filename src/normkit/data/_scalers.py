@@ -129,7 +129,8 @@ class StandardScaler(StreamingScaler):
             mean = to_tensor(mean_, device, _F64).expand(n_features)
         if var_ is not None:
             m2 = to_tensor(var_, device, _F64).expand(n_features) * count
-        return (count, mean, m2)
+        seen = count > 0  # features with no value yet are published as NaN; neutral here
+        return (count, torch.where(seen, mean, 0.0), torch.where(seen, m2, 0.0))
 
     @staticmethod
     def _combine(a: State, b: State) -> State:
@@ -249,8 +250,9 @@ class MinMaxScaler(StreamingScaler):
     @staticmethod
     def _combine(a: State, b: State) -> State:
         dt = torch.promote_types(a[1].dtype, b[1].dtype)
-        lo = torch.minimum(a[1].to(dt), b[1].to(b[1].device, dt))  # NaN propagates, as np.minimum
-        hi = torch.maximum(a[2].to(dt), b[2].to(b[2].device, dt))
+        # fmin/fmax: a side that has seen only NaN so far does not poison the other
+        lo = torch.fmin(a[1].to(dt), b[1].to(b[1].device, dt))
+        hi = torch.fmax(a[2].to(dt), b[2].to(b[2].device, dt))
         return (a[0] + b[0], lo, hi)
 
     def _publish(self, state: State) -> None:
@@ -326,7 +328,7 @@ class MaxAbsScaler(StreamingScaler):
     @staticmethod
     def _combine(a: State, b: State) -> State:
         dt = torch.promote_types(a[1].dtype, b[1].dtype)
-        return (a[0] + b[0], torch.maximum(a[1].to(dt), b[1].to(b[1].device, dt)))
+        return (a[0] + b[0], torch.fmax(a[1].to(dt), b[1].to(b[1].device, dt)))
 
     def _publish(self, state: State) -> None:
         n, m = state
