@@ -16,6 +16,7 @@ _COMMANDS: tuple[str, ...] = (
     "normkit.bench.command",
     "normkit.inference.cli",
     "normkit.lab.cli",
+    "normkit.doctor",
 )
 
 

@@ -91,7 +91,7 @@ def _fmt(key: str, v: Any) -> str:
         return "-"
     if key in ("dead_frac", "saturated_frac"):
         return f"{v:.0%}"
-    return f"{v:.3g}" if key == "act_mean" else f"{v:.2e}"
+    return f"{v:.3g}"
 
 
 def print_report(

@@ -45,6 +45,8 @@ def _block(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    if x.is_cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps
 
 
@@ -78,8 +80,6 @@ def run_diagnostics_bench(
                 order = list(models) if b % 2 == 0 else list(reversed(models))
                 for k in order:
                     times[k].append(_block(models[k], opts[k], x, y, steps, batch))
-                if device != "cpu":
-                    torch.cuda.synchronize()
         finally:
             for r in recs.values():
                 r.close()
@@ -88,6 +88,7 @@ def run_diagnostics_bench(
             {
                 "case": name,
                 "device": device,
+                "threads": torch.get_num_threads(),
                 "batch": batch,
                 "ms_step_off": round(med["off"], 4),
                 "ms_step_every1": round(med["every=1"], 4),
