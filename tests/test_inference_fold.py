@@ -480,3 +480,13 @@ def test_frozen_bn_in_training_mode_still_folds():
     folded, report = fold_batchnorm(model, return_report=True)
     assert len(report.folded) == 1
     torch.testing.assert_close(folded(x), model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_parametrized_or_hooked_weights_are_not_folded():
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3))
+    _, report = _check(nn.Sequential(conv, nn.BatchNorm2d(4)), torch.randn(2, 3, 6, 6), 0)
+    assert "parametrized" in report.skipped[0].reason
+    lin = nn.Linear(3, 4)
+    lin.register_forward_hook(lambda m, i, o: o * 2)
+    _, report = _check(nn.Sequential(lin, nn.BatchNorm1d(4)), torch.randn(5, 3), 0)
+    assert "hooks" in report.skipped[0].reason

@@ -39,6 +39,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 
 import normkit.nn as nkn
 
@@ -297,6 +298,16 @@ def _compatibility(layer: nn.Module, norm: FoldableNorm) -> str | None:
         return (
             f"the norm normalizes axis {norm.axis} but the conv's channels are on axis 1; only "
             "channels-first norms fold into a conv"
+        )
+    if parametrize.is_parametrized(layer):
+        return (
+            "the layer's weight is parametrized (weight_norm/spectral_norm/...); remove the "
+            "parametrization (torch.nn.utils.parametrize.remove_parametrizations) first"
+        )
+    if layer._forward_pre_hooks or layer._forward_hooks:
+        return (
+            "the layer has forward hooks (e.g. the old torch.nn.utils.weight_norm, which "
+            "recomputes the weight on every call); remove them first"
         )
     if not layer.weight.is_floating_point():  # type: ignore[union-attr]
         return "the layer's weight is not floating point (quantized?)"
