@@ -95,6 +95,17 @@ def _first_tensor(output: Any) -> Tensor | None:
     return None
 
 
+def _histogram(sample: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """Counts in ``_HIST_BINS`` equal bins over [lo, hi] (the last bin closed), by sorting and
+    searching: deterministic, so it also runs under torch.use_deterministic_algorithms(True)
+    (torch.histc refuses to on CUDA), and without a device sync."""
+    srt = sample.flatten().sort().values
+    unit = torch.linspace(0, 1, _HIST_BINS + 1, device=sample.device, dtype=sample.dtype)
+    pos = torch.searchsorted(srt, lo + (hi - lo) * unit)
+    pos[-1] = srt.numel()
+    return pos.diff()
+
+
 def _foreach_norms(ts: list[Tensor]) -> list[Tensor]:
     """L2 norms of many dense tensors in one multi-tensor op, accumulated in float32 (float64
     for float64 tensors)."""
@@ -306,10 +317,9 @@ class Recorder:
             flat = x.reshape(-1)
             sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
             s_lo, s_hi = torch.aminmax(sample)
-            counts = torch.histc(sample, bins=_HIST_BINS)  # range: the sample's min..max
             hists = self._hists.setdefault(key, [])
             hists[1:] = []  # keep the first and the latest only
-            hists.append((step, counts, s_lo, s_hi))
+            hists.append((step, _histogram(sample, s_lo, s_hi), s_lo, s_hi))
         if out.requires_grad:
             out.register_hook(partial(self._on_out_grad, key, step))
 
