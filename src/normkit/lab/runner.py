@@ -95,8 +95,23 @@ def run_task(exp_id: str, params: dict[str, Any], task: Record) -> Record:
     return rec
 
 
+def _set_threads(n: int) -> int:
+    """Set torch's (and numba's, when installed) intra-op threads to ``n``; return torch's old
+    count. Numba matters: its OpenMP launches reset the shared runtime's thread count, so a
+    numba kernel picked by ``backend="auto"`` would otherwise bring back 2+ threads per worker."""
+    old = torch.get_num_threads()
+    try:
+        import numba
+    except ImportError:
+        pass
+    else:  # first: starting numba's OpenMP layer resets the shared thread count
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(n)
+    return old
+
+
 def _worker_init() -> None:
-    torch.set_num_threads(1)
+    _set_threads(1)
 
 
 def _finish(
@@ -178,13 +193,12 @@ def run_experiment_tasks(
     if not pending:
         return
     if jobs == 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        threads = _set_threads(1)
         try:
             for p, t in pending:
                 on_done(p, run_task(p.exp.id, p.params, t))
         finally:
-            torch.set_num_threads(threads)
+            _set_threads(threads)
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:

@@ -2,7 +2,14 @@
 
 import importlib
 
-MODULES: tuple[str, ...] = ("training", "smoothness", "depth", "comparison")
+MODULES: tuple[str, ...] = (
+    "training",
+    "smoothness",
+    "gradient_flow",
+    "depth",
+    "comparison",
+    "inference",
+)
 
 for _name in MODULES:
     importlib.import_module(f"{__name__}.{_name}")

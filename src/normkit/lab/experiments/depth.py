@@ -141,8 +141,8 @@ register(
         quick={
             "arch": "mlp",
             "width": 32,
-            "blocks": [1, 4, 10],
-            "steps": 300,
+            "blocks": [1, 3, 8],
+            "steps": 250,
             "lr": 0.02,
             "batch_size": 64,
         },
