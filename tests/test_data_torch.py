@@ -213,3 +213,45 @@ def test_target_scaler_with_minmax_and_2d_numpy():
     z = ts.transform(y)
     np.testing.assert_allclose(z, skp.MinMaxScaler().fit_transform(y), rtol=1e-12)
     np.testing.assert_allclose(ts.inverse_transform(z), y, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("make, twin", list(zip(SCALERS[:4], SK_TWINS[:4], strict=True)))
+def test_cuda_tensors_stay_on_device(make, twin):
+    X = wine()
+    X[::11, 2] = np.nan
+    x = torch.from_numpy(X).cuda()
+    sc = make()
+    for chunk in x.split(50) if hasattr(sc, "partial_fit") else [x]:
+        (sc.partial_fit if hasattr(sc, "partial_fit") else sc.fit)(chunk)
+    assert sc.scale_.device.type == "cuda"
+    for dtype in (torch.float32, torch.float64):
+        y = sc.transform(x.to(dtype))
+        assert y.device.type == "cuda" and y.dtype == dtype
+        want = twin().fit(X).transform(X)
+        np.testing.assert_allclose(
+            y.double().cpu().numpy(), want, rtol=1e-5, atol=1e-5, equal_nan=True
+        )
+    # fitted on numpy, applied to a CUDA tensor: output on CUDA, differentiable
+    xr = torch.from_numpy(X[:5]).cuda().requires_grad_()
+    z = make().fit(X).transform(xr)
+    assert z.device.type == "cuda"
+    z.nansum().backward()
+    assert xr.grad is not None and xr.grad.device.type == "cuda"
+
+
+@cuda
+def test_cuda_layer_and_normalize():
+    X = torch.from_numpy(wine()).cuda()
+    layer = Normalization(device="cuda", dtype=torch.float64).adapt(X.split(40))
+    want = skp.StandardScaler().fit_transform(wine())
+    np.testing.assert_allclose(layer(X).cpu().numpy(), want, rtol=1e-10)
+    half = layer.half()(X.half())
+    assert half.dtype == torch.float16 and half.device.type == "cuda"
+    n = nd.normalize(X.float(), "l2", axis=1)
+    np.testing.assert_allclose(n.cpu().numpy(), skp.normalize(wine()), rtol=1e-5)

@@ -5,6 +5,7 @@ Adding a suite is one line here (keep the list sorted after the first entry, the
 
 SUITE_MODULES: tuple[str, ...] = (
     "normkit.bench.kernels",
+    "normkit.bench.data",
     "normkit.bench.inference",
     "normkit.diagnostics.bench",
 )
