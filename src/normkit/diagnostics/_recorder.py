@@ -119,6 +119,8 @@ def _foreach_norms(ts: list[Tensor]) -> list[Tensor]:
 def _norm(t: Tensor) -> Tensor:
     if t.is_sparse:
         t = t.coalesce().values()
+    if t.dtype in (torch.float32, torch.float64):
+        return torch.linalg.vector_norm(t.detach())
     return torch.linalg.vector_norm(t.detach(), dtype=accumulation_dtype(t.dtype))
 
 
@@ -184,6 +186,11 @@ class Recorder:
         )
         self._hists: dict[str, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
         self._leaf_handles: list[RemovableHandle] = []
+        # every=1: the leaf hooks stay installed (cheaper than adding/removing them each step)
+        self._persistent = every == 1
+        self._in_forward = False
+        if self._persistent:
+            self._install_leaf_hooks()
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(self._on_root_pre),
             model.register_forward_hook(self._on_root_post),
@@ -225,7 +232,8 @@ class Recorder:
 
     def close(self) -> None:
         """Remove every hook this recorder installed; the recorded data stays readable."""
-        self._drop_step_hooks()
+        self._drop_step_hooks(all_hooks=True)
+        self._in_forward = False
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -234,7 +242,13 @@ class Recorder:
         self._closed = True
         self._flush()
 
-    def _drop_step_hooks(self) -> None:
+    def _install_leaf_hooks(self) -> None:
+        for name, m in self._leaves:
+            self._leaf_handles.append(m.register_forward_hook(partial(self._on_leaf, name)))
+
+    def _drop_step_hooks(self, *, all_hooks: bool = False) -> None:
+        if self._persistent and not all_hooks:
+            return
         for h in self._leaf_handles:
             h.remove()
         self._leaf_handles.clear()
@@ -247,6 +261,7 @@ class Recorder:
 
     def _on_root_pre(self, module: nn.Module, args: Any) -> None:
         self._drop_step_hooks()
+        self._in_forward = False
         if not (module.training and torch.is_grad_enabled()):
             self._recording = False
             return
@@ -262,15 +277,17 @@ class Recorder:
         self._n_records += 1
         self._calls = {}
         self._callback_queued = False
-        for name, m in self._leaves:
-            self._leaf_handles.append(m.register_forward_hook(partial(self._on_leaf, name)))
+        self._in_forward = True
+        if not self._persistent:
+            self._install_leaf_hooks()
 
     def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
-        for h in self._leaf_handles:
-            h.remove()
-        self._leaf_handles.clear()
+        self._in_forward = False
+        self._drop_step_hooks()
 
     def _on_leaf(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._in_forward:
+            return
         out = _first_tensor(output)
         if out is None or not out.is_floating_point() or out.numel() == 0:
             return
@@ -298,10 +315,13 @@ class Recorder:
         total = x.sum()
         norm = torch.linalg.vector_norm(x)
         lo, hi = torch.aminmax(x)
-        put(step, ("act_mean", key, "mean", n), total)
-        put(step, ("act_std", key, "msq", n), norm)
-        put(step, ("act_min", key, "set", 0), lo)
-        put(step, ("act_max", key, "set", 0), hi)
+        self._pending_specs += (
+            (step, ("act_mean", key, "mean", n)),
+            (step, ("act_std", key, "msq", n)),
+            (step, ("act_min", key, "set", 0)),
+            (step, ("act_max", key, "set", 0)),
+        )
+        self._pending_values += (total, norm, lo, hi)
         if act == "relu":
             if x.ndim >= 2:  # a unit is a channel: dead if ≤ 0 for every sample and position
                 units = x.shape[1]
@@ -311,7 +331,7 @@ class Recorder:
             put(step, ("dead_frac", key, "dead", units), torch.count_nonzero(peak))  # ≥ 0
         elif act is not None:
             centre, half = (0.5, _SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, _SAT_HIGH)
-            sat = torch.count_nonzero((x - centre).abs_() > half)
+            sat = torch.count_nonzero(x.sub(centre).abs_().gt_(half))  # one temporary
             put(step, ("saturated_frac", key, "frac", x.numel()), sat)
         if self._hist_now:  # on a systematic sample of ≤ 4096 values; no device sync
             flat = x.reshape(-1)
