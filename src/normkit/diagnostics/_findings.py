@@ -70,8 +70,13 @@ def render_findings(
         console.print(f"[green]{title}: no findings[/]")
         return
     table = Table(title=title, show_lines=True)
-    for col in ("severity", "finding", "layer", "step", "what was measured", "fix"):
-        table.add_column(col, overflow="fold")
+    width = max(len(f.code) for f in findings)
+    table.add_column("severity", no_wrap=True, min_width=8)
+    table.add_column("finding", no_wrap=True, min_width=width)
+    table.add_column("layer", overflow="fold")
+    table.add_column("step", justify="right")
+    table.add_column("what was measured", overflow="fold", ratio=3)
+    table.add_column("fix", overflow="fold", ratio=2)
     for f in sort_findings(findings):
         table.add_row(
             f"[{_STYLE[f.severity]}]{f.severity}[/]",
