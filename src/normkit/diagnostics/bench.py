@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normkit.diagnostics._modules import leaf_modules
 from normkit.diagnostics._recorder import Recorder, watch
 from normkit.diagnostics.examples import deep_mlp, digits, digits_cnn
 
@@ -39,8 +40,6 @@ def _block(
     for i in range(steps):
         j = (i * batch) % n
         xb = x[j : j + batch]
-        if xb.ndim == 4 and isinstance(model[0], nn.Linear):  # type: ignore[index]
-            xb = xb.flatten(1)
         loss = F.cross_entropy(model(xb), y[j : j + batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -51,19 +50,28 @@ def _block(
 
 
 def run_diagnostics_bench(
-    quick: bool, *, reps: int | None = None, device: str = "cpu"
+    quick: bool,
+    *,
+    reps: int | None = None,
+    device: str = "cpu",
+    cases: dict[str, Callable[[], nn.Module]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per case: ms per training step unwatched, with ``every=1`` and ``every=10``, and the
-    overheads in % of the unwatched step (median over interleaved blocks of 20 steps)."""
+    overheads in % of the unwatched step (median over interleaved blocks of 20 steps).
+    ``cases`` replaces :data:`CASES` (name → model factory taking 1×8×8 digits)."""
     blocks = reps or (8 if quick else 30)
     steps, batch = 20, 64
     x, y = digits()
     x, y = x.to(device), y.to(device)
-    cases = dict(list(CASES.items())[:1]) if quick else CASES
+    flat = x.flatten(1)
+    if cases is None:
+        cases = dict(list(CASES.items())[:1]) if quick else CASES
     rows = []
     for name, factory in cases.items():
         torch.manual_seed(0)
         base = factory().to(device)
+        first = next(m for _, m in leaf_modules(base))
+        xs = flat if isinstance(first, nn.Linear) else x  # MLPs take the 64 pixels flat
         models = {"off": base, "every=1": copy.deepcopy(base), "every=10": copy.deepcopy(base)}
         opts = {
             k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for k, m in models.items()
@@ -75,11 +83,11 @@ def run_diagnostics_bench(
         times: dict[str, list[float]] = {k: [] for k in models}
         try:
             for k, m in models.items():  # warm-up
-                _block(m, opts[k], x, y, steps, batch)
+                _block(m, opts[k], xs, y, steps, batch)
             for b in range(blocks):
                 order = list(models) if b % 2 == 0 else list(reversed(models))
                 for k in order:
-                    times[k].append(_block(models[k], opts[k], x, y, steps, batch))
+                    times[k].append(_block(models[k], opts[k], xs, y, steps, batch))
         finally:
             for r in recs.values():
                 r.close()
