@@ -5,8 +5,8 @@ Layers in :mod:`normkit.nn`, functions in :mod:`normkit.functional`, backends in
 :mod:`normkit._stats`.
 """
 
-from normkit import backends, functional, inference, nn
+from normkit import backends, diagnostics, functional, inference, nn
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "backends", "functional", "inference", "nn"]
+__all__ = ["__version__", "backends", "diagnostics", "functional", "inference", "nn"]
