@@ -31,11 +31,13 @@ FOUNDATION = [
     "learning-rate",
     "regularization",
     "placement",
+    "small-batch",
     "smoothness",
     "gradient-flow",
     "resnet",
     "ln-vs-bn",
     "inference-fold",
+    "data-scaling",
 ]
 
 

@@ -10,7 +10,7 @@ affine), ``"ln-simple"`` (the same without gain and bias, Xu et al. 2019), ``"gn
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,13 @@ __all__ = ["CNN", "MLP", "ElmanRNN", "ResidualNet", "init_weights", "make_norm"]
 Placement = Literal["pre", "post"]
 
 
-def make_norm(name: str, features: int, *, conv: bool = False, groups: int = 8) -> nn.Module:
+def make_norm(
+    name: str, features: int, *, conv: bool = False, groups: int = 8, **kwargs: Any
+) -> nn.Module:
     """A norm layer for ``features`` features (``conv=True``: channels of an ``(N, C, H, W)`` map).
+
+    ``kwargs`` go to the registry's factory for names other than the ones above (e.g.
+    ``make_norm("gbn1d", 64, virtual_batch_size=8)``).
 
     >>> make_norm("bn", 64)
     BatchNorm1d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
@@ -39,7 +44,7 @@ def make_norm(name: str, features: int, *, conv: bool = False, groups: int = 8) 
         return get_norm("ln", features, elementwise_affine=affine)
     if name == "gn":
         return get_norm("gn", features, num_groups=math.gcd(groups, features))
-    return get_norm(name, features)
+    return get_norm(name, features, **kwargs)
 
 
 _ACTS: dict[str, type[nn.Module]] = {
@@ -74,7 +79,8 @@ def init_weights(model: nn.Module, *, scheme: str = "he", scale: float = 1.0) ->
 class MLP(nn.Module):
     """``in → [Linear → norm → act → dropout] × len(hidden) → Linear → out``.
 
-    ``placement="post"`` puts the norm after the nonlinearity instead. ``tap`` keeps the
+    ``placement="post"`` puts the norm after the nonlinearity instead; ``norm_kwargs`` go to
+    :func:`make_norm`. ``tap`` keeps the
     pre-activation input of the last hidden layer (after the norm) for inspection.
     """
 
@@ -88,12 +94,13 @@ class MLP(nn.Module):
         act: str = "relu",
         placement: Placement = "pre",
         dropout: float = 0.0,
+        norm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList()
         d = in_features
         for h in hidden:
-            norm_layer = make_norm(norm, h)
+            norm_layer = make_norm(norm, h, **(norm_kwargs or {}))
             parts: list[nn.Module] = [nn.Linear(d, h)]
             parts += [norm_layer, _act(act)] if placement == "pre" else [_act(act), norm_layer]
             if dropout > 0:

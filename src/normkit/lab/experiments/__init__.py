@@ -4,11 +4,13 @@ import importlib
 
 MODULES: tuple[str, ...] = (
     "training",
+    "small_batch",
     "smoothness",
     "gradient_flow",
     "depth",
     "comparison",
     "inference",
+    "data_scaling",
 )
 
 for _name in MODULES:
