@@ -18,7 +18,8 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/normkit compare
+	$(VENV)/bin/normkit lab --quick --out lab-report
+	@echo "lab report: $(CURDIR)/lab-report/index.html"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts
