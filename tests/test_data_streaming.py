@@ -66,6 +66,29 @@ def test_partial_fit_float32_chunks_against_float64_statistics():
     np.testing.assert_allclose(sc.var_, X64.var(0), rtol=1e-9)
 
 
+@pytest.mark.parametrize("path", ["numba", "torch"])
+def test_large_chunks_both_moment_paths_match_float64(path, monkeypatch):
+    """Chunks large enough for the numba kernel (when installed) and the torch fallback give
+    the float64 statistics of the whole data (numpy oracle) and scikit-learn's outputs."""
+    import normkit.data._scalers as S
+
+    if path == "numba":
+        pytest.importorskip("numba")
+        assert S._numba_stats_kernel() is not None
+    else:
+        monkeypatch.setattr(S, "NUMBA_MIN_NUMEL", 1 << 62)
+    rng = np.random.default_rng(5)
+    X = (rng.standard_normal((30_000, 32)) * rng.uniform(0.01, 10, 32) + 500).astype(np.float32)
+    sc = nd.StandardScaler()
+    for chunk in np.array_split(X, 3):  # 10_000 x 32 = 320k elements per chunk
+        sc.partial_fit(chunk)
+    X64 = X.astype(np.float64)
+    np.testing.assert_allclose(sc.mean_, X64.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(sc.var_, X64.var(0), rtol=1e-11)
+    ref = skp.StandardScaler().fit(X)
+    np.testing.assert_array_equal(sc.transform(X[:100]), ref.transform(X[:100]))
+
+
 @pytest.mark.parametrize("ours, theirs, names", STREAMING, ids=lambda v: getattr(v, "__name__", ""))
 def test_merge_equals_fit_on_union(ours, theirs, names):
     A, B = data(150, 3, 1), data(77, 3, 2, offset=-50)

@@ -4,6 +4,7 @@ arrays and torch tensors (any device)."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Any
 
@@ -60,15 +61,64 @@ def _publish_counts(count: Tensor, dtype: Any) -> Any:
 # ============================================================================ StandardScaler
 
 
+#: Smallest CPU batch (elements) whose moments go to the numba kernel (same rule as the numba
+#: backend's ``MIN_NUMEL``: below it the kernel's fixed costs outweigh its bandwidth win).
+NUMBA_MIN_NUMEL = 1 << 18
+
+
+@functools.cache
+def _numba_stats_kernel() -> Any:
+    """The numba backend's per-column moments kernel for ``(M, C)`` rows, or None without numba."""
+    try:
+        from normkit.backends import numba_backend
+    except ImportError:
+        return None
+    return numba_backend.K.bn_stats_rows
+
+
+def _numba_moments(x: Tensor) -> Moments | None:
+    """Moments of a finite, contiguous CPU float32/float64 batch by the numba backend's kernel
+    (float64 accumulation over cache-sized row blocks merged by Chan's rule, one pass of
+    memory per block); None when numba is missing or the batch does not fit the rule."""
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or x.numel() < NUMBA_MIN_NUMEL
+        or not x.is_contiguous()
+    ):
+        return None
+    kernel = _numba_stats_kernel()
+    if kernel is None:
+        return None
+    import numba
+
+    parts = max(1, min(x.shape[0], 4 * numba.get_num_threads()))
+    cnt = np.empty(parts)
+    mu = np.empty((parts, x.shape[1]))
+    m2 = np.empty((parts, x.shape[1]))
+    kernel(x.detach().numpy(), cnt, mu, m2)
+    # the k-way form of merge_moments' pairwise rule, on the (parts, F) partials at once
+    n = cnt.sum()
+    mean = (cnt[:, None] * mu).sum(0) / n
+    total_m2 = m2.sum(0) + (cnt[:, None] * (mu - mean) ** 2).sum(0)
+    t = torch.from_numpy
+    return Moments(torch.full((x.shape[1],), n, dtype=_F64), t(mean), t(total_m2))
+
+
 def _batch_moments(batch: Batch) -> Moments:
     """Count, mean and sum of squared deviations per column of a batch, in float64.
 
     The two-pass estimator of :func:`normkit._stats.moments` (mean first, then the squared
-    deviations from it); without NaNs it runs in place on one float64 copy of the batch
-    (three passes instead of five), with NaNs through the masked :meth:`Moments.of`.
+    deviations from it). Without NaNs, a large CPU batch goes to the numba backend's kernel
+    when numba is installed (:func:`_numba_moments`), anything else runs in place on one
+    float64 copy of the batch (three passes instead of five); with NaNs, the masked
+    :meth:`Moments.of`.
     """
     x = batch.x
     if batch.finite:
+        fast = _numba_moments(x)
+        if fast is not None:
+            return fast
         xa = x.to(_F64, copy=True)
         n = x.shape[0]
         mean = xa.sum(0) / n
