@@ -119,7 +119,7 @@ def run_data_bench(quick: bool, reps: int | None = None) -> list[dict[str, Any]]
             if isinstance(first, torch.Tensor)
             else "numpy float32"
         )
-        make()  # warm imports
+        make().partial_fit(first).transform(first)  # warm-up: imports, JIT cache load
         torch.set_num_threads(n_threads)
         try:
             t_fit, t_tr = _time_passes(make, chunks, reps, sync)
