@@ -35,6 +35,7 @@ FOUNDATION = [
     "smoothness",
     "gradient-flow",
     "resnet",
+    "rnn-ln",
     "ln-vs-bn",
     "inference-fold",
     "data-scaling",

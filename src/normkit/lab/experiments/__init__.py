@@ -8,6 +8,7 @@ MODULES: tuple[str, ...] = (
     "smoothness",
     "gradient_flow",
     "depth",
+    "rnn",
     "comparison",
     "inference",
     "data_scaling",

@@ -131,6 +131,7 @@ def _plot(p: Params, recs: list[Record], fig: Any) -> None:
         title="test accuracy vs batch size",
     )
     a1.set_xticks(p["batches"], [str(b) for b in p["batches"]])
+    a1.minorticks_off()
     plots.lines(
         a2,
         recs,
@@ -143,6 +144,7 @@ def _plot(p: Params, recs: list[Record], fig: Any) -> None:
         title="train accuracy vs batch size",
     )
     a2.set_xticks(p["batches"], [str(b) for b in p["batches"]])
+    a2.minorticks_off()
 
 
 register(
