@@ -1,15 +1,15 @@
 """``watch(model)``: per-layer activation and gradient statistics recorded during training.
 
-Hooks are only installed for the steps that are recorded: the model carries two light root hooks
-(a forward pre-hook that counts steps and a forward hook), and on a recorded step the pre-hook
-adds a forward hook to every leaf module; they are removed again at the end of that forward.
+The model carries two light root hooks (a forward pre-hook that counts steps and a forward hook);
+with ``every > 1`` the forward hooks of the leaf modules are only added for the recorded steps and
+removed at the end of their forward (with ``every=1`` they stay installed until ``close``).
 Gradients of layer outputs come from tensor hooks on the outputs, which leave the autograd graph
 untouched, so a watched model computes bit-identical outputs and gradients, and in-place ops
 after a layer (``ReLU(inplace=True)``) keep working. Parameter-gradient norms are read once per
 backward, from a callback queued on the autograd engine that runs when the backward pass ends,
-with one multi-tensor ``_foreach_norm``; the optimizer step is measured the same way. Every
-statistic stays a 0-d tensor until it is read, when all of them are stacked and converted at
-once (one device sync instead of one per layer and step).
+with one multi-tensor ``_foreach_norm``; the optimizer step is measured the same way. On CPU each
+statistic is read at once; on an accelerator it stays a 0-d tensor until the results are read,
+when all of them are stacked and copied at once (one sync instead of one per layer and step).
 """
 
 from __future__ import annotations
@@ -254,8 +254,28 @@ class Recorder:
         self._leaf_handles.clear()
 
     def _put(self, step: int, spec: _Spec, value: Tensor) -> None:
-        self._pending_specs.append((step, spec))
-        self._pending_values.append(value)
+        # CPU values are read at once (.item() is ~5x cheaper than stacking many 0-d tensors
+        # later); accelerator values wait for one batched transfer, so no hook syncs a GPU.
+        if value.device.type == "cpu":
+            self._store(step, spec, value.item())
+        else:
+            self._pending_specs.append((step, spec))
+            self._pending_values.append(value)
+
+    def _store(self, step: int, spec: _Spec, v: float) -> None:
+        metric, key, mode, arg = spec
+        cell = self._values[metric][key]
+        if mode == "sq":
+            cell[step] = cell.get(step, 0.0) + v * v
+        elif mode == "dead":
+            cell[step] = 1.0 - v / arg
+        elif mode == "frac" or mode == "mean":
+            cell[step] = v / arg
+        elif mode == "msq":  # ‖x‖ → std, using the mean stored just before it
+            mean = self._values["act_mean"][key][step]
+            cell[step] = math.sqrt(max(v * v / arg - mean * mean, 0.0))
+        else:
+            cell[step] = v
 
     # ----------------------------------------------------------------------- hooks
 
@@ -315,13 +335,19 @@ class Recorder:
         total = x.sum()
         norm = torch.linalg.vector_norm(x)
         lo, hi = torch.aminmax(x)
-        self._pending_specs += (
+        specs = (
             (step, ("act_mean", key, "mean", n)),
             (step, ("act_std", key, "msq", n)),
             (step, ("act_min", key, "set", 0)),
             (step, ("act_max", key, "set", 0)),
         )
-        self._pending_values += (total, norm, lo, hi)
+        if x.device.type == "cpu":
+            store = self._store
+            for (st, spec), t in zip(specs, (total, norm, lo, hi), strict=True):
+                store(st, spec, t.item())
+        else:
+            self._pending_specs += specs
+            self._pending_values += (total, norm, lo, hi)
         if act == "relu":
             if x.ndim >= 2:  # a unit is a channel: dead if ≤ 0 for every sample and position
                 units = x.shape[1]
@@ -403,19 +429,8 @@ class Recorder:
             vals = torch.stack([values[i] for i in idx]).tolist()  # promotes int counts
             for i, v in zip(idx, vals, strict=True):
                 flat[i] = v
-        for (step, (metric, key, mode, arg)), v in zip(specs, flat, strict=True):
-            cell = self._values[metric][key]
-            if mode == "sq":
-                cell[step] = cell.get(step, 0.0) + v * v
-            elif mode == "dead":
-                cell[step] = 1.0 - v / arg
-            elif mode == "frac" or mode == "mean":
-                cell[step] = v / arg
-            elif mode == "msq":  # ‖x‖ → std, using the mean stored just before it
-                mean = self._values["act_mean"][key][step]
-                cell[step] = math.sqrt(max(v * v / arg - mean * mean, 0.0))
-            else:
-                cell[step] = v
+        for (step, spec), v in zip(specs, flat, strict=True):
+            self._store(step, spec, v)
 
     @property
     def steps(self) -> list[int]:
