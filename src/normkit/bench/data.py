@@ -8,7 +8,7 @@ stays at the pool's size. Rows report the time of each pass, the speed-up over s
 (total), and the largest differences from scikit-learn's statistics and outputs, checked in
 an untimed pass (``max |Δ out|`` is 0 when the outputs are bit-identical). normkit runs once
 with one torch thread (scikit-learn's numpy passes are single-threaded: the like-for-like
-row) and once with torch's default thread count.
+row) and once with the default thread count (torch's and numba's).
 
 scikit-learn is imported only when the suite runs (it is the ``data`` extra).
 """
@@ -38,6 +38,16 @@ def _pool(n: int, seed: int = 0) -> list[np.ndarray]:
     return [
         rng.standard_normal((CHUNK, FEATURES), dtype=np.float32) * scale + offset for _ in range(n)
     ]
+
+
+def _set_threads(n: int) -> None:
+    """Thread count of torch and, when installed, numba (the moments kernel's pool)."""
+    torch.set_num_threads(n)
+    try:
+        import numba
+    except ImportError:
+        return
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def _time_passes(
@@ -120,11 +130,11 @@ def run_data_bench(quick: bool, reps: int | None = None) -> list[dict[str, Any]]
             else "numpy float32"
         )
         make().partial_fit(first).transform(first)  # warm-up: imports, JIT cache load
-        torch.set_num_threads(n_threads)
+        _set_threads(n_threads)
         try:
             t_fit, t_tr = _time_passes(make, chunks, reps, sync)
         finally:
-            torch.set_num_threads(threads)
+            _set_threads(threads)
         total = t_fit + t_tr
         base_total = base_total or total
         row: dict[str, Any] = {
