@@ -102,9 +102,11 @@ def test_rich_output_names_every_finding() -> None:
 def test_overhead_bench_rows() -> None:
     from normkit.diagnostics.bench import run_diagnostics_bench
 
-    rows = run_diagnostics_bench(True, reps=1)
+    tiny = {"tiny": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())}
+    rows = run_diagnostics_bench(True, reps=1, cases=tiny)
     assert len(rows) == 1
     r = rows[0]
+    assert r["case"] == "tiny"
     assert r["recorded_steps_every1"] == 2 * 20  # warm-up block + one timed block, 20 steps each
     for k in ("ms_step_off", "ms_step_every1", "ms_step_every10"):
         assert r[k] > 0
