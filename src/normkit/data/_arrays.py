@@ -109,11 +109,14 @@ def _check_finite(x: Tensor, who: str, allow_nan: bool) -> bool:
     """Raise on inf (and on NaN unless ``allow_nan``); return True when ``x`` has no NaN.
 
     One multi-threaded torch sum decides the common all-finite case (scikit-learn's own check
-    is a single-threaded numpy pass, the largest cost of a transform of a numpy chunk).
+    is a single-threaded numpy pass, the largest cost of a transform of a numpy chunk). For a
+    CUDA tensor this is one host synchronization per call.
     """
-    if _all_finite(x):
-        return True
-    if bool(torch.isinf(x).any()):
+    with torch.no_grad():
+        if _all_finite(x):
+            return True
+        has_inf = bool(torch.isinf(x).any())
+    if has_inf:
         raise ValueError(
             f"Input X contains infinity (dtype {x.dtype}); {who} accepts finite values"
             + (" and NaN (ignored in fit, kept in transform)" if allow_nan else "")

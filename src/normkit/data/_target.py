@@ -52,7 +52,7 @@ class TargetScaler(BaseEstimator):
         """Fit a clone of ``scaler`` (default :class:`~normkit.data.StandardScaler`) on ``y``."""
         from normkit.data._scalers import StandardScaler
 
-        y2, self.is_1d_ = _as_2d(y)
+        y2, _ = _as_2d(y)
         self.scaler_ = clone(self.scaler) if self.scaler is not None else StandardScaler()
         self.scaler_.fit(y2)
         return self
