@@ -4,6 +4,8 @@
 optional backends register themselves on import when their dependencies are present.
 """
 
+import importlib.util
+
 from normkit.backends import (  # noqa: F401  (registration side effect)
     reference,
     torch_native,
@@ -19,5 +21,8 @@ from normkit.backends.registry import (
     register,
     resolve,
 )
+
+if importlib.util.find_spec("numba") is not None:  # optional extra: normkit[fast]
+    from normkit.backends import numba_backend  # noqa: F401
 
 __all__ = ["OPS", "Backend", "available", "dispatch", "get", "names", "register", "resolve"]

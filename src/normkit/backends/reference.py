@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from normkit import _reference as ref
+from normkit._stats import accumulation_dtype
 from normkit.backends.registry import Backend, register
 
 
@@ -28,6 +31,30 @@ def _batch_norm_eval(
     return ref.batch_norm(x, running_mean, running_var, weight, bias, False, eps, axis)[0]
 
 
+def _add_norm(x: Tensor, residual: Tensor) -> Tensor:
+    acc = accumulation_dtype(x.dtype)
+    return x.to(acc) + residual.to(acc)
+
+
+def _add_layer_norm(
+    x: Tensor,
+    residual: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    s = _add_norm(x, residual)
+    return ref.layer_norm(s, normalized_shape, weight, bias, eps).to(x.dtype), s.to(x.dtype)
+
+
+def _add_rms_norm(
+    x: Tensor, residual: Tensor, normalized_shape: Sequence[int], weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    s = _add_norm(x, residual)
+    return ref.rms_norm(s, normalized_shape, weight, eps).to(x.dtype), s.to(x.dtype)
+
+
 BACKEND = Backend(
     name="reference",
     priority=0,
@@ -39,6 +66,8 @@ BACKEND = Backend(
         "rms_norm": ref.rms_norm,
         "group_norm": ref.group_norm,
         "instance_norm": ref.instance_norm,
+        "add_layer_norm": _add_layer_norm,
+        "add_rms_norm": _add_rms_norm,
     },
 )
 register(BACKEND)

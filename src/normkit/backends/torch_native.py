@@ -96,6 +96,26 @@ def _instance_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     return F.instance_norm(x.to(acc), None, None, w, b, True, 0.0, eps).to(x.dtype)
 
 
+def _add_layer_norm(
+    x: Tensor,
+    residual: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    # Unfused: the sum is materialised, then read again by the norm.
+    s = x + residual
+    return _layer_norm(s, normalized_shape, weight, bias, eps), s
+
+
+def _add_rms_norm(
+    x: Tensor, residual: Tensor, normalized_shape: Sequence[int], weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    s = x + residual
+    return _rms_norm(s, normalized_shape, weight, eps), s
+
+
 BACKEND = Backend(
     name="torch",
     priority=10,
@@ -107,6 +127,8 @@ BACKEND = Backend(
         "rms_norm": _rms_norm,
         "group_norm": _group_norm,
         "instance_norm": _instance_norm,
+        "add_layer_norm": _add_layer_norm,
+        "add_rms_norm": _add_rms_norm,
     },
 )
 register(BACKEND)
