@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 import normkit.nn as nkn
+from tests import training_twins as tt
 
 # Tolerances per dtype, in one place: (rtol, atol) against the float64 reference.
 TOL: dict[torch.dtype, tuple[float, float]] = {
@@ -165,6 +166,62 @@ SPECS: list[NormSpec] = [
         key_map=(("weight", "ln.weight"), ("bias", "ln.bias")),
     ),
     NormSpec("cn", _bn(nkn.ChannelNorm, 6), lambda: nn.InstanceNorm1d(6, affine=True), (4, 6, 9)),
+    # training-time family (BatchRenorm, GhostBN, FrozenBN, norm+act, Keras BN, SyncBN)
+    NormSpec(
+        "brn2d-as-bn",
+        _bn(nkn.BatchRenorm2d, 6, r_max=1.0, d_max=0.0),
+        lambda: nn.BatchNorm2d(6),
+        (4, 6, 5, 5),
+    ),
+    NormSpec(  # r clipped at r_max (batch std ≈ 2 vs running std ≤ 1.22); momentum 0 keeps it so
+        "brn2d-clipped",
+        _bn(nkn.BatchRenorm2d, 6, momentum=0.0, r_max=1.2, d_max=0.0),
+        None,
+        (4, 6, 5, 5),
+    ),
+    NormSpec(
+        "gbn2d",
+        _bn(nkn.GhostBatchNorm2d, 6, virtual_batch_size=2),
+        lambda: tt.ChunkedBatchNorm(nn.BatchNorm2d(6), 2),
+        (4, 6, 3, 3),
+        key_map=tuple((k, "bn." + k) for k in tt.BN_KEYS),
+    ),
+    NormSpec(
+        "gbn1d-remainder",
+        _bn(nkn.GhostBatchNorm1d, 6, virtual_batch_size=3),
+        lambda: tt.ChunkedBatchNorm(nn.BatchNorm1d(6), 3),
+        (8, 6),
+        key_map=tuple((k, "bn." + k) for k in tt.BN_KEYS),
+    ),
+    NormSpec(
+        "frozenbn2d-affine-grad",
+        _bn(nkn.FrozenBatchNorm2d, 6, requires_grad=True),
+        lambda: tt.EvalBatchNorm2d(6),
+        (2, 6, 4, 4),
+    ),
+    NormSpec(
+        "bnact2d-gelu",
+        _bn(nkn.BatchNormAct2d, 6, act="gelu"),
+        lambda: nn.Sequential(nn.BatchNorm2d(6), nn.GELU()),
+        (4, 6, 3, 3),
+        key_map=tuple((k, "0." + k) for k in tt.BN_KEYS),
+    ),
+    NormSpec(
+        "gnact-silu",
+        _bn(nkn.GroupNormAct, 3, 6, act="silu"),
+        lambda: nn.Sequential(nn.GroupNorm(3, 6), nn.SiLU()),
+        (4, 6, 3, 3),
+        key_map=(("weight", "0.weight"), ("bias", "0.bias")),
+    ),
+    NormSpec(
+        "lnact-gelu",
+        _bn(nkn.LayerNormAct, 8, act="gelu"),
+        lambda: nn.Sequential(nn.LayerNorm(8), nn.GELU()),
+        (4, 5, 8),
+        key_map=(("weight", "0.weight"), ("bias", "0.bias")),
+    ),
+    NormSpec("keras-bn", _bn(nkn.BatchNormalization, num_features=6), None, (4, 5, 6)),
+    NormSpec("syncbn-local", _bn(nkn.SyncBatchNorm, 6), lambda: nn.BatchNorm2d(6), (4, 6, 3, 3)),
 ]
 
 SPEC_IDS = [s.id for s in SPECS]

@@ -260,7 +260,13 @@ def test_frozen_batch_norm_is_eval_batch_norm_in_every_mode():
     for k in ("running_mean", "running_var"):
         assert torch.equal(frozen.state_dict()[k], before[k])
         assert not frozen.state_dict()[k].requires_grad
-    fully = nkn.FrozenBatchNorm2d(4)
+    fully = nkn.FrozenBatchNorm2d(4).double()
+    fully.load_state_dict(bn.state_dict())
+    xf = _x((1, 4, 3, 3), 7).requires_grad_()
+    xo = xf.detach().clone().requires_grad_()
+    fully(xf).square().sum().backward()
+    bn(xo).square().sum().backward()
+    torch.testing.assert_close(xf.grad, xo.grad)
     assert list(fully.parameters()) == [] and set(fully.state_dict()) == {
         "weight",
         "bias",

@@ -81,8 +81,8 @@ class SyncBatchNorm(BatchNorm):
         self.process_group = process_group
         self.strict = strict
 
-    def _sync_group(self) -> Any:
-        """The group to synchronize over now, or ``None`` for local batch norm."""
+    def _should_sync(self) -> bool:
+        """Whether this training step synchronizes (else it is local batch norm)."""
         if not is_distributed():
             if self.strict:
                 raise RuntimeError(
@@ -98,17 +98,15 @@ class SyncBatchNorm(BatchNorm):
                     RuntimeWarning,
                     stacklevel=3,
                 )
-            return None
+            return False
         group = self.process_group
-        world = torch.distributed.get_world_size(group)
-        if world == 1 or torch.distributed.get_rank(group) < 0:
-            return None
-        return group
+        return (
+            torch.distributed.get_world_size(group) > 1 and torch.distributed.get_rank(group) >= 0
+        )
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         self._check_input_dim(input)
-        group = self._sync_group() if self.training else None
-        if group is None:
+        if not (self.training and self._should_sync()):
             return super().forward(input, mask)
         ax = self.axis % input.ndim
         dims = [d for d in range(input.ndim) if d != ax]
@@ -119,7 +117,7 @@ class SyncBatchNorm(BatchNorm):
         else:
             mean, var, count = moments(input, dims, mask=m, return_count=True)
             local = Moments(count, mean, var * count)
-        total = all_gather_moments(local, group)
+        total = all_gather_moments(local, self.process_group)
         least = int(total.count.min().item())
         if least <= 1:
             raise ValueError(
