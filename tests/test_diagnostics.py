@@ -341,3 +341,22 @@ def test_bad_arguments_say_the_fix() -> None:
         rec.series("nope")
     with pytest.raises(TypeError, match="unknown threshold"):
         rec.verdict(nope=1.0)
+
+
+def test_activation_drift_is_reported_and_not_when_a_norm_follows() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(32, 8)
+
+    def run(model: nn.Module) -> list[Finding]:
+        with watch(model) as rec:
+            for i in range(3):
+                with torch.no_grad():  # the first layer's output scale grows ×100 in 3 steps
+                    for p in model[0].parameters():
+                        p.mul_(1.0 if i == 0 else 10.0)
+                model(x).sum().backward()
+        return [f for f in rec.verdict() if f.code == "activation-drift"]
+
+    plain = run(nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)))
+    assert len(plain) == 1 and plain[0].layer == "0"
+    assert plain[0].value == pytest.approx(100.0, rel=1e-3)  # std is linear in the weight scale
+    assert run(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))) == []

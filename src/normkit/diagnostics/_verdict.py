@@ -3,6 +3,7 @@ activation-scale drift off the recorded statistics."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -284,8 +285,14 @@ def _units(rec: Recorder, t: Thresholds) -> list[Finding]:
 def _drift(rec: Recorder, t: Thresholds) -> list[Finding]:
     out = []
     stds = rec.series("act_std", rec.depth_layers)
+    order = rec.layers
+    # A layer feeding a norm may change scale freely (BN/LN make the next layer scale-invariant;
+    # without weight decay such weights grow during healthy training): not drift.
+    feeds_norm = {n for n, nxt in itertools.pairwise(order) if "norm" in rec.info(nxt).kind.lower()}
     moved: list[tuple[str, float, Severity]] = []
     for n, vals in stds.items():
+        if n in feeds_norm:
+            continue
         f = [v for v in vals if math.isfinite(v) and v > 0]
         if len(f) >= 2:
             change = f[-1] / f[0]
@@ -345,8 +352,9 @@ def diagnose(rec: Recorder, **thresholds: float) -> list[Finding]:
     - ``nonfinite-activations``: the first layer (forward order) and step producing NaN/Inf.
     - ``dead-relu`` / ``saturated-units``: fraction of dead ReLU units / saturated sigmoid-tanh
       outputs ≥ 0.5 (error ≥ 0.9).
-    - ``activation-drift`` / ``activation-scale``: a depth layer's output std moved ×10 over
-      the run, or it changes ×100 from the first to the last depth layer.
+    - ``activation-drift`` / ``activation-scale``: the output std of a depth layer that does
+      not feed a norm moved ×10 over the run, or the std changes ×100 from the first to the
+      last depth layer.
 
     Keyword overrides: any field of :class:`Thresholds`.
 
