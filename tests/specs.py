@@ -222,6 +222,20 @@ SPECS: list[NormSpec] = [
     ),
     NormSpec("keras-bn", _bn(nkn.BatchNormalization, num_features=6), None, (4, 5, 6)),
     NormSpec("syncbn-local", _bn(nkn.SyncBatchNorm, 6), lambda: nn.BatchNorm2d(6), (4, 6, 3, 3)),
+    NormSpec(
+        "frozenbnact2d",
+        _bn(nkn.FrozenBatchNormAct2d, 6, act="silu", requires_grad=True),
+        lambda: nn.Sequential(tt.EvalBatchNorm2d(6), nn.SiLU()),
+        (2, 6, 3, 3),
+        key_map=tuple((k, "0." + k) for k in tt.BN_KEYS),
+    ),
+    NormSpec(
+        "syncbnact2d-local",
+        _bn(nkn.SyncBatchNormAct2d, 6, act="gelu"),
+        lambda: nn.Sequential(nn.BatchNorm2d(6), nn.GELU()),
+        (4, 6, 3, 3),
+        key_map=tuple((k, "0." + k) for k in tt.BN_KEYS),
+    ),
 ]
 
 SPEC_IDS = [s.id for s in SPECS]
