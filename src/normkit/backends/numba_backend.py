@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -327,7 +326,10 @@ _LayerNormFn = _register(
 
 
 def _numel(shape: Sequence[int]) -> int:
-    return math.prod(int(s) for s in shape)
+    n = 1
+    for s in shape:  # a plain loop: torch.compile traces it without a graph break
+        n *= int(s)
+    return n
 
 
 def _bias_like(bias: Tensor | None) -> Tensor | None:
