@@ -7,6 +7,7 @@ normkit lab list
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -48,10 +49,11 @@ def _main(args: argparse.Namespace) -> int:
         force=args.force,
         tiny=args.tiny,
     )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     t0 = time.perf_counter()
     results = run_lab(cfg)
     wall = time.perf_counter() - t0
-    index = write_report(results, cfg, wall_seconds=wall)
+    index = write_report(results, cfg, wall_seconds=wall, load_average=load)
     colors = {"supported": "green", "not supported": "red", "mixed": "yellow"}
     table = Table(title=f"normkit lab ({cfg.scale}, {cfg.seeds} seeds)")
     for col in ("experiment", "verdict", "primary checks", "CPU s"):
@@ -67,7 +69,11 @@ def _main(args: argparse.Namespace) -> int:
         )
     console = Console()
     console.print(table)
-    console.print(f"wall time {wall:.1f} s")
+    cpu = sum(r.cpu_seconds for r in results)
+    console.print(
+        f"wall time {wall:.1f} s; {cpu:.1f} CPU s in tasks"
+        + (f"; load average {load:.1f} at the start" if load is not None else "")
+    )
     console.print(f"report: {index.resolve()}")
     return 0
 

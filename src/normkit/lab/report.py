@@ -8,6 +8,7 @@ import base64
 import csv
 import html
 import json
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -136,7 +137,9 @@ def _html(results: Sequence[ExperimentResult], cfg: LabConfig, meta: dict[str, A
         f"<p class='sub'>{cfg.scale} run, seeds "
         f"{cfg.seed_list}, command <code>{html.escape(cfg.command())}</code>; "
         f"torch {html.escape(meta['torch'])}, {html.escape(meta['machine'])}; "
-        f"wall time {meta['wall_seconds']:.1f} s.</p>",
+        f"wall time {meta['wall_seconds']:.1f} s, {meta['cpu_seconds']:.1f} CPU s in tasks"
+        + (f", load average {load:.1f} at the start" if (load := meta["load_average"]) else "")
+        + ".</p>",
         f"<h2>Verdict rule</h2><p class='rule'>{html.escape(RULE_TEXT)}</p>",
         "<h2>Summary</h2><table><tr><th>experiment</th><th>claim</th><th>verdict</th>"
         "<th>checks supported</th></tr>",
@@ -175,16 +178,26 @@ def _html(results: Sequence[ExperimentResult], cfg: LabConfig, meta: dict[str, A
 
 
 def write_report(
-    results: Sequence[ExperimentResult], cfg: LabConfig, *, wall_seconds: float = 0.0
+    results: Sequence[ExperimentResult],
+    cfg: LabConfig,
+    *,
+    wall_seconds: float = 0.0,
+    load_average: float | None = None,
 ) -> Path:
-    """Write every file of the report into ``cfg.out`` and return the path of ``index.html``."""
+    """Write every file of the report into ``cfg.out`` and return the path of ``index.html``.
+
+    ``wall_seconds`` and ``load_average`` (the 1-minute load when the run started) describe
+    the run in the report's header; timings on a shared machine mean little without the load.
+    """
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, python "
-        f"{platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cfg.jobs} worker "
+        f"process(es) × 1 torch thread, python {platform.python_version()}",
         "wall_seconds": wall_seconds,
+        "cpu_seconds": sum(r.cpu_seconds for r in results),
+        "load_average": load_average,
         "scale": cfg.scale,
         "seeds": cfg.seed_list,
         "command": cfg.command(),

@@ -64,7 +64,8 @@ def _analyze(p: Params, recs: list[Record]) -> Analysis:
 
     checks = [
         Check(
-            f"BN at batch {lo} is not worse than BN at batch {hi} (by more than {p['margin']:.0%})",
+            f"BN at batch {lo} is not worse than BN at batch {hi} (by more than "
+            f"{p['margin'] * 100:g} points)",
             "test_acc",
             acc("bn", lo),
             acc("bn", hi),
@@ -75,7 +76,7 @@ def _analyze(p: Params, recs: list[Record]) -> Analysis:
         ),
         Check(
             f"BN at batch {lo} is not worse than GroupNorm at batch {lo} (by more than "
-            f"{p['margin']:.0%})",
+            f"{p['margin'] * 100:g} points)",
             "test_acc",
             acc("bn", lo),
             acc("gn", lo),
