@@ -70,3 +70,32 @@ def test_measure_counts_calls_and_reports_median():
 def test_write_csv_union_of_keys(tmp_path):
     p = write_csv([{"a": 1}, {"a": 2, "b": "x"}], tmp_path / "sub" / "r.csv")
     assert p.read_text().splitlines() == ["a,b", "1,", "2,x"]
+
+
+def test_bytes_moved_counts_each_big_array_once():
+    from normkit.bench.kernels import BenchSpec, _bytes_moved, _make_case
+
+    ln = BenchSpec("layer_norm", (64, 32))
+    assert _bytes_moved(ln, _make_case(ln)) == 2 * 64 * 32 * 4  # read x, write y
+    add = BenchSpec("add_rms_norm", (64, 32), direction="fwd+bwd")
+    # fwd: read x, r; write y, s. bwd: read s, dy, ds; write dx.
+    assert _bytes_moved(add, _make_case(add)) == 8 * 64 * 32 * 4
+
+
+def test_keep_freed_memory_in_a_subprocess():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from normkit.bench.alloc import keep_freed_memory\n"
+        "ok = keep_freed_memory()\n"
+        "x = torch.ones(1 << 24); y = torch.empty_like(x).copy_(x); del y\n"
+        "z = torch.empty_like(x).copy_(x)\n"
+        "assert float(z.sum()) == float(1 << 24)\n"
+        "print(ok)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    expected = "True" if sys.platform.startswith("linux") else "False"
+    assert out.stdout.strip() == expected

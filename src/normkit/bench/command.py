@@ -20,6 +20,10 @@ def _main(args: argparse.Namespace) -> int:
         chosen = suite_names()
     if not chosen:
         chosen = [n for n in suite_names() if get_suite(n).default][:1] or suite_names()[:1]
+    if args.keep_freed_memory:
+        from normkit.bench.alloc import keep_freed_memory
+
+        print(f"glibc keeps freed memory (no mmap per large block): {keep_freed_memory()}")
     options = {"ops": args.ops, "compile": args.compile, "reps": args.reps}
     rows = []
     for name in chosen:
@@ -52,6 +56,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (median)")
     p.add_argument("--all", action="store_true", help="run every registered suite")
+    p.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="first set glibc's mallopt so large freed blocks are reused (no page-fault cliff)",
+    )
     for name in suite_names():
         s = get_suite(name)
         p.add_argument(

@@ -12,6 +12,7 @@ is measured in a subprocess per op.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -72,6 +73,11 @@ def _specs(quick: bool) -> list[BenchSpec]:
             out.append(BenchSpec("batch_norm", _BN_SHAPE, layout=layout, direction=d))
             out.append(BenchSpec("group_norm", _BN_SHAPE, layout=layout, direction=d))
         out.append(BenchSpec("batch_norm_eval", _BN_SHAPE, layout=layout))
+    if not quick:  # small tensors: where the auto rule's size threshold comes from
+        for shape in ((16, 1024), (64, 1024), (256, 1024), (1024, 1024)):
+            out.append(BenchSpec("layer_norm", shape, direction="fwd+bwd"))
+        for shape in ((8, 64, 8, 8), (8, 64, 16, 16), (8, 64, 32, 32)):
+            out.append(BenchSpec("batch_norm", shape, direction="fwd+bwd"))
     return out
 
 
@@ -207,6 +213,25 @@ def _timed(spec: BenchSpec, case: _Case, fn: Callable[..., Any], reps: int) -> T
     return measure(fwd_bwd, reps=reps, setup=clear)
 
 
+def _registry_args(spec: BenchSpec, case: _Case) -> tuple[Any, ...]:
+    """The op's arguments in the backend registry's calling convention."""
+    x, shape = case.inputs[0], spec.shape[-1:]
+    p = case.params
+    if spec.op == "layer_norm":
+        return (x, shape, p[0], p[1], 1e-5)
+    if spec.op == "rms_norm":
+        return (x, shape, p[0], 1e-6)
+    if spec.op == "add_layer_norm":
+        return (x, case.inputs[1], shape, p[0], p[1], 1e-5)
+    if spec.op == "add_rms_norm":
+        return (x, case.inputs[1], shape, p[0], 1e-6)
+    if spec.op == "batch_norm":
+        return (x, p[0], p[1], 1e-5, 1)
+    if spec.op == "batch_norm_eval":
+        return (x, *case.buffers, p[0], p[1], 1e-5, 1)
+    return (x, spec.groups, p[0], p[1], 1e-5)
+
+
 def _reused(spec: BenchSpec, case: _Case, backend: str, reps: int) -> Timing | None:
     """Forward into preallocated outputs with the backend's ``out=`` entry points, if any."""
     if spec.direction != "fwd":
@@ -214,38 +239,40 @@ def _reused(spec: BenchSpec, case: _Case, backend: str, reps: int) -> Timing | N
     entry = backends.get(backend).extra.get("out", {}).get(_registry_op(spec))
     if entry is None:
         return None
-    outs = [torch.empty_like(t) for t in case.inputs]
-    args = [*case.inputs, *case.params]
-    shape = spec.shape[-1:]
-    extra: tuple[Any, ...]
-    if spec.op in ("layer_norm", "add_layer_norm"):
-        extra = (shape, 1e-5)
-    elif spec.op in ("rms_norm", "add_rms_norm"):
-        extra = (shape, 1e-6)
-    elif spec.op == "group_norm":
-        extra = (spec.groups, 1e-5)
-    elif spec.op == "batch_norm_eval":
-        args = [case.inputs[0], *case.buffers, *case.params]
-        extra = (1e-5, 1)
-    else:
-        extra = (1e-5, 1)
-    return measure(lambda: entry(*args, *extra, out=outs), reps=reps)
+    outs = [torch.empty_like(case.inputs[0]) for _ in range(case.n_out)]
+    args = _registry_args(spec, case)
+    return measure(lambda: entry(*args, out=outs), reps=reps)
 
 
-def first_call_seconds(op: str, backend: str = "numba") -> float:
-    """Seconds of the first ``op`` call in a fresh Python process (imports excluded)."""
+def first_call_seconds(op: str, backend: str = "numba", cache_dir: str | None = None) -> float:
+    """Seconds of the first ``op`` call (forward + backward) in a fresh Python process.
+
+    Imports are excluded. ``cache_dir`` points ``NUMBA_CACHE_DIR`` elsewhere (an empty
+    directory measures a cold JIT compile).
+    """
     code = f"""
 import json, time, torch, normkit
 from normkit.bench.kernels import BenchSpec, _make_case, _normkit_fn
 spec = BenchSpec({op!r}, (64, 8, 16, 16) if {op!r} in ("batch_norm", "batch_norm_eval", "group_norm") else (256, 256), groups=4)
 case = _make_case(spec)
 fn = _normkit_fn(spec, case, {backend!r})
+args = [t.requires_grad_() for t in (*case.inputs, *case.params)]
 t0 = time.perf_counter()
-fn(*case.inputs, *case.params)
+out = fn(*args)
+out = out if isinstance(out, tuple) else (out,)
+torch.autograd.backward([o.sum() for o in out])
 print(json.dumps(time.perf_counter() - t0))
 """
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        env=env,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
