@@ -9,9 +9,9 @@ import numpy as np
 
 from normkit.lab.experiment import Record
 
-__all__ = ["bars", "curves", "lines"]
+__all__ = ["COLORS", "bars", "curves", "lines"]
 
-_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def _groups(records: Sequence[Record], key: Callable[[Record], str]) -> dict[str, list[Record]]:
@@ -41,7 +41,7 @@ def curves(
         ys = np.array([r[y][:n] for r in rs], dtype=float)
         xs = np.array(rs[0][x][:n], dtype=float)
         mu, sd = np.nanmean(ys, axis=0), np.nanstd(ys, axis=0)
-        c = _COLORS[i % len(_COLORS)]
+        c = COLORS[i % len(COLORS)]
         ax.plot(xs, mu, color=c, label=name)
         ax.fill_between(xs, mu - sd, mu + sd, color=c, alpha=0.2, linewidth=0)
     if logy:
@@ -78,7 +78,7 @@ def lines(
             xs,
             mu,
             yerr=sd,
-            color=_COLORS[i % len(_COLORS)],
+            color=COLORS[i % len(COLORS)],
             marker="o",
             ms=3,
             capsize=2,
@@ -108,7 +108,7 @@ def bars(
     groups = _groups(records, label)
     for i, rs in enumerate(groups.values()):
         vals = np.array([float(r[y]) for r in rs])
-        c = _COLORS[i % len(_COLORS)]
+        c = COLORS[i % len(COLORS)]
         ax.bar(i, vals.mean(), yerr=vals.std(), color=c, alpha=0.7, capsize=3)
         ax.plot(np.full(len(vals), i), vals, "k.", ms=4)
     ax.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=7, ha="right")

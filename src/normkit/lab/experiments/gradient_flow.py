@@ -132,7 +132,7 @@ def _plot(p: Params, recs: list[Record], fig: Any) -> None:
             10 ** (sum(math.log10(max(r["layer_grad_norms"][k], 1e-30)) for r in rs) / len(rs))
             for k in range(len(rs[0]["layer_grad_norms"]))
         ]
-        a1.plot(range(len(mean)), mean, marker="o", ms=3, label=arm, color=plots._COLORS[i])
+        a1.plot(range(len(mean)), mean, marker="o", ms=3, label=arm, color=plots.COLORS[i])
     a1.set_yscale("log")
     a1.set_xlabel("weight layer (input side → output)")
     a1.set_ylabel("median ‖∇W‖ (geometric mean over seeds)")

@@ -144,7 +144,7 @@ def _plot(p: Params, recs: list[Record], fig: Any) -> None:
         rs = [r for r in recs if r["task"] == "long-range" and r["arm"] == arm]
         n = len(rs[0]["hnorm_by_step"])
         mean = [sum(r["hnorm_by_step"][k] for r in rs) / len(rs) for k in range(n)]
-        ax.plot(range(1, n + 1), mean, color=plots._COLORS[i], label=ARMS[arm])
+        ax.plot(range(1, n + 1), mean, color=plots.COLORS[i], label=ARMS[arm])
     ax.set_title("long-range: mean ‖h_t‖ over time steps (test set)", fontsize=9)
     ax.set_xlabel("time step t")
     ax.set_ylabel("mean ‖h_t‖")

@@ -237,8 +237,9 @@ def _init_run(p: Params, t: Record) -> Record:
 
 
 def _per_seed(
-    recs: list[Record], norm: str, fn: Any, metric: str = "final_test_acc", key: str = "scale"
+    recs: list[Record], norm: str, fn: Any, metric: str = "final_test_acc"
 ) -> list[float]:
+    """``fn`` (e.g. min, max − min) over a sweep of ``metric``, one value per seed."""
     out = []
     for s in sorted({r["seed"] for r in recs}):
         out.append(fn([r[metric] for r in recs if r["seed"] == s and r["norm"] == norm]))
