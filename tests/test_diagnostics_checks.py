@@ -191,3 +191,21 @@ def test_example_input_forms() -> None:
         assert f.severity == "error"
     with pytest.raises(TypeError, match="expects a torch"):
         check_model(x)  # type: ignore[arg-type]
+
+
+def test_bias_before_a_frozen_bn_is_redundant_too() -> None:
+    class FrozenBN(nn.Module):  # torchvision.ops.FrozenBatchNorm2d's buffers, no momentum
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            for name, init in (("weight", 1), ("bias", 0), ("running_mean", 0), ("running_var", 1)):
+                self.register_buffer(name, torch.full((c,), float(init)))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scale = self.weight * (self.running_var + 1e-5).rsqrt()
+            shift = self.bias - self.running_mean * scale
+            return x * scale[:, None, None] + shift[:, None, None]
+
+    biased = nn.Sequential(nn.Conv2d(1, 4, 3), FrozenBN(4))
+    assert not is_bn_like(biased[1])
+    assert codes(check_model(biased, torch.randn(2, 1, 5, 5))) == {"bias-before-norm"}
+    assert check_model(nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), FrozenBN(4))) == []

@@ -24,8 +24,13 @@ _DEEP_PLAIN = 10  # depth layers from which a net without any norm layer is call
 
 
 def _removes_channel_bias(m: nn.Module) -> bool:
-    """Norms that subtract a per-channel mean, making a per-channel bias before them a no-op."""
-    return is_bn_like(m) or "instancenorm" in type(m).__name__.lower()
+    """Norms that subtract a per-channel mean, making a per-channel bias before them a no-op:
+    BN-like layers, frozen BNs (a ``running_mean`` buffer, no momentum) and InstanceNorm."""
+    return (
+        is_bn_like(m)
+        or isinstance(getattr(m, "running_mean", None), Tensor)
+        or "instancenorm" in type(m).__name__.lower()
+    )
 
 
 def _out_features(m: nn.Module) -> int | None:
@@ -33,6 +38,17 @@ def _out_features(m: nn.Module) -> int | None:
         if isinstance(v := getattr(m, attr, None), int):
             return v
     return None
+
+
+def _num_features(m: nn.Module) -> int | None:
+    if isinstance(v := getattr(m, "num_features", None), int):
+        return v
+    rm = getattr(m, "running_mean", None)
+    return rm.numel() if isinstance(rm, Tensor) else None
+
+
+def _matches(a: int | None, b: int | None) -> bool:
+    return a is None or b is None or a == b
 
 
 def _is_dropout(m: nn.Module) -> bool:
@@ -167,7 +183,7 @@ def check_model(
             _removes_channel_bias(b)
             and is_depth_layer(a)
             and getattr(a, "bias", None) is not None
-            and _out_features(a) in (None, getattr(b, "num_features", None))
+            and _matches(_out_features(a), _num_features(b))
         ):
             biased.append((prev, nxt))
         if is_bn_like(b) and _is_dropout(a):
