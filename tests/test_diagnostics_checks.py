@@ -75,8 +75,10 @@ def test_bn_like_layers_are_found_by_duck_typing() -> None:
             return x
 
     assert is_bn_like(MyBN(4)) and not is_bn_like(nn.LayerNorm(4))
-    m = nn.Sequential(nn.Linear(4, 4), MyBN(4))
+    m = nn.Sequential(nn.Linear(4, 4, bias=False), MyBN(4))
     assert codes(check_model(m)) == {"bn-momentum-convention"}
+    m = nn.Sequential(nn.Linear(4, 4), MyBN(4))
+    assert codes(check_model(m)) == {"bn-momentum-convention", "bias-before-norm"}
 
 
 @pytest.mark.parametrize("bn", BNS)
