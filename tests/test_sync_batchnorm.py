@@ -5,6 +5,7 @@ without collectives and a NaN batch on one rank. Plus the local fallback."""
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -169,10 +170,15 @@ def test_convert_sync_batchnorm_keeps_parameters_and_converts_norm_act():
         nkn.GhostBatchNorm2d(4),
     )
     w = model[1].weight
+    x = torch.randn(4, 4, 3, 3)
+    expect = copy.deepcopy(model[3])(x)  # BatchNormAct2d: BN then GELU, training mode
     converted = nkn.convert_sync_batchnorm(model)
     assert type(converted[1]) is nkn.SyncBatchNorm and converted[1].weight is w
     assert converted[2].axis == -1
     assert type(converted[3]) is nkn.SyncBatchNormAct2d and type(converted[3].act) is nn.GELU
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # local fallback: no process group here
+        torch.testing.assert_close(converted[3](x), expect)
     assert type(converted[4]) is nkn.GhostBatchNorm2d
     with pytest.warns(RuntimeWarning, match="stays local"):
         nkn.convert_sync_batchnorm(nn.Sequential(nkn.BatchRenorm2d(4)))
