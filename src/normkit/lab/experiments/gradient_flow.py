@@ -88,7 +88,19 @@ def _analyze(p: Params, recs: list[Record]) -> Analysis:
         row["flagged_vanishing"] = sum(
             r["flagged_vanishing"] for r in recs if r["arm"] == row["arm"]
         )
-    checks = []
+    checks = [
+        Check(
+            "tanh: gradients also decay through depth (the first/last-layer ratio is lower than "
+            "in the ReLU net)",
+            "log10_first_last",
+            V(recs, "log10_first_last", arm="tanh"),
+            V(recs, "log10_first_last", arm="relu"),
+            direction="lower",
+            margin=0.5,
+            claimed_label="tanh",
+            baseline_label="relu",
+        )
+    ]
     for fix in FIXES:
         checks.append(
             Check(
