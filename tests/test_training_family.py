@@ -223,15 +223,21 @@ def test_ghost_batch_norm_bad_input_and_channels_last():
         nkn.GhostBatchNorm1d(3, virtual_batch_size=4)(torch.randn(9, 3))
     with pytest.raises(ValueError, match="positive"):
         nkn.GhostBatchNorm1d(3, virtual_batch_size=0)
+    # features last: the same as features first, transposed
+    last, first = nkn.GhostBatchNorm(3, virtual_batch_size=3, axis=-1), nkn.GhostBatchNorm1d(3)
+    first.virtual_batch_size = 3
+    x = torch.randn(9, 5, 3)
+    torch.testing.assert_close(last(x), first(x.transpose(1, 2)).transpose(1, 2))
+    torch.testing.assert_close(last.running_var, first.running_var)
     x = torch.randn(8, 3, 4, 4).contiguous(memory_format=torch.channels_last)
     y = nkn.GhostBatchNorm2d(3, virtual_batch_size=4)(x)
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_ghost_batch_norm_gradcheck():
-    m = nkn.GhostBatchNorm1d(3, virtual_batch_size=3).double()
+    m = nkn.GhostBatchNorm1d(2, virtual_batch_size=3).double()
     _same_params(m)
-    x = _x((5, 3, 2), seed=2).requires_grad_()  # virtual batches of 3 and 2
+    x = _x((7, 2, 2), seed=2).requires_grad_()  # virtual batches of 3, 3 (one call) and 1
     w, b = m.weight.detach().clone().requires_grad_(), m.bias.detach().clone().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda x, w, b: torch.func.functional_call(m, {"weight": w, "bias": b}, (x,)), (x, w, b)

@@ -694,6 +694,45 @@ def ghost_batch_norm(
             f"(batch {n}, virtual_batch_size {virtual_batch_size}); pick a virtual_batch_size "
             "that divides the batch size or drop the incomplete batch (DataLoader(drop_last=True))"
         )
+    v = virtual_batch_size
+    if mask is None and v * per_sample <= 1:
+        raise ValueError(
+            f"{op}: a virtual batch of {v} sample(s) has one value per channel (input of shape "
+            f"{tuple(input.shape)}); batch statistics need more, raise virtual_batch_size"
+        )
+    if mask is None and n // v > 1:
+        # The full virtual batches in ONE batch-norm call: (k·v, …, C, …) → (v, …, k·C, …), so
+        # each (virtual batch, feature) pair is a feature of an ordinary batch norm.
+        k = n // v
+        main = input[: k * v].reshape(k, v, *input.shape[1:]).movedim(0, ax)
+        grouped = main.reshape(*main.shape[:ax], k * input.shape[ax], *main.shape[ax + 2 :])
+        w = None if weight is None else weight.repeat(k)
+        b = None if bias is None else bias.repeat(k)
+        y, mean, var = backends.dispatch(
+            "batch_norm_train", grouped, w, b, eps, ax, backend=backend
+        )
+        y = y.reshape(main.shape).movedim(ax, 0).reshape(k * v, *input.shape[1:])
+        if running_mean is not None and running_var is not None:
+            count = grouped.numel() // grouped.shape[ax]
+            for mu, var_i in zip(mean.view(k, -1), var.view(k, -1), strict=True):
+                update_running_buffers(
+                    running_mean,
+                    running_var,
+                    mu,
+                    var_i,
+                    count,
+                    momentum,
+                    num_batches_tracked=num_batches_tracked,
+                    nan_policy=nan_policy,
+                )
+        if rest:
+            tail = batch_norm(
+                input[k * v :], running_mean, running_var, weight, bias, True, momentum, eps,
+                axis=ax, num_batches_tracked=num_batches_tracked, nan_policy=nan_policy,
+                backend=backend,
+            )  # fmt: skip
+            y = torch.cat([y, tail], dim=0)
+        return _keep_format(y, input)
     m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
     chunks = input.split(virtual_batch_size, dim=0)
     if m is not None and m.shape[0] == n:
