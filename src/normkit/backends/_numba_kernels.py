@@ -367,6 +367,7 @@ def gn_fwd_cl(x, groups, w, b, eps, y, mean, rstd):  # pragma: no cover - jitted
         mu_g = np.zeros(groups)
         m2_g = np.zeros(groups)
         bm = np.empty(groups)
+        bmc = np.empty(c_n)
         n_acc = 0.0
         for start in range(0, s_n, _RB):
             end = min(start + _RB, s_n)
@@ -381,11 +382,13 @@ def gn_fwd_cl(x, groups, w, b, eps, y, mean, rstd):  # pragma: no cover - jitted
                 for c in range(g * cg, (g + 1) * cg):
                     acc += cs[c]
                 bm[g] = acc / nb
+                for c in range(g * cg, (g + 1) * cg):
+                    bmc[c] = bm[g]  # per-channel copy: the streaming loop below vectorises
             for c in range(c_n):
                 cs[c] = 0.0
             for i in range(start, end):
                 for c in range(c_n):
-                    d = x[n, i, c] - bm[c // cg]
+                    d = x[n, i, c] - bmc[c]
                     cs[c] += d * d
             n_new = n_acc + nb
             for g in range(groups):
