@@ -164,7 +164,7 @@ def test_ln_off_equals_torch_relu_no_bias():
     )
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(
     mode=st.sampled_from(MODES),
     layers=st.integers(1, 2),
@@ -391,12 +391,12 @@ def test_relu_rnn_ln_on_matches_reference():
 @pytest.mark.parametrize("packed", [False, True])
 def test_gradcheck(mode, packed):
     torch.manual_seed(10)
-    m = OURS_SEQ[mode](2, 3, 2, bidirectional=True, dtype=torch.float64)
+    m = OURS_SEQ[mode](2, 3, 1, bidirectional=True, dtype=torch.float64)
     _randomize(m, 11)
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
     x = torch.randn(3, 2, 2, dtype=torch.float64)
-    h0 = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([2, 3])
     ref = pack_padded_sequence(x, lengths, enforce_sorted=False)
 
@@ -408,7 +408,9 @@ def test_gradcheck(mode, packed):
         return (_data(out), *_states(state))
 
     xd = (ref.data if packed else x).clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(f, (xd, h0, *params), atol=1e-6, rtol=1e-5)
+    # fast mode (random projections of the Jacobian) keeps this cheap; the cells below run the
+    # full check, and the multi-layer gradients are compared with torch.nn's above.
+    assert torch.autograd.gradcheck(f, (xd, h0, *params), atol=1e-6, rtol=1e-5, fast_mode=True)
 
 
 @pytest.mark.parametrize("mode", MODES)

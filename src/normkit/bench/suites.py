@@ -7,5 +7,6 @@ SUITE_MODULES: tuple[str, ...] = (
     "normkit.bench.kernels",
     "normkit.bench.data",
     "normkit.bench.inference",
+    "normkit.bench.rnn",
     "normkit.diagnostics.bench",
 )

@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from normkit import backends
 from normkit.nn import _recurrent_core as core
+from normkit.nn._recurrent_fused import fused_lstm_direction
 
 __all__ = [
     "LayerNormGRU",
@@ -552,6 +554,14 @@ class _LayerNormRNNBase(nn.Module):
                 c0 = states[1].unsqueeze(1) if unbatched else states[1]
         g = core.GATES[self.mode]
         ln = core.layer_norm_fn(x, self.hidden_size, self.eps, self.backend)
+        # The fused LSTM loop (hand-written backward, batched weight gradients) runs the torch
+        # backend's layer-norm kernel: use it exactly when that backend is the one chosen.
+        fused = (
+            lstm
+            and mask is None
+            and x.dtype in (torch.float32, torch.float64)
+            and backends.resolve("layer_norm", x, self.backend).name == "torch"
+        )
         hs: list[Tensor] = []
         cs: list[Tensor] = []
         layer_in = x
@@ -561,16 +571,23 @@ class _LayerNormRNNBase(nn.Module):
                 idx = layer * (2 if self.bidirectional else 1) + d
                 w_ih, in_bias, ln_ih, params = _gather(self, self.mode, suffix, g)
                 xg = core.input_part(layer_in, w_ih, in_bias, ln_ih, g, ln)
-                out, h, c = core.run_direction(
-                    self.mode,
-                    xg,
-                    h0[idx],
-                    None if c0 is None else c0[idx],
-                    params,
-                    ln,
-                    reverse=d == 1,
-                    mask=mask,
-                )
+                c_init = None if c0 is None else c0[idx]
+                if fused and c_init is not None:
+                    out, h, c = fused_lstm_direction(
+                        xg,
+                        h0[idx],
+                        c_init,
+                        params.weight_hh,
+                        params.ln_hh_weight,
+                        params.ln_cell_weight,
+                        params.ln_cell_bias,
+                        self.eps,
+                        d == 1,
+                    )
+                else:
+                    out, h, c = core.run_direction(
+                        self.mode, xg, h0[idx], c_init, params, ln, reverse=d == 1, mask=mask
+                    )
                 outs.append(out)
                 hs.append(h)
                 if c is not None:
