@@ -86,7 +86,8 @@ def rms_fwd(x, r, add, w, eps, y, s_out, rstd):  # pragma: no cover - jitted
 
 @njit(**_PAR)
 def ln_bwd(dy, x, w, mean, rstd, centered, has_ds, ds, dx, dwp, dbp):  # pragma: no cover
-    """Rows LayerNorm (``centered``) or RMSNorm backward; ``dwp``/``dbp`` are (P, N) partials.
+    """Rows LayerNorm (``centered``) or RMSNorm backward; ``dwp``/``dbp`` are (P, N) partials
+    (zeroed here, in the input dtype: P·N float32 partials stay in cache).
 
     dx = r·(g − mean(g) − x̂·mean(g·x̂)), g = dy·w, x̂ = (x − μ)·r (μ = 0, no mean(g) term for
     RMS); plus ``ds`` (the gradient of the fused sum) when ``has_ds``.
@@ -97,6 +98,9 @@ def ln_bwd(dy, x, w, mean, rstd, centered, has_ds, ds, dx, dwp, dbp):  # pragma:
         lo = c * m_rows // chunks
         hi = (c + 1) * m_rows // chunks
         k = np.empty(3, dx.dtype)
+        for j in range(n):
+            dwp[c, j] = 0.0
+            dbp[c, j] = 0.0
         for i in range(lo, hi):
             mu = mean[i] if centered else 0.0
             r = rstd[i]

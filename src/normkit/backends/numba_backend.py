@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -127,6 +128,12 @@ def _vec(t: Tensor | None, n: int, fill: float, dtype: torch.dtype) -> Tensor:
     if t is None:
         return torch.full((n,), fill, dtype=dtype)
     return t.reshape(-1).to(dtype).contiguous()
+
+
+def _colsum(parts: Tensor) -> Tensor:
+    """Column sums of small (P, N) partials with NumPy in float64, returned in their dtype."""
+    a = _np(parts)
+    return torch.from_numpy(a.sum(0, dtype=np.float64).astype(a.dtype))
 
 
 def _rows(x: Tensor, n: int) -> Tensor:
@@ -231,8 +238,10 @@ def _ln_backward(
     with _threads(x2.numel()):
         p = _chunks(m)
     dx = torch.empty(x.shape, dtype=x.dtype)
-    dwp = torch.zeros(p, n, dtype=torch.float64)
-    dbp = torch.zeros(p, n, dtype=torch.float64)
+    # Partials are zeroed inside the kernel and summed by NumPy (one thread): a torch op here
+    # would wake torch's OpenMP pool while numba's still spins, costing milliseconds.
+    dwp = torch.empty(p, n, dtype=x.dtype)
+    dbp = torch.empty(p, n, dtype=x.dtype)
     w = _vec(weight, n, 1.0, x.dtype)
     ds2 = _rows(ds, n) if ds is not None else dy2
     with _threads(x2.numel()):
@@ -249,7 +258,7 @@ def _ln_backward(
             _np(dwp),
             _np(dbp),
         )
-    return dx, dwp.sum(0).to(x.dtype), dbp.sum(0).to(x.dtype)
+    return dx, _colsum(dwp), _colsum(dbp)
 
 
 def _ln_impl(
@@ -719,7 +728,7 @@ def _gn_backward(
             _np(dwp),
             _np(dbp),
         )
-    return dx, dwp.sum(0).to(x.dtype), dbp.sum(0).to(x.dtype)
+    return dx, _colsum(dwp).to(x.dtype), _colsum(dbp).to(x.dtype)
 
 
 def _gn_like(x: Tensor) -> Tensor:
