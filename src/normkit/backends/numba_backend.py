@@ -43,7 +43,7 @@ from normkit.backends.registry import Backend, register
 __all__ = ["BACKEND", "MIN_NUMEL", "cache_dir", "prefers", "supports", "warm_up"]
 
 #: Smallest input (elements) for which ``"auto"`` prefers numba; see the module docstring.
-MIN_NUMEL = 1 << 18
+MIN_NUMEL = 1 << 20
 
 _DTYPES = (torch.float32, torch.float64)
 _ROW_OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
