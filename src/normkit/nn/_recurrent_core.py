@@ -48,7 +48,11 @@ LayerNormFn = Callable[[Tensor, Tensor | None, Tensor | None], Tensor]
 
 def layer_norm_fn(sample: Tensor, hidden_size: int, eps: float, backend: str) -> LayerNormFn:
     """``f(x, weight, bias)``: layer norm over the last dim (``hidden_size``) by the backend
-    that :func:`normkit.backends.resolve` picks for ``sample`` (checked once, called per step)."""
+    that :func:`normkit.backends.resolve` picks for ``sample`` (checked once, called per step).
+
+    Pass a ``sample`` of the shape the function will see: the auto rule depends on the size
+    (a per-step ``(B, G, H)`` tensor may pick another backend than the hoisted ``(T, B, G, H)``).
+    """
     op = backends.resolve("layer_norm", sample, backend).ops["layer_norm"]
     shape = (hidden_size,)
 
@@ -116,19 +120,23 @@ def step(
     ``h_t = σ(o)⊙tanh(LN(c_t))``. GRU (r, z, n): ``n = tanh(x_n + r⊙hh_n)``,
     ``h_t = (1−z)⊙n + z⊙h``. RNN: ``h_t = tanh|relu(x + hh)``.
     """
+    # Gate blocks are taken apart with one unbind (one backward node that stacks), not with
+    # per-gate indexing (each index's backward would allocate and zero-fill the whole tensor).
     hg = hidden_part(h, p, GATES[mode], ln)
     if mode == "LSTM":
         assert c is not None
         g = xg + hg
-        s = torch.sigmoid(g)
-        c = torch.addcmul(s[:, 1] * c, s[:, 0], torch.tanh(g[:, 2]))
+        i, f, _, o = torch.sigmoid(g).unbind(1)
+        c = torch.addcmul(f * c, i, torch.tanh(g.unbind(1)[2]))
         cn = c if p.ln_cell_weight is None else ln(c, p.ln_cell_weight, p.ln_cell_bias)
-        return s[:, 3] * torch.tanh(cn), c
+        return o * torch.tanh(cn), c
     if mode == "GRU":
-        rz = torch.sigmoid(xg[:, :2] + hg[:, :2])
-        n = torch.tanh(torch.addcmul(xg[:, 2], rz[:, 0], hg[:, 2]))
-        return torch.lerp(n, h, rz[:, 1]), None
-    pre = xg[:, 0] + hg[:, 0]
+        x_r, x_z, x_n = xg.unbind(1)
+        h_r, h_z, h_n = hg.unbind(1)
+        r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+        n = torch.tanh(torch.addcmul(x_n, r, h_n))
+        return torch.lerp(n, h, z), None
+    pre = (xg + hg).squeeze(1)
     return (torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)), None
 
 
@@ -153,8 +161,9 @@ def run_direction(
     """
     steps: Sequence[int] = range(xg.shape[0] - 1, -1, -1) if reverse else range(xg.shape[0])
     outs: list[Tensor] = [h] * xg.shape[0]
+    xs = xg.unbind(0)  # one backward node for all steps (xg[t] would zero-fill (T, …) per step)
     for t in steps:
-        h_new, c_new = step(mode, xg[t], h, c, p, ln)
+        h_new, c_new = step(mode, xs[t], h, c, p, ln)
         outs[t] = h_new
         if mask is None:
             h, c = h_new, c_new

@@ -241,7 +241,9 @@ class _LayerNormCellBase(nn.Module):
         h = h.unsqueeze(0) if unbatched else h
         c = c.unsqueeze(0) if (unbatched and c is not None) else c
         g = core.GATES[self.mode]
-        ln = core.layer_norm_fn(x, self.hidden_size, self.eps, self.backend)
+        ln = core.layer_norm_fn(
+            x.new_empty(x.shape[0], g, self.hidden_size), self.hidden_size, self.eps, self.backend
+        )
         w_ih, in_bias, ln_ih, params = _gather(self, self.mode, "", g)
         xg = core.input_part(x, w_ih, in_bias, ln_ih, g, ln)
         h, c = core.step(self.mode, xg, h, c, params, ln)
@@ -553,14 +555,23 @@ class _LayerNormRNNBase(nn.Module):
             if lstm:
                 c0 = states[1].unsqueeze(1) if unbatched else states[1]
         g = core.GATES[self.mode]
-        ln = core.layer_norm_fn(x, self.hidden_size, self.eps, self.backend)
+        # The hoisted input-part layer norm sees (T, B, G, H), the per-step ones (B, G, H): the
+        # auto rule picks a backend for each size.
+        step_sample = x.new_empty(batch, g, self.hidden_size)
+        ln_in = core.layer_norm_fn(
+            x.new_empty(x.shape[0], batch, g, self.hidden_size),
+            self.hidden_size,
+            self.eps,
+            self.backend,
+        )
+        ln = core.layer_norm_fn(step_sample, self.hidden_size, self.eps, self.backend)
         # The fused LSTM loop (hand-written backward, batched weight gradients) runs the torch
-        # backend's layer-norm kernel: use it exactly when that backend is the one chosen.
+        # backend's layer-norm kernel: use it exactly when that backend is the per-step choice.
         fused = (
             lstm
             and mask is None
             and x.dtype in (torch.float32, torch.float64)
-            and backends.resolve("layer_norm", x, self.backend).name == "torch"
+            and backends.resolve("layer_norm", step_sample, self.backend).name == "torch"
         )
         hs: list[Tensor] = []
         cs: list[Tensor] = []
@@ -570,7 +581,7 @@ class _LayerNormRNNBase(nn.Module):
             for d, suffix in enumerate(self._suffixes(layer)):
                 idx = layer * (2 if self.bidirectional else 1) + d
                 w_ih, in_bias, ln_ih, params = _gather(self, self.mode, suffix, g)
-                xg = core.input_part(layer_in, w_ih, in_bias, ln_ih, g, ln)
+                xg = core.input_part(layer_in, w_ih, in_bias, ln_ih, g, ln_in)
                 c_init = None if c0 is None else c0[idx]
                 if fused and c_init is not None:
                     out, h, c = fused_lstm_direction(
