@@ -99,3 +99,17 @@ def test_keep_freed_memory_in_a_subprocess():
     assert out.returncode == 0, out.stderr
     expected = "True" if sys.platform.startswith("linux") else "False"
     assert out.stdout.strip() == expected
+
+
+def test_measure_interleaved_alternates_calls():
+    from normkit.bench import measure_interleaved
+
+    log: list[str] = []
+    calls = {
+        "a": (lambda: log.append("a"), lambda: log.append("setup")),
+        "b": (lambda: log.append("b"), None),
+    }
+    t = measure_interleaved(calls, reps=3, warmup=2)
+    assert set(t) == {"a", "b"} and t["a"].reps == 3
+    timed = [e for e in log[6:]]  # after warm-up: 2 x (setup, a) + 2 x b
+    assert timed == ["setup", "a", "b"] * 3

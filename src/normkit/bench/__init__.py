@@ -16,7 +16,13 @@ in-process memory copy of the same bytes the same way.
 
 from normkit.bench._registry import Suite, get_suite, load_suites, register_suite, suite_names
 from normkit.bench.report import print_table, write_csv
-from normkit.bench.timing import Timing, copy_baseline, measure, row_metrics
+from normkit.bench.timing import (
+    Timing,
+    copy_baseline,
+    measure,
+    measure_interleaved,
+    row_metrics,
+)
 
 __all__ = [
     "Suite",
@@ -25,6 +31,7 @@ __all__ = [
     "get_suite",
     "load_suites",
     "measure",
+    "measure_interleaved",
     "print_table",
     "register_suite",
     "row_metrics",

@@ -28,7 +28,7 @@ from torch import Tensor
 from normkit import backends
 from normkit import functional as NF
 from normkit.bench._registry import register_suite
-from normkit.bench.timing import Timing, copy_baseline, measure, row_metrics
+from normkit.bench.timing import measure_interleaved, row_metrics
 
 __all__ = ["OPS", "SPECS", "BenchSpec", "first_call_seconds", "run_kernels_bench"]
 
@@ -86,6 +86,16 @@ SPECS: tuple[BenchSpec, ...] = tuple(_specs(False))
 
 
 # --------------------------------------------------------------------------- inputs and callables
+
+
+_Call = tuple[Callable[[], Any], Callable[[], Any] | None]  # (timed call, untimed setup)
+
+
+def _copy_call(nbytes: int) -> _Call:
+    """An in-process copy moving ``nbytes`` (half read, half written) into a reused buffer."""
+    src = torch.randn(max(nbytes // 8, 1))
+    dst = torch.empty_like(src)
+    return (lambda: dst.copy_(src)), None
 
 
 @dataclass
@@ -187,8 +197,8 @@ def _registry_op(spec: BenchSpec) -> str:
     return {"batch_norm": "batch_norm_train"}.get(spec.op, spec.op)
 
 
-def _timed(spec: BenchSpec, case: _Case, fn: Callable[..., Any], reps: int) -> Timing:
-    """Time ``fn`` forward (no grad) or forward + backward with fixed output grads."""
+def _prepare(spec: BenchSpec, case: _Case, fn: Callable[..., Any]) -> _Call:
+    """A timed call of ``fn``: forward (no grad) or forward + backward with fixed output grads."""
     args = [*case.inputs, *case.params]
     if spec.direction == "fwd":
 
@@ -196,7 +206,7 @@ def _timed(spec: BenchSpec, case: _Case, fn: Callable[..., Any], reps: int) -> T
             with torch.no_grad():
                 fn(*args)
 
-        return measure(fwd, reps=reps)
+        return fwd, None
     leaves = [t.detach().requires_grad_() for t in args]
     outs = fn(*leaves)
     outs = outs if isinstance(outs, tuple) else (outs,)
@@ -211,7 +221,7 @@ def _timed(spec: BenchSpec, case: _Case, fn: Callable[..., Any], reps: int) -> T
         o = fn(*leaves)
         torch.autograd.backward(o if isinstance(o, tuple) else (o,), grads)
 
-    return measure(fwd_bwd, reps=reps, setup=clear)
+    return fwd_bwd, clear
 
 
 def _first_run_seconds(spec: BenchSpec, case: _Case, fn: Callable[..., Any]) -> float:
@@ -247,8 +257,8 @@ def _registry_args(spec: BenchSpec, case: _Case) -> tuple[Any, ...]:
     return (x, spec.groups, p[0], p[1], 1e-5)
 
 
-def _reused(spec: BenchSpec, case: _Case, backend: str, reps: int) -> Timing | None:
-    """Forward into preallocated outputs with the backend's ``out=`` entry points, if any."""
+def _reused(spec: BenchSpec, case: _Case, backend: str) -> _Call | None:
+    """A forward into preallocated outputs with the backend's ``out=`` entry point, if any."""
     if spec.direction != "fwd":
         return None
     entry = backends.get(backend).extra.get("out", {}).get(_registry_op(spec))
@@ -256,7 +266,7 @@ def _reused(spec: BenchSpec, case: _Case, backend: str, reps: int) -> Timing | N
         return None
     outs = [torch.empty_like(case.inputs[0]) for _ in range(case.n_out)]
     args = _registry_args(spec, case)
-    return measure(lambda: entry(*args, out=outs), reps=reps)
+    return (lambda: entry(*args, out=outs)), None
 
 
 def first_call_seconds(op: str, backend: str = "numba", cache_dir: str | None = None) -> float:
@@ -314,7 +324,6 @@ def run_kernels_bench(
             progress.update(task, description=f"{spec.op} {spec.label} {spec.direction}")
             case = _make_case(spec)
             nbytes = _bytes_moved(spec, case)
-            copy = copy_baseline(nbytes, reps=reps)
             base = {
                 "op": spec.op,
                 "shape": spec.label,
@@ -322,24 +331,33 @@ def run_kernels_bench(
                 "layout": spec.layout,
                 "dir": spec.direction,
             }
-            eager = _timed(spec, case, _torch_fn(spec, case), reps)
-            results: list[tuple[str, Timing, float | None]] = [("torch eager", eager, None)]
+            calls: dict[str, _Call] = {"copy": _copy_call(nbytes)}
+            calls["torch eager"] = _prepare(spec, case, _torch_fn(spec, case))
+            colds: dict[str, float] = {}
             if compile:
                 torch._dynamo.reset()
                 compiled = torch.compile(_torch_fn(spec, case))
-                cold = _first_run_seconds(spec, case, compiled)  # the cold compile
-                t = _timed(spec, case, compiled, reps)
-                results.append(("torch.compile", t, cold))
+                colds["torch.compile"] = _first_run_seconds(spec, case, compiled)  # cold compile
+                calls["torch.compile"] = _prepare(spec, case, compiled)
             for b in contenders:
-                reason = backends.get(b).check(_registry_op(spec), case.inputs[0])
-                if reason is not None:
+                if backends.get(b).check(_registry_op(spec), case.inputs[0]) is not None:
                     continue
-                t = _timed(spec, case, _normkit_fn(spec, case, b), reps)
-                results.append((f"normkit {b}", t, t.first))
-                reused = _reused(spec, case, b, reps)
+                t0 = time.perf_counter()
+                calls[f"normkit {b}"] = _prepare(spec, case, _normkit_fn(spec, case, b))
+                colds[f"normkit {b}"] = time.perf_counter() - t0  # fwd+bwd: first forward
+                reused = _reused(spec, case, b)
                 if reused is not None:
-                    results.append((f"normkit {b} out=", reused, None))
-            for impl, t, cold in results:
+                    calls[f"normkit {b} out="] = reused
+            # Interleaved: every round runs each implementation once, so a change of machine
+            # load hits all of them alike instead of one implementation's whole block.
+            timings = measure_interleaved(calls, reps=reps)
+            copy, eager = timings.pop("copy"), timings["torch eager"]
+            for impl, t in timings.items():
+                cold: float | None = None
+                if impl == "torch.compile":
+                    cold = colds[impl]
+                elif impl in colds:  # a normkit backend: its first forward (+ backward) call
+                    cold = colds[impl] + t.first
                 row = {
                     **base,
                     "impl": impl,

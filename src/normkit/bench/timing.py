@@ -11,13 +11,13 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["Timing", "copy_baseline", "measure", "row_metrics"]
+__all__ = ["Timing", "copy_baseline", "measure", "measure_interleaved", "row_metrics"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,49 @@ def measure(
         if gc_was_enabled:
             gc.enable()
     return Timing(statistics.median(times), min(times), reps, first)
+
+
+def measure_interleaved(
+    calls: Mapping[str, tuple[Callable[[], Any], Callable[[], Any] | None]],
+    *,
+    reps: int = 15,
+    warmup: int = 3,
+) -> dict[str, Timing]:
+    """Median times of several ``(fn, setup)`` calls measured in alternation.
+
+    Each of the ``reps`` rounds runs every call once, so a change of machine load during the
+    measurement affects all of them alike (on a shared machine, timing one implementation's
+    whole block after another's can flip a comparison). ``first`` is each call's first run.
+    """
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1 (got {reps})")
+    first: dict[str, float] = {}
+    for name, (fn, setup) in calls.items():
+        for k in range(max(warmup, 1)):
+            if setup is not None:
+                setup()
+            t0 = time.perf_counter()
+            fn()
+            if k == 0:
+                first[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(reps):
+            for name, (fn, setup) in calls.items():
+                if setup is not None:
+                    setup()
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {
+        name: Timing(statistics.median(ts), min(ts), reps, first[name])
+        for name, ts in times.items()
+    }
 
 
 _COPY_CACHE: dict[int, Timing] = {}
