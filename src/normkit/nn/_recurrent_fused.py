@@ -50,14 +50,11 @@ class _FusedLSTM(torch.autograd.Function):
         T, B, G, H = xg.shape
         new = xg.new_empty
         ln_hh = g_hh is not None
-        h_prev = new(T, B, H)  # state entering step t
-        c_prev = new(T, B, H)
         c_all = new(T, B, H)  # c_t (input of the cell layer norm)
         acts = new(T, B, G, H)  # σ(i), σ(f), tanh(g), σ(o)
         tc = new(T, B, H)  # tanh(LN(c_t))
         out = new(T, B, H)
         a_hh = new(T, B, G, H) if ln_hh else None  # W_hh h (layer-norm input)
-        xhat_hh = new(T, B, G, H) if ln_hh else None
         mu_hh = new(T, B, G, 1) if ln_hh else None
         rs_hh = new(T, B, G, 1) if ln_hh else None
         mu_c = new(T, B, 1) if ln_cell else None
@@ -65,18 +62,14 @@ class _FusedLSTM(torch.autograd.Function):
         h, c = h0, c0
         w_t = w_hh.t()
         for t in range(T - 1, -1, -1) if reverse else range(T):
-            h_prev[t] = h
-            c_prev[t] = c
-            a = torch.mm(h, w_t).view(B, G, H)
             if ln_hh:
-                assert a_hh is not None and xhat_hh is not None
-                assert mu_hh is not None and rs_hh is not None
-                a_hh[t] = a
+                assert a_hh is not None and mu_hh is not None and rs_hh is not None
+                a = a_hh[t]
+                torch.mm(h, w_t, out=a.view(B, G * H))
                 y, mu_hh[t], rs_hh[t] = torch.native_layer_norm(a, (H,), None, None, eps)
-                xhat_hh[t] = y
                 gates = torch.addcmul(xg[t], y, g_hh)
             else:
-                gates = xg[t] + a
+                gates = xg[t] + torch.mm(h, w_t).view(B, G, H)
             act = acts[t]
             torch.sigmoid(gates, out=act)
             torch.tanh(gates[:, 2], out=act[:, 2])
@@ -91,8 +84,7 @@ class _FusedLSTM(torch.autograd.Function):
             h = torch.mul(act[:, 3], tc[t], out=out[t])
         ctx.reverse, ctx.ln_cell, ctx.ln_hh = reverse, ln_cell, ln_hh
         ctx.save_for_backward(
-            w_hh, g_hh, w_c, b_c, h_prev, c_prev, c_all, acts, tc, a_hh, xhat_hh, mu_hh, rs_hh,
-            mu_c, rs_c,
+            w_hh, g_hh, w_c, b_c, h0, c0, out, c_all, acts, tc, a_hh, mu_hh, rs_hh, mu_c, rs_c,
         )  # fmt: skip
         return out, h.clone(), c.clone()
 
@@ -101,7 +93,7 @@ class _FusedLSTM(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor
     ) -> tuple[Tensor | None, ...]:
-        (w_hh, g_hh, w_c, b_c, h_prev, c_prev, c_all, acts, tc, a_hh, xhat_hh, mu_hh, rs_hh,
+        (w_hh, g_hh, w_c, b_c, h0, c0, out, c_all, acts, tc, a_hh, mu_hh, rs_hh,
          mu_c, rs_c) = ctx.saved_tensors  # fmt: skip
         T, B, G, H = acts.shape
         ln_cell, ln_hh = ctx.ln_cell, ctx.ln_hh
@@ -109,6 +101,8 @@ class _FusedLSTM(torch.autograd.Function):
         d_a = torch.empty_like(acts) if ln_hh else d_gates  # d(W_hh h)
         d_cn = torch.empty_like(tc) if ln_cell else None
         dh, dc = d_hT.clone(), d_cT.clone()
+        first = T - 1 if ctx.reverse else 0  # the step that starts from (h0, c0)
+        prev = 1 if ctx.reverse else -1  # index offset of the step before t
         for t in range(T) if ctx.reverse else range(T - 1, -1, -1):
             i, f, g, o = acts[t].unbind(1)
             dh = dh + d_out[t]
@@ -124,7 +118,8 @@ class _FusedLSTM(torch.autograd.Function):
             dc = dc + dcn
             dg = d_gates[t]
             torch.mul(dc * g, i - i * i, out=dg[:, 0])
-            torch.mul(dc * c_prev[t], f - f * f, out=dg[:, 1])
+            c_prev = c0 if t == first else c_all[t + prev]
+            torch.mul(dc * c_prev, f - f * f, out=dg[:, 1])
             torch.mul(dc * i, 1 - g * g, out=dg[:, 2])
             torch.mul(dh * tct, o - o * o, out=dg[:, 3])
             dc = dc * f
@@ -134,8 +129,13 @@ class _FusedLSTM(torch.autograd.Function):
                 )[0]
             dh = torch.mm(d_a[t].view(B, G * H), w_hh)
         da2 = d_a.view(T * B, G * H)
-        d_w_hh = torch.mm(da2.t(), h_prev.view(T * B, H))
-        d_g_hh = (d_gates * xhat_hh).sum((0, 1)) if ln_hh else None
+        # h entering each step: (h0, out[0..T-2]) forward, (out[1..T-1], h0) reverse
+        parts = (out[1:], h0[None]) if ctx.reverse else (h0[None], out[:-1])
+        h_prev = torch.cat(parts).view(T * B, H)
+        d_w_hh = torch.mm(da2.t(), h_prev)
+        d_g_hh = None
+        if ln_hh:  # Σ dγ-grad ⊙ x̂, x̂ rebuilt from the saved statistics in one batched op
+            d_g_hh = (d_gates * ((a_hh - mu_hh) * rs_hh)).sum((0, 1))
         d_w_c = d_b_c = None
         if ln_cell:
             assert d_cn is not None
