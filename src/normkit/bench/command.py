@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     load_suites()
     p = sub.add_parser(
         "bench",
-        help="benchmark normkit backends against torch (ms, GB/s, % of a memory copy)",
+        help="benchmark normkit backends against torch (ms, GB/s, %% of a memory copy)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
