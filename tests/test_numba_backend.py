@@ -236,3 +236,22 @@ def test_normkit_works_without_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_numba_kernels_leave_torch_thread_count_alone():
+    """numba and torch share one OpenMP runtime: a kernel launch must not undo a user's
+    torch.set_num_threads (it used to reset 1 -> 2 and slow parallel workers 10-30x)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        x = torch.randn(2048, 1024, requires_grad=True)
+        NF.layer_norm(x, (1024,), backend="numba").sum().backward()
+        NF.batch_norm(
+            torch.randn(32, 64, 16, 16), torch.zeros(64), torch.ones(64), training=True,
+            backend="numba",
+        )  # fmt: skip
+        assert torch.get_num_threads() == 1
+        ref = F.layer_norm(x.detach(), (1024,))
+        torch.testing.assert_close(NF.layer_norm(x.detach(), (1024,), backend="numba"), ref)
+    finally:
+        torch.set_num_threads(before)

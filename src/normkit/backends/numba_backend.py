@@ -93,16 +93,23 @@ SERIAL_NUMEL = 1 << 15
 
 @contextlib.contextmanager
 def _threads(numel: int) -> Iterator[None]:
-    """One numba thread for small inputs, the full pool otherwise."""
-    if numel >= SERIAL_NUMEL:
-        yield
-        return
-    prev = numba.get_num_threads()
-    numba.set_num_threads(1)
+    """Run a kernel on torch's thread budget: one thread for small inputs, else
+    ``torch.get_num_threads()`` (capped by numba's pool).
+
+    numba's OpenMP layer shares its runtime with torch, so a launch with numba's own count would
+    silently change ``torch.get_num_threads()`` for the rest of the process (a user's
+    ``torch.set_num_threads(1)`` in data-loader workers or parallel jobs would be undone); torch's
+    count is restored if the launch moved it.
+    """
+    torch_n = torch.get_num_threads()
+    n = 1 if numel < SERIAL_NUMEL else max(1, min(torch_n, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
     try:
         yield
     finally:
-        numba.set_num_threads(prev)
+        if torch.get_num_threads() != torch_n:
+            torch.set_num_threads(torch_n)
 
 
 def _is_channels_last(x: Tensor) -> bool:
