@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normkit import functional as NF
+from normkit.nn.layernorm import LayerNorm, RMSNorm
 
 __all__ = ["AddLayerNorm", "AddRMSNorm"]
 
 
-def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if not shape or any(int(s) < 1 for s in shape):
-        raise ValueError(f"normalized_shape must be non-empty positive sizes (got {shape})")
-    return tuple(int(s) for s in shape)
-
-
-class AddLayerNorm(nn.Module):
+class AddLayerNorm(LayerNorm):
     """Residual add fused with layer norm: ``forward(x, residual) -> (LN(x + residual), x + residual)``.
 
     .. math:: s = x + r, \\qquad y = \\frac{s - \\mathrm{E}[s]}{\\sqrt{\\mathrm{Var}[s] + \\epsilon}} \\odot \\gamma + \\beta
@@ -37,41 +27,7 @@ class AddLayerNorm(nn.Module):
     >>> y, x = norm(h, x)  # y feeds the next sublayer, x is the new residual stream
     """
 
-    def __init__(
-        self,
-        normalized_shape: int | Sequence[int],
-        eps: float = 1e-5,
-        elementwise_affine: bool = True,
-        bias: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.backend = backend
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.ones(self.normalized_shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.zeros(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        """``weight = 1``, ``bias = 0``."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def forward(self, input: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, input: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         return NF.add_layer_norm(
             input,
             residual,
@@ -82,13 +38,8 @@ class AddLayerNorm(nn.Module):
             backend=self.backend,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-        )
 
-
-class AddRMSNorm(nn.Module):
+class AddRMSNorm(RMSNorm):
     """Residual add fused with RMS norm: ``forward(x, residual) -> (RMS(x + residual), x + residual)``.
 
     .. math:: s = x + r, \\qquad y = \\frac{s}{\\sqrt{\\frac1n\\sum_i s_i^2 + \\epsilon}} \\odot \\gamma
@@ -101,39 +52,7 @@ class AddRMSNorm(nn.Module):
     >>> y, x = norm(torch.randn(2, 10, 512), torch.randn(2, 10, 512))
     """
 
-    def __init__(
-        self,
-        normalized_shape: int | Sequence[int],
-        eps: float | None = None,
-        elementwise_affine: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        self.normalized_shape = _shape(normalized_shape)
-        self.eps = eps
-        self.elementwise_affine = elementwise_affine
-        self.backend = backend
-        if elementwise_affine:
-            self.weight = nn.Parameter(
-                torch.ones(self.normalized_shape, device=device, dtype=dtype)
-            )
-        else:
-            self.register_parameter("weight", None)
-
-    def reset_parameters(self) -> None:
-        """``weight = 1``."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-
-    def forward(self, input: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, input: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         return NF.add_rms_norm(
             input, residual, self.normalized_shape, self.weight, self.eps, backend=self.backend
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
         )
