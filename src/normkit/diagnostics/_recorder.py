@@ -167,7 +167,7 @@ class Recorder:
             if ps:
                 self._params[n] = ps
         self._flat_params = [(n, p) for n, ps in self._params.items() for p in ps]
-        self._callback_queued = False
+        self._params_read = False
         self._order: list[str] = []
         self._seen: set[str] = set()
         self._steps: list[int] = []
@@ -180,6 +180,13 @@ class Recorder:
         self._snapshot: tuple[list[str], list[Tensor], list[Tensor]] | None = None
         self._pending_specs: list[tuple[int, _Spec]] = []
         self._pending_values: list[Tensor] = []
+        # read but not yet sorted into _values: (specs, floats) per batch of one hook
+        self._raw: list[tuple[list[tuple[int, _Spec]], list[float]]] = []
+        # this step's activation statistics, read at once at the end of the forward
+        self._act_specs: list[tuple[int, _Spec]] = []
+        self._act_values: list[Tensor] = []
+        # this backward's output gradients, normed in one pass when the backward ends
+        self._grad_outs: list[tuple[str, int, Tensor, int]] = []
         self._values: dict[str, dict[str, dict[int, float]]] = defaultdict(
             lambda: defaultdict(dict)
         )
@@ -252,14 +259,18 @@ class Recorder:
             h.remove()
         self._leaf_handles.clear()
 
-    def _put(self, step: int, spec: _Spec, value: Tensor) -> None:
-        # CPU values are read at once (.item() is ~5x cheaper than stacking many 0-d tensors
-        # later); accelerator values wait for one batched transfer, so no hook syncs a GPU.
-        if value.device.type == "cpu":
-            self._store(step, spec, value.item())
+    def _emit(self, specs: list[tuple[int, _Spec]], values: list[Tensor]) -> None:
+        """Hand over one hook's batch of 0-d results. On CPU they are read at once with one
+        stack + tolist (instead of one .item() and bookkeeping call per value) and sorted into
+        the per-metric tables only when read; accelerator values wait for one batched
+        transfer, so no hook syncs a GPU."""
+        if not values:
+            return
+        if all(v.device.type == "cpu" for v in values):
+            self._raw.append((specs, torch.stack(values).tolist()))  # promotes int counts
         else:
-            self._pending_specs.append((step, spec))
-            self._pending_values.append(value)
+            self._pending_specs += specs
+            self._pending_values += values
 
     def _store(self, step: int, spec: _Spec, v: float) -> None:
         metric, key, mode, arg = spec
@@ -288,14 +299,16 @@ class Recorder:
         self._recording = self._step % self.every == 0
         if not self._recording:
             return
-        if len(self._pending_values) > _FLUSH_AT:
+        if len(self._pending_values) > _FLUSH_AT or len(self._raw) > _FLUSH_AT:
             self._flush()
         step = self._step
         self._steps.append(step)
         self._hist_now = self.hist_every > 0 and self._n_records % self.hist_every == 0
         self._n_records += 1
         self._calls = {}
-        self._callback_queued = False
+        self._params_read = False
+        self._act_specs, self._act_values = [], []
+        self._grad_outs = []  # left by a backward that failed before its end
         self._in_forward = True
         if not self._persistent:
             self._install_leaf_hooks()
@@ -303,6 +316,9 @@ class Recorder:
     def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._in_forward = False
         self._drop_step_hooks()
+        specs, values = self._act_specs, self._act_values
+        self._act_specs, self._act_values = [], []
+        self._emit(specs, values)
 
     def _on_leaf(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if not self._in_forward:
@@ -321,7 +337,7 @@ class Recorder:
                 self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation)
         step = self._step
         act = self._info[name].activation
-        put = self._put
+        specs, values = self._act_specs, self._act_values
         x = out.detach()
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
@@ -334,30 +350,26 @@ class Recorder:
         total = x.sum()
         norm = torch.linalg.vector_norm(x)
         lo, hi = torch.aminmax(x)
-        specs = (
+        specs += (
             (step, ("act_mean", key, "mean", n)),
             (step, ("act_std", key, "msq", n)),
             (step, ("act_min", key, "set", 0)),
             (step, ("act_max", key, "set", 0)),
         )
-        if x.device.type == "cpu":
-            store = self._store
-            for (st, spec), t in zip(specs, (total, norm, lo, hi), strict=True):
-                store(st, spec, t.item())
-        else:
-            self._pending_specs += specs
-            self._pending_values += (total, norm, lo, hi)
+        values += (total, norm, lo, hi)
         if act == "relu":
             if x.ndim >= 2:  # a unit is a channel: dead if ≤ 0 for every sample and position
                 units = x.shape[1]
                 peak = x.amax(dim=[d for d in range(x.ndim) if d != 1])
             else:
                 units, peak = x.numel(), x
-            put(step, ("dead_frac", key, "dead", units), torch.count_nonzero(peak))  # ≥ 0
+            specs.append((step, ("dead_frac", key, "dead", units)))
+            values.append(torch.count_nonzero(peak))  # ≥ 0
         elif act is not None:
             centre, half = (0.5, _SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, _SAT_HIGH)
             sat = torch.count_nonzero(x.sub(centre).abs_().gt_(half))  # one temporary
-            put(step, ("saturated_frac", key, "frac", x.numel()), sat)
+            specs.append((step, ("saturated_frac", key, "frac", x.numel())))
+            values.append(sat)
         if self._hist_now:  # on a systematic sample of ≤ 2048 values; no device sync
             flat = x.reshape(-1)
             sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
@@ -369,25 +381,43 @@ class Recorder:
             out.register_hook(partial(self._on_out_grad, key, step))
 
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
-        if not self._callback_queued and self._flat_params:
+        if not self._grad_outs:
             # runs once the whole backward pass is done, when every .grad is accumulated
-            self._callback_queued = True
             Variable._execution_engine.queue_callback(partial(self._on_backward_end, step))
-        self._put(step, ("grad_out_norm", key, "set", 0), _norm(grad))
+        # only kept here; normed together with the parameter gradients when the backward ends
+        self._grad_outs.append((key, step, grad, grad._version))
 
     def _on_backward_end(self, step: int) -> None:
-        names, grads = [], []
-        for name, p in self._flat_params:
-            g = p.grad
-            if g is None:
+        specs: list[tuple[int, _Spec]] = []
+        values: list[Tensor] = []
+        dense: list[Tensor] = []
+        dense_specs: list[tuple[int, _Spec]] = []
+        grad_outs, self._grad_outs = self._grad_outs, []
+        for key, st, g, version in grad_outs:
+            if g._version != version:  # changed in place after the hook: not the gradient
                 continue
-            if g.is_sparse:
-                self._put(step, ("grad_sq", name, "sq", 0), _norm(g))
+            if g.is_sparse or g.dtype not in (torch.float32, torch.float64):
+                specs.append((st, ("grad_out_norm", key, "set", 0)))
+                values.append(_norm(g))
             else:
-                names.append(name)
-                grads.append(g.detach())
-        for name, norm in zip(names, _foreach_norms(grads), strict=True):
-            self._put(step, ("grad_sq", name, "sq", 0), norm)
+                dense_specs.append((st, ("grad_out_norm", key, "set", 0)))
+                dense.append(g.detach())
+        if not self._params_read:  # parameter gradients once per recorded step
+            self._params_read = True
+            for name, p in self._flat_params:
+                g = p.grad
+                if g is None:
+                    continue
+                if g.is_sparse or g.dtype not in (torch.float32, torch.float64):
+                    specs.append((step, ("grad_sq", name, "sq", 0)))
+                    values.append(_norm(g))
+                else:
+                    dense_specs.append((step, ("grad_sq", name, "sq", 0)))
+                    dense.append(g.detach())
+        if dense:
+            values += torch._foreach_norm(dense)
+            specs += dense_specs
+        self._emit(specs, values)
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._recording or self._opt_step == self._step:
@@ -406,16 +436,20 @@ class Recorder:
             return
         names, params, olds = snap
         step = self._opt_step
-        with torch.no_grad():
-            updates = _foreach_norms(list(torch._foreach_sub(params, olds)))
-            weights = _foreach_norms(olds)
-        for name, u, w in zip(names, updates, weights, strict=True):
-            self._put(step, ("update_sq", name, "sq", 0), u)
-            self._put(step, ("weight_sq", name, "sq", 0), w)
+        with torch.no_grad():  # one multi-tensor norm for the updates and the weights
+            norms = _foreach_norms([*torch._foreach_sub(params, olds), *olds])
+        specs = [(step, ("update_sq", name, "sq", 0)) for name in names]
+        specs += [(step, ("weight_sq", name, "sq", 0)) for name in names]
+        self._emit(specs, norms)
 
     # ----------------------------------------------------------------------- reading
 
     def _flush(self) -> None:
+        raw, self._raw = self._raw, []
+        store = self._store
+        for specs, vals in raw:
+            for (step, spec), v in zip(specs, vals, strict=True):
+                store(step, spec, v)
         if not self._pending_values:
             return
         specs, self._pending_specs = self._pending_specs, []
