@@ -177,7 +177,8 @@ class Recorder:
         self._n_records = 0
         self._calls: dict[str, int] = {}
         self._opt_step = -1
-        self._snapshot: tuple[list[str], list[Tensor], list[Tensor]] | None = None
+        # names, parameters, their copies and norms before the optimizer step
+        self._snapshot: tuple[list[str], list[Tensor], list[Tensor], list[Tensor]] | None = None
         self._pending_specs: list[tuple[int, _Spec]] = []
         self._pending_values: list[Tensor] = []
         # read but not yet sorted into _values: (specs, floats) per batch of one hook
@@ -426,21 +427,23 @@ class Recorder:
         mine = [(n, p.detach()) for n, p in self._flat_params if id(p) in ids]
         if mine:
             names, params = [n for n, _ in mine], [p for _, p in mine]
-            with torch.no_grad():
-                self._snapshot = (names, params, list(torch._foreach_mul(params, 1.0)))
+            with torch.no_grad():  # (clones are ~2x cheaper than _foreach_mul(params, 1))
+                weights = _foreach_norms(params)
+                self._snapshot = (names, params, [p.clone() for p in params], weights)
             self._opt_step = self._step
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         snap, self._snapshot = self._snapshot, None
         if snap is None:
             return
-        names, params, olds = snap
+        names, params, olds, weights = snap
         step = self._opt_step
-        with torch.no_grad():  # one multi-tensor norm for the updates and the weights
-            norms = _foreach_norms([*torch._foreach_sub(params, olds), *olds])
+        with torch.no_grad():
+            torch._foreach_sub_(olds, params)  # −Δw in place of the old weights
+            updates = _foreach_norms(olds)
         specs = [(step, ("update_sq", name, "sq", 0)) for name in names]
         specs += [(step, ("weight_sq", name, "sq", 0)) for name in names]
-        self._emit(specs, norms)
+        self._emit(specs, [*updates, *weights])
 
     # ----------------------------------------------------------------------- reading
 
