@@ -267,7 +267,7 @@ class Recorder:
         transfer, so no hook syncs a GPU."""
         if not values:
             return
-        if all(v.device.type == "cpu" for v in values):
+        if all(v.is_cpu for v in values):
             self._raw.append((specs, torch.stack(values).tolist()))  # promotes int counts
         else:
             self._pending_specs += specs
@@ -379,7 +379,19 @@ class Recorder:
             hists[1:] = []  # keep the first and the latest only
             hists.append((step, _histogram(sample, s_lo, s_hi), s_lo, s_hi))
         if out.requires_grad:
-            out.register_hook(partial(self._on_out_grad, key, step))
+            node = out.grad_fn
+            if node is None:
+                out.register_hook(partial(self._on_out_grad, key, step))
+            else:
+                # A pre-hook on the node that made `out` sees the gradient w.r.t. this output
+                # as a tensor hook would (also when a later op changes `out` in place), at
+                # about half the cost of Tensor.register_hook.
+                node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
+
+    def _on_node_grad(self, key: str, step: int, nr: int, grads: tuple[Tensor | None, ...]) -> None:
+        grad = grads[nr]
+        if grad is not None:
+            self._on_out_grad(key, step, grad)
 
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
         if not self._grad_outs:
