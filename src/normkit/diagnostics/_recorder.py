@@ -3,13 +3,15 @@
 The model carries two light root hooks (a forward pre-hook that counts steps and a forward hook);
 with ``every > 1`` the forward hooks of the leaf modules are only added for the recorded steps and
 removed at the end of their forward (with ``every=1`` they stay installed until ``close``).
-Gradients of layer outputs come from tensor hooks on the outputs, which leave the autograd graph
-untouched, so a watched model computes bit-identical outputs and gradients, and in-place ops
-after a layer (``ReLU(inplace=True)``) keep working. Parameter-gradient norms are read once per
-backward, from a callback queued on the autograd engine that runs when the backward pass ends,
-with one multi-tensor ``_foreach_norm``; the optimizer step is measured the same way. On CPU each
-statistic is read at once; on an accelerator it stays a 0-d tensor until the results are read,
-when all of them are stacked and copied at once (one sync instead of one per layer and step).
+Gradients of layer outputs come from pre-hooks on the autograd nodes that made the outputs
+(tensor hooks for outputs without one), which leave the autograd graph untouched, so a watched
+model computes bit-identical outputs and gradients, and in-place ops after a layer
+(``ReLU(inplace=True)``) keep working. The hooks only keep the gradients: when the backward pass
+ends, a callback queued on the autograd engine norms them together with the parameter gradients
+in one multi-tensor ``_foreach_norm``; the optimizer step is measured the same way. On CPU each
+hook's results are read with one stack + tolist; on an accelerator they stay 0-d tensors until
+the results are read, when all of them are stacked and copied at once (one sync instead of one
+per layer and step).
 """
 
 from __future__ import annotations
