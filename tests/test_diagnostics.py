@@ -360,3 +360,20 @@ def test_activation_drift_is_reported_and_not_when_a_norm_follows() -> None:
     assert len(plain) == 1 and plain[0].layer == "0"
     assert plain[0].value == pytest.approx(100.0, rel=1e-3)  # std is linear in the weight scale
     assert run(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))) == []
+
+
+def test_output_gradient_is_the_one_before_a_later_in_place_op() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(inplace=True), nn.Linear(5, 3)
+    )
+    twin = copy.deepcopy(model)
+    twin[2] = nn.ReLU()  # oracle: the same net without the in-place op
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(2))
+    y = twin[1](twin[0](x))
+    y.retain_grad()
+    twin[3](twin[2](y)).square().sum().backward()
+    with watch(model) as rec:
+        model(x).square().sum().backward()
+    assert rec.recorded("grad_out_norm", "1")[0] == pytest.approx(y.grad.norm().item(), rel=1e-5)
+    assert rec.recorded("act_min", "1")[0] == pytest.approx(y.min().item(), rel=1e-6)
