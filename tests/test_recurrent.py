@@ -530,3 +530,21 @@ def test_bad_arguments():
         nkn.LayerNormLSTM(3, 4)(torch.ones(2, 2, 3, dtype=torch.long))
     with pytest.raises(TypeError, match=r"tuple \(h_0, c_0\)"):
         nkn.LayerNormLSTM(3, 4)(torch.randn(2, 2, 3), torch.zeros(1, 2, 4))
+
+
+@pytest.mark.parametrize(
+    "ours, make",
+    [
+        (nkn.LayerNormRNN, lambda: nn.RNN(5, 7, 2, nonlinearity="relu", batch_first=True)),
+        (nkn.LayerNormGRU, lambda: nn.GRU(5, 7, 1, bidirectional=True, batch_first=True)),
+    ],
+    ids=["rnn-relu", "gru-bi"],
+)
+def test_from_torch_without_ln_equals_the_torch_module(ours, make):
+    torch.manual_seed(0)
+    theirs = make().double()
+    mine = ours.from_torch(theirs, ln=False)
+    assert getattr(mine, "nonlinearity", None) == getattr(theirs, "nonlinearity", None)
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    for a, b in zip(mine(x), theirs(x), strict=True):
+        torch.testing.assert_close(a, b)

@@ -451,13 +451,13 @@ class _LayerNormRNNBase(nn.Module):
         p = next(rnn.parameters())
         extra = {"nonlinearity": rnn.nonlinearity} if hasattr(rnn, "nonlinearity") else {}
         new = cls(
-            rnn.input_size,
-            rnn.hidden_size,
-            rnn.num_layers,
-            rnn.bias,
-            rnn.batch_first,
-            rnn.dropout,
-            rnn.bidirectional,
+            input_size=rnn.input_size,
+            hidden_size=rnn.hidden_size,
+            num_layers=rnn.num_layers,
+            bias=rnn.bias,
+            batch_first=rnn.batch_first,
+            dropout=rnn.dropout,
+            bidirectional=rnn.bidirectional,
             device=p.device,
             dtype=p.dtype,
             ln=ln,
@@ -696,27 +696,6 @@ class LayerNormRNN(_LayerNormRNNBase):
             eps=eps,
             backend=backend,
         )
-
-    @classmethod
-    def from_torch(cls, rnn: nn.Module, *, ln: LnSpec = True, **kwargs: Any) -> Any:
-        """A layer-normalized twin of a :class:`torch.nn.RNN` with its weights (see the base)."""
-        p = next(rnn.parameters())
-        new = cls(
-            rnn.input_size,
-            rnn.hidden_size,
-            rnn.num_layers,
-            rnn.nonlinearity,
-            rnn.bias,
-            rnn.batch_first,
-            rnn.dropout,
-            rnn.bidirectional,
-            device=p.device,
-            dtype=p.dtype,
-            ln=ln,
-            **kwargs,
-        )
-        new.load_state_dict(rnn.state_dict(), strict=False)
-        return new
 
     def forward(
         self, input: Tensor | PackedSequence, hx: Tensor | None = None
