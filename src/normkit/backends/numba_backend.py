@@ -539,21 +539,23 @@ def _bn_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> 
     _y, mean, var, rstd = output
     ctx.mark_non_differentiable(mean, var, rstd)
     ctx.save_for_backward(x, weight, mean, rstd)
-    ctx.axis, ctx.has_bias = axis, bias is not None
+    ctx.layout, ctx.has_bias = axis, bias is not None
 
 
-def _bn_grad(ctx: Any, dy: Tensor | None, *_: Any, backward: Any) -> tuple:
+def _stats_norm_grad(ctx: Any, dy: Tensor | None, *_: Any, backward: Any) -> tuple:
+    """Gradients of a norm whose op saved ``(x, weight, mean, rstd)`` and one layout argument
+    (``ctx.layout``: the feature axis of batch norm, the group count of group norm)."""
     x, weight, mean, rstd = ctx.saved_tensors
     if dy is None:
         return None, None, None, None, None
-    dx, dw, db = backward(dy, x, weight, mean, rstd, ctx.axis)
+    dx, dw, db = backward(dy, x, weight, mean, rstd, ctx.layout)
     gw = dw.to(weight.dtype) if weight is not None else None
     gb = db.to(weight.dtype if weight is not None else db.dtype) if ctx.has_bias else None
     return dx, gw, gb, None, None
 
 
 _BatchNormFn = _register(
-    _op_batch_norm, _bn_impl, _bn_setup, _bn_grad, _op_batch_norm_backward, _bn_backward
+    _op_batch_norm, _bn_impl, _bn_setup, _stats_norm_grad, _op_batch_norm_backward, _bn_backward
 )
 
 
@@ -776,24 +778,14 @@ def _gn_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> 
     _y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     ctx.save_for_backward(x, weight, mean, rstd)
-    ctx.groups, ctx.has_bias = groups, bias is not None
-
-
-def _gn_grad(ctx: Any, dy: Tensor | None, *_: Any, backward: Any) -> tuple:
-    x, weight, mean, rstd = ctx.saved_tensors
-    if dy is None:
-        return None, None, None, None, None
-    dx, dw, db = backward(dy, x, weight, mean, rstd, ctx.groups)
-    gw = dw.to(weight.dtype) if weight is not None else None
-    gb = db.to(weight.dtype if weight is not None else db.dtype) if ctx.has_bias else None
-    return dx, gw, gb, None, None
+    ctx.layout, ctx.has_bias = groups, bias is not None
 
 
 _GroupNormFn = _register(
     _op_group_norm,
     _gn_impl,
     _gn_setup,
-    _gn_grad,
+    _stats_norm_grad,
     _op_group_norm_backward,
     lambda dy, x, weight, mean, rstd, groups: _gn_backward(dy, x, groups, weight, mean, rstd),
 )
