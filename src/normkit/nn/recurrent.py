@@ -76,6 +76,13 @@ def _sites(ln: LnSpec, mode: str, owner: str) -> frozenset[str]:
     return sites
 
 
+def _rnn_mode(nonlinearity: str) -> str:
+    """torch's RNN mode name for ``nonlinearity`` (the Elman RNN's only two choices)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu' (got {nonlinearity!r})")
+    return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+
+
 class _LNParams:
     """Create the parameters of one cell / one layer-direction with torch's names + a suffix."""
 
@@ -312,10 +319,8 @@ class LayerNormRNNCell(_LayerNormCellBase):
         eps: float = 1e-5,
         backend: str = "auto",
     ) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu' (got {nonlinearity!r})")
         self.nonlinearity = nonlinearity
-        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        self.mode = _rnn_mode(nonlinearity)
         super().__init__(
             input_size, hidden_size, bias, device, dtype, ln=ln, eps=eps, backend=backend
         )
@@ -678,10 +683,8 @@ class LayerNormRNN(_LayerNormRNNBase):
         eps: float = 1e-5,
         backend: str = "auto",
     ) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu' (got {nonlinearity!r})")
         self.nonlinearity = nonlinearity
-        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        self.mode = _rnn_mode(nonlinearity)
         super().__init__(
             input_size,
             hidden_size,
