@@ -17,7 +17,10 @@ per layer and step).
 from __future__ import annotations
 
 import csv
+import functools
+import importlib.util
 import math
+from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd import Variable
@@ -70,9 +74,15 @@ _SAT_LOW, _SAT_HIGH = 0.01, 0.99
 # stores value/arg (count of saturated outputs among arg), "mean" value/arg (Σx → mean), "msq"
 # √(value²/arg − mean²) (‖x‖ → std, with the layer's mean of that step).
 _Spec = tuple[str, str, str, int]
-_FLUSH_AT = 20_000
+_FLUSH_AT = 1 << 20
 _HIST_BINS = 40
 _HIST_SAMPLE = 2048
+_FLOATS = (torch.float32, torch.float64)
+#: Largest tensor (elements) whose statistics go to the one-call numba kernel on CPU; above it
+#: torch's (multi-threaded) reductions are as fast and the per-op dispatch cost is negligible.
+FUSED_MAX_NUMEL = 1 << 20
+_MODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}  # _fused.MOMENTS/RELU/SIGMOID/TANH
+_SUMSQ, _SNAPSHOT, _DELTA = 4, 5, 6
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,100 @@ def _histogram(sample: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     inner = lo + (hi - lo) * unit[1:-1]
     idx = torch.bucketize(sample.flatten(), inner, right=True)
     return torch.bincount(idx, minlength=_HIST_BINS)
+
+
+@functools.cache
+def _fused_kernel() -> Any:
+    """The one-call statistics kernel (:mod:`normkit.diagnostics._fused`), or None without
+    numba."""
+    if importlib.util.find_spec("numba") is None:
+        return None
+    import normkit.backends  # noqa: F401  (sets numba's on-disk cache before the first jit)
+    from normkit.diagnostics._fused import tensor_stats
+
+    return tensor_stats
+
+
+def _fused_row(t: Tensor, mode: int) -> list[int] | None:
+    """The kernel's table row for ``t`` (see :mod:`normkit.diagnostics._fused`), or None when
+    the tensor is not for it: not CPU float32/float64, empty, above :data:`FUSED_MAX_NUMEL`, or
+    not laid out densely (contiguous; channels-last too, its channel is then the fastest)."""
+    if not t.is_cpu or t.dtype not in _FLOATS or t.layout is not torch.strided:
+        return None
+    n = t.numel()
+    if not 0 < n <= FUSED_MAX_NUMEL:
+        return None
+    if t.ndim < 2:
+        channels, inner = n, 1  # every value its own unit
+    elif t.is_contiguous():
+        channels = t.shape[1]
+        inner = n // (t.shape[0] * channels)
+    elif t.ndim in (4, 5) and t.is_contiguous(
+        memory_format=torch.channels_last if t.ndim == 4 else torch.channels_last_3d
+    ):
+        channels, inner = t.shape[1], 1
+    else:
+        return None
+    return [t.data_ptr(), n, t.dtype is torch.float64, mode, channels, inner, 0]
+
+
+def _sumsq_row(t: Tensor) -> list[int] | None:
+    """:func:`_fused_row` for a :data:`_SUMSQ` row (no channel layout needed): the per-tensor
+    cost matters here, a backward hands over two tensors per layer."""
+    if (
+        t.is_cpu
+        and t.dtype in _FLOATS
+        and t.layout is torch.strided
+        and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))
+    ):
+        n = t.numel()
+        if 0 < n <= FUSED_MAX_NUMEL:
+            return [t.data_ptr(), n, t.dtype is torch.float64, _SUMSQ, 1, 1, 0]
+    return None
+
+
+def _run_fused(rows: list[list[int]], snap32: Any = None, snap64: Any = None) -> Any:
+    """``(Σx, Σx², min, max, count)`` per row, float64 ``(len(rows), 5)``."""
+    meta = np.array(rows, dtype=np.int64)
+    out = np.zeros((len(rows), 5))
+    empty32, empty64 = _EMPTY
+    _fused_kernel()(
+        meta,
+        out,
+        empty32 if snap32 is None else snap32,
+        empty64 if snap64 is None else snap64,
+    )
+    return out
+
+
+_EMPTY = (np.zeros(0, np.float32), np.zeros(0, np.float64))
+
+
+class _OptPlan:
+    """An optimizer's watched parameters: ``names``/``params`` measured with torch ops,
+    ``fused_*`` by the kernel from the tables ``snap`` (copy into ``bufs`` + Σw²) and ``delta``
+    (Σ(w − copy)²) at the storage addresses ``ptrs``."""
+
+    def __init__(self, sig: tuple[tuple[int, int], ...]) -> None:
+        self.sig = sig
+        self.names: list[str] = []
+        self.params: list[Tensor] = []
+        self.fused_names: list[str] = []
+        self.fused_params: list[Tensor] = []
+        self.ptrs: list[int] = []
+        self.snap: Any = None
+        self.delta: Any = None
+        self.bufs: tuple[Any, Any] = _EMPTY
+        self.out: Any = np.zeros((0, 5))
+        self.ids: list[int] = []  # spec ids of (update_sq…, weight_sq…) of fused_names
+
+    def out_for(self) -> Any:
+        if len(self.out) != len(self.ptrs):
+            self.out = np.zeros((len(self.ptrs), 5))
+        return self.out
+
+    def valid(self) -> bool:
+        return [p.data_ptr() for p in self.fused_params] == self.ptrs
 
 
 def _foreach_norms(ts: list[Tensor]) -> list[Tensor]:
@@ -179,12 +283,19 @@ class Recorder:
         self._n_records = 0
         self._calls: dict[str, int] = {}
         self._opt_step = -1
-        # names, parameters, their copies and norms before the optimizer step
-        self._snapshot: tuple[list[str], list[Tensor], list[Tensor], list[Tensor]] | None = None
+        # the stepping optimizer's plan, copies and norms of its torch-measured parameters
+        self._snapshot: tuple[_OptPlan, list[Tensor], list[Tensor]] | None = None
         self._pending_specs: list[tuple[int, _Spec]] = []
         self._pending_values: list[Tensor] = []
-        # read but not yet sorted into _values: (specs, floats) per batch of one hook
-        self._raw: list[tuple[list[tuple[int, _Spec]], list[float]]] = []
+        # Read but not yet sorted into _values: one (step, spec id, value) per entry, in typed
+        # arrays. Nothing a recorded step keeps is a Python object the garbage collector tracks:
+        # kept tuples would make it run full collections (~0.2 s with torch's ~400k objects
+        # loaded) every few hundred steps.
+        self._col_step = array("q")
+        self._col_id = array("q")
+        self._col_val = array("d")
+        self._specs: list[_Spec] = []
+        self._spec_ids: dict[_Spec, int] = {}
         # this step's activation statistics, read at once at the end of the forward
         self._act_specs: list[tuple[int, _Spec]] = []
         self._act_values: list[Tensor] = []
@@ -193,8 +304,20 @@ class Recorder:
         self._values: dict[str, dict[str, dict[int, float]]] = defaultdict(
             lambda: defaultdict(dict)
         )
-        self._hists: dict[str, list[tuple[int, Tensor, Tensor, Tensor]]] = {}
+        self._hists: dict[str, list[tuple[int, Tensor]]] = {}
         self._leaf_handles: list[RemovableHandle] = []
+        # The CPU fast path: small float32/float64 outputs are only kept by the leaf hooks and
+        # measured all at once by one numba call when the forward ends (gradients when the
+        # backward ends, parameters around the optimizer step). A layer's output joins it after
+        # one step measured directly showed that nothing changes it in place later in the
+        # forward (e.g. a conv followed by ReLU(inplace=True) stays measured in its hook).
+        self._fused = _fused_kernel() is not None
+        self._deferrable: set[str] = set()
+        self._mutated: set[str] = set()
+        self._probes: list[tuple[str, Tensor, int]] = []
+        self._deferred: list[tuple[int, str, Tensor, int, list[int]]] = []
+        self._opt_plans: dict[int, _OptPlan] = {}
+        self._act_ids: dict[tuple[str, int, int, int], list[int]] = {}
         # every=1: the leaf hooks stay installed (cheaper than adding/removing them each step)
         self._persistent = every == 1
         self._in_forward = False
@@ -270,10 +393,28 @@ class Recorder:
         if not values:
             return
         if all(v.is_cpu for v in values):
-            self._raw.append((specs, torch.stack(values).tolist()))  # promotes int counts
+            self._put(specs, torch.stack(values).tolist())  # promotes int counts
         else:
             self._pending_specs += specs
             self._pending_values += values
+
+    def _id(self, spec: _Spec) -> int:
+        i = self._spec_ids.get(spec)
+        if i is None:
+            i = self._spec_ids[spec] = len(self._specs)
+            self._specs.append(spec)
+        return i
+
+    def _put(self, specs: list[tuple[int, _Spec]], values: list[float]) -> None:
+        for step, spec in specs:
+            self._col_step.append(step)
+            self._col_id.append(self._id(spec))
+        self._col_val.extend(values)
+
+    def _put_ids(self, step: int, ids: list[int], values: list[float]) -> None:
+        self._col_step.extend([step] * len(ids))
+        self._col_id.extend(ids)
+        self._col_val.extend(values)
 
     def _store(self, step: int, spec: _Spec, v: float) -> None:
         metric, key, mode, arg = spec
@@ -302,7 +443,7 @@ class Recorder:
         self._recording = self._step % self.every == 0
         if not self._recording:
             return
-        if len(self._pending_values) > _FLUSH_AT or len(self._raw) > _FLUSH_AT:
+        if len(self._pending_values) > _FLUSH_AT or len(self._col_val) > _FLUSH_AT:
             self._flush()
         step = self._step
         self._steps.append(step)
@@ -311,6 +452,7 @@ class Recorder:
         self._calls = {}
         self._params_read = False
         self._act_specs, self._act_values = [], []
+        self._probes, self._deferred = [], []  # left by a forward that failed
         self._grad_outs = []  # left by a backward that failed before its end
         self._in_forward = True
         if not self._persistent:
@@ -322,11 +464,54 @@ class Recorder:
         specs, values = self._act_specs, self._act_values
         self._act_specs, self._act_values = [], []
         self._emit(specs, values)
+        for key, x, version in self._probes:
+            (self._deferrable if x._version == version else self._mutated).add(key)
+        self._probes = []
+        if self._deferred:
+            self._measure_deferred()
+
+    def _measure_deferred(self) -> None:
+        """This forward's kept outputs, measured in one kernel call. An output changed in place
+        after its hook no longer holds the layer's output: its values of this step are dropped
+        and the layer is measured in its hook from now on."""
+        kept = []
+        for item in self._deferred:
+            _, key, x, version, _ = item
+            if x._version == version:
+                kept.append(item)
+            else:
+                self._deferrable.discard(key)
+                self._mutated.add(key)
+        self._deferred = []
+        if not kept:
+            return
+        res = _run_fused([row for *_, row in kept])
+        res[:, 1] = np.sqrt(res[:, 1])  # ‖x‖, as the "msq" entries expect
+        for (step, key, _, _, row), vals in zip(kept, res.tolist(), strict=True):
+            ids = self._act_ids.get((key, row[1], row[3], row[4]))
+            if ids is None:
+                ids = self._act_spec_ids(key, row[1], row[3], row[4])
+            self._put_ids(step, ids, vals[: len(ids)])
+
+    def _act_spec_ids(self, key: str, n: int, mode: int, channels: int) -> list[int]:
+        """Spec ids of a kernel result row ``(Σx, ‖x‖, min, max, count)`` of layer ``key``."""
+        specs: list[_Spec] = [
+            ("act_mean", key, "mean", n),
+            ("act_std", key, "msq", n),
+            ("act_min", key, "set", 0),
+            ("act_max", key, "set", 0),
+        ]
+        if mode == _MODES["relu"]:
+            specs.append(("dead_frac", key, "dead", channels))
+        elif mode != _MODES[None]:
+            specs.append(("saturated_frac", key, "frac", n))
+        ids = self._act_ids[(key, n, mode, channels)] = [self._id(sp) for sp in specs]
+        return ids
 
     def _on_leaf(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if not self._in_forward:
             return
-        out = _first_tensor(output)
+        out = output if type(output) is Tensor else _first_tensor(output)
         if out is None or not out.is_floating_point() or out.numel() == 0:
             return
         calls = self._calls.get(name, 0) + 1
@@ -340,10 +525,38 @@ class Recorder:
                 self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation)
         step = self._step
         act = self._info[name].activation
-        specs, values = self._act_specs, self._act_values
         x = out.detach()
-        if x.dtype not in (torch.float32, torch.float64):
+        if x.dtype not in _FLOATS:
             x = x.float()
+        deferred = False
+        if self._fused and key not in self._mutated:
+            row = _fused_row(x, _MODES[act])
+            if row is not None:
+                if key in self._deferrable:
+                    self._deferred.append((step, key, x, x._version, row))
+                    deferred = True
+                else:  # measured here this time; deferred later if nothing changes it
+                    self._probes.append((key, x, x._version))
+        if not deferred:
+            self._measure_now(key, step, act, x)
+        if self._hist_now:  # a systematic sample of ≤ 2048 values (a copy); binned when read
+            flat = x.reshape(-1)
+            sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
+            hists = self._hists.setdefault(key, [])
+            hists[1:] = []  # keep the first and the latest only
+            hists.append((step, sample))
+        if out.requires_grad:
+            node = out.grad_fn
+            if node is None:
+                out.register_hook(partial(self._on_out_grad, key, step))
+            else:
+                # A pre-hook on the node that made `out` sees the gradient w.r.t. this output
+                # as a tensor hook would (also when a later op changes `out` in place), at
+                # about half the cost of Tensor.register_hook.
+                node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
+
+    def _measure_now(self, key: str, step: int, act: ActivationKind | None, x: Tensor) -> None:
+        specs, values = self._act_specs, self._act_values
         # One pass each for Σx, ‖x‖ and (min, max), no temporaries: the std is combined in
         # float64 at read time as √(Σx²/n − mean²). Σx² is accumulated in float32, so the std
         # carries a relative error of about 1e-7·(mean/std)²: exact enough to monitor scale
@@ -373,22 +586,6 @@ class Recorder:
             sat = torch.count_nonzero(x.sub(centre).abs_().gt_(half))  # one temporary
             specs.append((step, ("saturated_frac", key, "frac", x.numel())))
             values.append(sat)
-        if self._hist_now:  # on a systematic sample of ≤ 2048 values; no device sync
-            flat = x.reshape(-1)
-            sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
-            s_lo, s_hi = torch.aminmax(sample)
-            hists = self._hists.setdefault(key, [])
-            hists[1:] = []  # keep the first and the latest only
-            hists.append((step, _histogram(sample, s_lo, s_hi), s_lo, s_hi))
-        if out.requires_grad:
-            node = out.grad_fn
-            if node is None:
-                out.register_hook(partial(self._on_out_grad, key, step))
-            else:
-                # A pre-hook on the node that made `out` sees the gradient w.r.t. this output
-                # as a tensor hook would (also when a later op changes `out` in place), at
-                # about half the cost of Tensor.register_hook.
-                node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
 
     def _on_node_grad(self, key: str, step: int, nr: int, grads: tuple[Tensor | None, ...]) -> None:
         grad = grads[nr]
@@ -403,70 +600,129 @@ class Recorder:
         self._grad_outs.append((key, step, grad, grad._version))
 
     def _on_backward_end(self, step: int) -> None:
-        specs: list[tuple[int, _Spec]] = []
+        specs: list[tuple[int, _Spec]] = []  # for the torch-measured ones
         values: list[Tensor] = []
         dense: list[Tensor] = []
         dense_specs: list[tuple[int, _Spec]] = []
+        rows: list[list[int]] = []  # for the kernel
+        row_steps: list[int] = []
+        row_ids: list[int] = []
+        keep: list[Tensor] = []  # alive until the kernel has read them
+        todo: list[tuple[Tensor, int, _Spec]] = []
         grad_outs, self._grad_outs = self._grad_outs, []
         for key, st, g, version in grad_outs:
-            if g._version != version:  # changed in place after the hook: not the gradient
-                continue
-            if g.is_sparse or g.dtype not in (torch.float32, torch.float64):
-                specs.append((st, ("grad_out_norm", key, "set", 0)))
-                values.append(_norm(g))
-            else:
-                dense_specs.append((st, ("grad_out_norm", key, "set", 0)))
-                dense.append(g.detach())
+            if g._version == version:  # else changed in place after the hook: not the gradient
+                todo.append((g, st, ("grad_out_norm", key, "set", 0)))
         if not self._params_read:  # parameter gradients once per recorded step
             self._params_read = True
             for name, p in self._flat_params:
-                g = p.grad
-                if g is None:
-                    continue
-                if g.is_sparse or g.dtype not in (torch.float32, torch.float64):
-                    specs.append((step, ("grad_sq", name, "sq", 0)))
-                    values.append(_norm(g))
-                else:
-                    dense_specs.append((step, ("grad_sq", name, "sq", 0)))
-                    dense.append(g.detach())
+                if p.grad is not None:
+                    todo.append((p.grad, step, ("grad_sq", name, "sq", 0)))
+        fused = self._fused
+        for g, st, spec in todo:
+            row = _sumsq_row(g) if fused else None
+            if row is not None:
+                rows.append(row)
+                row_steps.append(st)
+                row_ids.append(self._id(spec))
+                keep.append(g)
+            elif g.is_sparse or g.dtype not in _FLOATS:
+                specs.append((st, spec))
+                values.append(_norm(g))
+            else:
+                dense_specs.append((st, spec))
+                dense.append(g.detach())
         if dense:
             values += torch._foreach_norm(dense)
             specs += dense_specs
         self._emit(specs, values)
+        if rows:
+            self._col_step.extend(row_steps)
+            self._col_id.extend(row_ids)
+            self._col_val.extend(np.sqrt(_run_fused(rows)[:, 1]).tolist())
+
+    def _opt_plan(self, opt: torch.optim.Optimizer) -> _OptPlan:
+        """Which watched parameters ``opt`` steps, split into those the kernel snapshots (with
+        their table rows) and the rest; cached while the groups' parameter lists and the
+        parameters' storage stay the same."""
+        sig = tuple((id(g["params"]), len(g["params"])) for g in opt.param_groups)
+        plan = self._opt_plans.get(id(opt))
+        if plan is not None and plan.sig == sig and plan.valid():
+            return plan
+        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        plan = _OptPlan(sig)
+        sizes = {False: 0, True: 0}  # float32 / float64 snapshot elements
+        rows = []
+        for n, p in self._flat_params:
+            if id(p) not in ids:
+                continue
+            p = p.detach()
+            row = _fused_row(p, _SNAPSHOT) if self._fused else None
+            if row is None:
+                plan.names.append(n)
+                plan.params.append(p)
+            else:
+                is64 = bool(row[2])
+                row[6] = sizes[is64]  # offset in that dtype's snapshot buffer
+                sizes[is64] += row[1]
+                rows.append(row)
+                plan.fused_names.append(n)
+                plan.fused_params.append(p)
+        if rows:
+            plan.snap = np.array(rows, dtype=np.int64)
+            plan.delta = plan.snap.copy()
+            plan.delta[:, 3] = _DELTA
+            plan.ptrs = [int(r[0]) for r in rows]
+            plan.bufs = tuple(
+                np.empty(sizes[is64], np.float64 if is64 else np.float32) for is64 in (False, True)
+            )
+        self._opt_plans[id(opt)] = plan
+        return plan
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._recording or self._opt_step == self._step:
             return
-        ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        mine = [(n, p.detach()) for n, p in self._flat_params if id(p) in ids]
-        if mine:
-            names, params = [n for n, _ in mine], [p for _, p in mine]
-            with torch.no_grad():  # (clones are ~2x cheaper than _foreach_mul(params, 1))
-                weights = _foreach_norms(params)
-                self._snapshot = (names, params, [p.clone() for p in params], weights)
-            self._opt_step = self._step
+        plan = self._opt_plan(opt)
+        if not plan.names and not plan.fused_names:
+            return
+        self._opt_step = self._step
+        with torch.no_grad():  # (clones are ~2x cheaper than _foreach_mul(params, 1))
+            weights = _foreach_norms(plan.params)
+            olds = [p.clone() for p in plan.params]
+        if plan.snap is not None:
+            _fused_kernel()(plan.snap, plan.out_for(), *plan.bufs)
+        self._snapshot = (plan, olds, weights)
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         snap, self._snapshot = self._snapshot, None
         if snap is None:
             return
-        names, params, olds, weights = snap
+        plan, olds, weights = snap
         step = self._opt_step
-        with torch.no_grad():
-            torch._foreach_sub_(olds, params)  # −Δw in place of the old weights
-            updates = _foreach_norms(olds)
-        specs = [(step, ("update_sq", name, "sq", 0)) for name in names]
-        specs += [(step, ("weight_sq", name, "sq", 0)) for name in names]
-        self._emit(specs, [*updates, *weights])
+        if plan.params:
+            with torch.no_grad():
+                torch._foreach_sub_(olds, plan.params)  # −Δw in place of the old weights
+                updates = _foreach_norms(olds)
+            specs = [(step, ("update_sq", name, "sq", 0)) for name in plan.names]
+            specs += [(step, ("weight_sq", name, "sq", 0)) for name in plan.names]
+            self._emit(specs, [*updates, *weights])
+        if plan.snap is not None and plan.valid():  # (not when the step swapped p.data)
+            w_sq = plan.out_for()[:, 1].copy()
+            res = plan.out_for()
+            _fused_kernel()(plan.delta, res, *plan.bufs)
+            if not plan.ids:
+                names = plan.fused_names
+                plan.ids = [self._id(("update_sq", n, "sq", 0)) for n in names]
+                plan.ids += [self._id(("weight_sq", n, "sq", 0)) for n in names]
+            self._put_ids(step, plan.ids, np.sqrt(np.concatenate([res[:, 1], w_sq])).tolist())
 
     # ----------------------------------------------------------------------- reading
 
     def _flush(self) -> None:
-        raw, self._raw = self._raw, []
-        store = self._store
-        for specs, vals in raw:
-            for (step, spec), v in zip(specs, vals, strict=True):
-                store(step, spec, v)
+        store, specs = self._store, self._specs
+        for step, i, v in zip(self._col_step, self._col_id, self._col_val, strict=True):
+            store(step, specs[i], v)
+        del self._col_step[:], self._col_id[:], self._col_val[:]
         if not self._pending_values:
             return
         specs, self._pending_specs = self._pending_specs, []
@@ -551,10 +807,13 @@ class Recorder:
     def histograms(self) -> dict[str, list[tuple[int, list[float], float, float]]]:
         """Activation histograms ``(step, counts, low, high)`` per layer: the first recorded
         step and the latest histogram step (every ``hist_every`` recorded steps)."""
-        return {
-            k: [(s, c.tolist(), float(lo), float(hi)) for s, c, lo, hi in hs]
-            for k, hs in self._hists.items()
-        }
+        out = {}
+        for k, hs in self._hists.items():
+            out[k] = []
+            for step, sample in hs:
+                lo, hi = torch.aminmax(sample)
+                out[k].append((step, _histogram(sample, lo, hi).tolist(), float(lo), float(hi)))
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         """Long-format records ``{"step", "layer", "kind", <metric>: value, ...}`` — one per

@@ -1,0 +1,154 @@
+"""One numba call for the statistics of many small tensors (the recorder's fast path on CPU).
+
+Private; imported only when numba is installed. A training step of a small model spends most of
+a watched step's extra time in dispatch: each torch reduction on a tensor of a few thousand
+values costs 3–6 µs of overhead and a layer needs five of them. Here one call walks a table of
+tensors given by address (``Tensor.data_ptr()``), so the cost per tensor is a few hundred ns
+plus one pass over its values.
+
+A row of the int64 table ``meta`` describes one contiguous CPU tensor:
+``(address, numel, is_float64, mode, channels, inner, offset)``; the float64 table ``out`` gets
+``(Σx, Σx², min, max, count)`` per row. Modes:
+
+* :data:`MOMENTS` — Σx, Σx², min, max (min/max NaN when any value is NaN, as ``torch.aminmax``);
+* :data:`RELU` — and ``count`` = channels with some value > 0, the channel of flat index ``i``
+  being ``(i // inner) % channels`` (contiguous NCHW: ``inner = H·W``; a 1-D tensor: every
+  value its own unit);
+* :data:`SIGMOID` / :data:`TANH` — and ``count`` = values outside [0.01, 0.99] / |y| > 0.99;
+* :data:`SUMSQ` — Σx² only (gradient norms);
+* :data:`SNAPSHOT` — Σx², and the values copied into ``snap32``/``snap64`` at ``offset``;
+* :data:`DELTA` — Σ(x − snapshot)² (the optimizer step's ‖Δw‖², snapshot taken before).
+
+Sums accumulate in float64. ``fastmath`` allows reassociation only (no ``nnan``/``ninf``), so
+NaN and Inf propagate. The tensors must stay alive during the call: the caller holds them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["DELTA", "MOMENTS", "RELU", "SIGMOID", "SNAPSHOT", "SUMSQ", "TANH", "tensor_stats"]
+
+MOMENTS, RELU, SIGMOID, TANH, SUMSQ, SNAPSHOT, DELTA = range(7)
+_SAT_LOW, _SAT_HIGH = 0.01, 0.99
+_FM = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@intrinsic
+def _address(typingctx, addr):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """int64 address → void* (numba has no built-in cast from an integer to a pointer)."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(addr), codegen
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _sumsq(x):  # pragma: no cover - jitted
+    q = 0.0
+    for i in range(x.size):
+        v = np.float64(x[i])
+        q += v * v
+    return q
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _moments(x, bits, row):  # pragma: no cover - jitted
+    """Σx, Σx², min, max. Min/max run on the integer keys of the float bit patterns
+    (``k ^ ((k >> (w−1)) & max_int)`` orders like the floats; integer min/max reductions
+    vectorise, float ones do not without ``nnan``), then map back; NaN as torch.aminmax."""
+    sign = bits.dtype.type(np.iinfo(bits.dtype).max)
+    shift = bits.dtype.type(bits.itemsize * 8 - 1)
+    s = 0.0
+    q = 0.0
+    lo = np.iinfo(bits.dtype).max
+    hi = np.iinfo(bits.dtype).min
+    for i in range(x.size):
+        v = np.float64(x[i])
+        s += v
+        q += v * v
+        k = bits[i]
+        k = k ^ ((k >> shift) & sign)
+        lo = min(lo, k)
+        hi = max(hi, k)
+    ends = np.empty(2, bits.dtype)
+    ends[0] = lo ^ ((lo >> shift) & sign)
+    ends[1] = hi ^ ((hi >> shift) & sign)
+    fl = ends.view(x.dtype)
+    row[0] = s
+    row[1] = q
+    row[2] = fl[0]
+    row[3] = fl[1]
+    if np.isnan(s):  # the keys put NaN beyond ±inf; torch.aminmax returns NaN for both
+        for i in range(x.size):
+            if np.isnan(x[i]):
+                row[2] = np.nan
+                row[3] = np.nan
+                break
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _alive_channels(bits, channels, inner):  # pragma: no cover - jitted
+    """Channels with some value > 0 (or NaN, as ``amax`` then ``count_nonzero``): a float is
+    > 0 exactly when its bit pattern is a positive signed integer."""
+    outer = bits.size // (channels * inner)
+    xs = bits.reshape(outer, channels, inner)
+    count = 0
+    for c in range(channels):
+        for o in range(outer):
+            m = bits.dtype.type(0)
+            for j in range(inner):
+                m = max(m, xs[o, c, j])
+            if m > 0:
+                count += 1
+                break
+    return count
+
+
+@njit(fastmath=_FM, cache=True, nogil=True)
+def _one(x, bits, mode, channels, inner, snap, off, row):  # pragma: no cover - jitted
+    n = x.size
+    if mode == SUMSQ:
+        row[1] = _sumsq(x)
+    elif mode == SNAPSHOT:
+        for i in range(n):
+            snap[off + i] = x[i]
+        row[1] = _sumsq(x)
+    elif mode == DELTA:
+        q = 0.0
+        for i in range(n):
+            d = np.float64(x[i]) - np.float64(snap[off + i])
+            q += d * d
+        row[1] = q
+    else:
+        _moments(x, bits, row)
+        count = 0
+        if mode == RELU:
+            count = _alive_channels(bits, channels, inner)
+        elif mode == SIGMOID:
+            for i in range(n):
+                count += (x[i] < _SAT_LOW) | (x[i] > _SAT_HIGH)
+        elif mode == TANH:
+            for i in range(n):
+                count += abs(x[i]) > _SAT_HIGH
+        row[4] = count
+
+
+@njit(cache=True, nogil=True)
+def tensor_stats(meta, out, snap32, snap64):  # pragma: no cover - jitted
+    """Fill ``out[k]`` for every row ``k`` of ``meta`` (see the module docstring)."""
+    for k in range(meta.shape[0]):
+        addr, n, is64, mode, channels, inner, off = meta[k]
+        row = out[k]
+        if is64:
+            x64 = carray(_address(addr), (n,), np.float64)
+            _one(x64, x64.view(np.int64), mode, channels, inner, snap64, off, row)
+        else:
+            x32 = carray(_address(addr), (n,), np.float32)
+            _one(x32, x32.view(np.int32), mode, channels, inner, snap32, off, row)
