@@ -136,6 +136,10 @@ def run_rnn_bench(
 
     lstm = nn.LSTM(size, size, device=device)
     ours = nkn.LayerNormLSTM(size, size, device=device)
+    ours_torch = nkn.LayerNormLSTM(size, size, device=device, backend="torch")
+    ours_torch.load_state_dict(ours.state_dict())
+    step = x.new_empty(batch, core.GATES["LSTM"], size)
+    shipped = nkn.recurrent._lstm_loop(ours.backend, step, None, seq)
     naive = _PythonLoopLNLSTM(size, size).to(device)
     g = core.GATES["LSTM"]
     ln = core.layer_norm_fn(x, size, ours.eps, "torch")
@@ -167,7 +171,8 @@ def run_rnn_bench(
         ("python-loop LN-LSTM", lambda: naive(x), list(naive.parameters())),
         ("normkit autograd loop", autograd_loop, list(ours.parameters())),
         ("normkit TorchScript loop", scripted, list(ours.parameters())),
-        ("normkit LayerNormLSTM (fused)", lambda: ours(x)[0], list(ours.parameters())),
+        ("normkit fused (torch ops)", lambda: ours_torch(x)[0], list(ours_torch.parameters())),
+        (f"normkit LayerNormLSTM ({shipped})", lambda: ours(x)[0], list(ours.parameters())),
     ]
     gru = nn.GRU(size, size, device=device)
     ours_gru = nkn.LayerNormGRU(size, size, device=device)

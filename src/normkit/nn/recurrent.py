@@ -31,6 +31,7 @@ recurrent matmul, its layer norm and the gate arithmetic inside the time loop.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -136,6 +137,46 @@ def _reset(module: nn.Module, hidden_size: int) -> None:
                 nn.init.ones_(p)
         else:
             nn.init.uniform_(p, -stdv, stdv)
+
+
+def _numba_lstm_direction() -> Any:
+    """The Numba LN-LSTM loop (imported on first use: numba is an optional extra)."""
+    from normkit.nn._recurrent_numba import numba_lstm_direction as run
+
+    return run
+
+
+def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> str:
+    """Which LN-LSTM time loop runs: ``"numba"``, ``"torch"`` or ``"autograd"``.
+
+    The rule, for one sequence of ``steps`` time steps (``step`` is a per-step ``(B, 4, H)``
+    sample of the input's dtype and device):
+
+    * padded sequences (``PackedSequence`` input, ``mask``), float16/bfloat16 or an empty
+      batch: the autograd loop (per-step ops recorded by autograd, any backend);
+    * ``backend="auto"`` or ``"numba"`` on the CPU in float32/float64 with numba installed
+      (and ``steps ≥ 1``): the Numba loop (:mod:`normkit.nn._recurrent_numba`: per step one ``torch.mm`` and one
+      kernel for all the rest, forward and backward);
+    * otherwise, when the layer-norm backend resolves to ``"torch"`` for the per-step sample
+      (``backend="torch"``, or ``"auto"`` without numba / off the CPU): the fused torch loop
+      (:mod:`normkit.nn._recurrent_fused`: hand-written backward on torch ops);
+    * any other backend (``"reference"``, ``"triton"``…): the autograd loop with that backend's
+      layer norm per step.
+
+    All three compute the same function; they differ only in speed (``normkit bench --rnn``).
+    """
+    if mask is not None or step.dtype not in (torch.float32, torch.float64) or step.numel() == 0:
+        return "autograd"
+    if (
+        backend in ("auto", "numba")
+        and steps > 0
+        and step.device.type == "cpu"
+        and importlib.util.find_spec("numba") is not None
+    ):
+        return "numba"
+    if backends.resolve("layer_norm", step, backend).name == "torch":
+        return "torch"
+    return "autograd"
 
 
 def _check_float_input(x: Tensor, owner: str) -> None:
@@ -570,14 +611,7 @@ class _LayerNormRNNBase(nn.Module):
             self.backend,
         )
         ln = core.layer_norm_fn(step_sample, self.hidden_size, self.eps, self.backend)
-        # The fused LSTM loop (hand-written backward, batched weight gradients) runs the torch
-        # backend's layer-norm kernel: use it exactly when that backend is the per-step choice.
-        fused = (
-            lstm
-            and mask is None
-            and x.dtype in (torch.float32, torch.float64)
-            and backends.resolve("layer_norm", step_sample, self.backend).name == "torch"
-        )
+        loop = _lstm_loop(self.backend, step_sample, mask, len(x)) if lstm else "autograd"
         hs: list[Tensor] = []
         cs: list[Tensor] = []
         layer_in = x
@@ -586,9 +620,28 @@ class _LayerNormRNNBase(nn.Module):
             for d, suffix in enumerate(self._suffixes(layer)):
                 idx = layer * (2 if self.bidirectional else 1) + d
                 w_ih, in_bias, ln_ih, params = _gather(self, self.mode, suffix, g)
-                xg = core.input_part(layer_in, w_ih, in_bias, ln_ih, g, ln_in)
                 c_init = None if c0 is None else c0[idx]
-                if fused and c_init is not None:
+                if loop == "numba" and c_init is not None:
+                    # the input part's layer norm runs inside the fused per-step kernel
+                    out, h, c = _numba_lstm_direction()(
+                        F.linear(layer_in, w_ih).unflatten(-1, (g, -1)),
+                        ln_ih,
+                        in_bias,
+                        h0[idx],
+                        c_init,
+                        params.weight_hh,
+                        params.ln_hh_weight,
+                        params.ln_cell_weight,
+                        params.ln_cell_bias,
+                        self.eps,
+                        d == 1,
+                    )
+                    outs.append(out)
+                    hs.append(h)
+                    cs.append(c)
+                    continue
+                xg = core.input_part(layer_in, w_ih, in_bias, ln_ih, g, ln_in)
+                if loop == "torch" and c_init is not None:
                     out, h, c = fused_lstm_direction(
                         xg,
                         h0[idx],

@@ -1,0 +1,214 @@
+"""The LN-LSTM time loop on Numba kernels: one ``autograd.Function`` per layer and direction.
+
+Private, imported only when numba is installed (the optional extra ``normkit[fast]``); see
+:func:`normkit.nn.recurrent._loop_kind` for when it runs. Same structure as
+:mod:`normkit.nn._recurrent_fused` (no recording in the forward, a hand-written backward, the
+``W_hh`` gradient as one batched matmul after the loop), but each time step issues only two
+calls: ``torch.mm`` for the recurrent projection (forward ``h W_hhᵀ``, backward ``d_a W_hh``)
+and *one* Numba kernel for everything else of the step (both layer norms with their
+statistics, the gate nonlinearities, the cell update; in the backward the two layer-norm
+backwards, the gate derivatives and the cell-gradient carry, with the gain/shift gradients
+accumulated in float64 as it goes). The ``(T, …)`` buffers are turned into NumPy views once per
+call and the kernels index them by ``t``, so a step costs two dispatches instead of the ~8
+forward / ~20 backward small torch ops of the torch path, whose dispatch overhead dominated.
+
+CPU, float32/float64 only; first derivatives (no double backward). Kernels compile on first use
+per dtype and are cached on disk like the numba backend's (:func:`normkit.backends.numba_backend.
+cache_dir`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from normkit.backends import numba_backend  # noqa: F401  (sets the kernel cache dir first)
+from normkit.nn import _recurrent_numba_kernels as K
+
+__all__ = ["numba_lstm_direction", "supports", "warm_up"]
+
+_DTYPES = (torch.float32, torch.float64)
+#: Steps per batched ``W_hh`` gradient matmul in the backward (a (CHUNK, B, 4H) ring buffer).
+_CHUNK = 16
+
+
+def supports(x: Tensor) -> bool:
+    """Whether the kernels can run the loop for input ``x``: a CPU float32/float64 tensor."""
+    return x.device.type == "cpu" and x.dtype in _DTYPES
+
+
+def _np(t: Tensor) -> Any:
+    return t.detach().numpy()
+
+
+def _opt(t: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
+    """The NumPy view of an optional parameter, or a placeholder of the same rank (unused)."""
+    if t is None:
+        return np.ones(shape, dtype=np.float32 if dtype == torch.float32 else np.float64)
+    return _np(t.contiguous())
+
+
+class _NumbaLSTM(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        ain: Tensor,
+        g_ih: Tensor | None,
+        bias: Tensor | None,
+        h0: Tensor,
+        c0: Tensor,
+        w_hh: Tensor,
+        g_hh: Tensor | None,
+        w_c: Tensor | None,
+        b_c: Tensor | None,
+        eps: float,
+        reverse: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        T, B, G, H = ain.shape
+        dt = ain.dtype
+        new = ain.new_empty
+        ln_ih, ln_hh, ln_cell = g_ih is not None, g_hh is not None, w_c is not None
+        h0, c0 = h0.contiguous(), c0.contiguous()
+        a_hh = new(T if ln_hh else 1, B, G, H)  # h W_hhᵀ: kept per step only under LN
+        acts = new(T, B, G, H)  # σ(i), σ(f), tanh(g), σ(o)
+        c_all, tc, out = new(T, B, H), new(T, B, H), new(T, B, H)  # c_t, tanh(LN(c_t)), h_t
+
+        def stats(on: bool, g: int) -> tuple[Tensor, Tensor]:
+            return (new(T, B, g), new(T, B, g)) if on else (new(1, 1, 1), new(1, 1, 1))
+
+        mu_ih, rs_ih = stats(ln_ih, G)
+        mu_hh, rs_hh = stats(ln_hh, G)
+        mu_c, rs_c = stats(ln_cell, 1)
+        ain_n, a_n, acts_n, c_n, tc_n, out_n, c0_n = map(_np, (ain, a_hh, acts, c_all, tc, out, c0))
+        st_n = tuple(map(_np, (mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c)))
+        gi_n, bias_n, gh_n = (_opt(v, (1, 1), dt) for v in (g_ih, bias, g_hh))
+        wc_n, bc_n = _opt(w_c, (1,), dt), _opt(b_c, (1,), dt)
+        w_t = w_hh.detach().t()
+        steps = range(T - 1, -1, -1) if reverse else range(T)
+        prev = 1 if reverse else -1
+        h = h0
+        for n, t in enumerate(steps):
+            ta = t if ln_hh else 0
+            torch.mm(h, w_t, out=a_hh[ta].view(B, G * H))
+            K.lstm_fwd_step(
+                t, ain_n, ln_ih, gi_n, bias is not None, bias_n, a_n, ta, ln_hh, gh_n,
+                c0_n if n == 0 else c_n[t + prev], ln_cell, wc_n, bc_n, eps,
+                acts_n, c_n, tc_n, out_n, *st_n,
+            )  # fmt: skip
+            h = out[t]
+        ctx.reverse, ctx.flags = reverse, (ln_ih, ln_hh, ln_cell)
+        ctx.save_for_backward(
+            ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
+            mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+        )  # fmt: skip
+        last = steps[-1]
+        return out, out[last].clone(), c_all[last].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
+         *stats) = ctx.saved_tensors  # fmt: skip
+        T, B, G, H = acts.shape
+        dt = acts.dtype
+        ln_ih, ln_hh, ln_cell = ctx.flags
+        d_out = d_out.contiguous()
+        dh = d_hT.to(dt, copy=True).contiguous()  # gradient reaching h_t via the recurrence
+        dc = d_cT.to(dt, copy=True).contiguous()  # carried gradient of c
+        d_ain = torch.empty_like(acts)  # d(x W_ihᵀ)
+        # d(h W_hhᵀ) of the last _CHUNK steps (the same as d_ain when no site has a layer norm):
+        # dW_hh = Σ_t d_aᵀ h_{t−1} is one matmul per chunk, no (T, …) buffer to allocate
+        same = not (ln_ih or ln_hh)
+        d_a = d_ain if same else acts.new_empty(min(_CHUNK, T), B, G, H)
+        d_w_hh = w_hh.new_zeros(w_hh.shape) if ctx.needs_input_grad[5] else None
+        f64 = np.float64
+        d_g_ih = np.zeros((G, H) if ln_ih else (1, 1), f64)
+        d_g_hh = np.zeros((G, H) if ln_hh else (1, 1), f64)
+        d_bias = np.zeros((G, H), f64)
+        d_w_c = np.zeros((2, H) if ln_cell else (2, 1), f64)  # rows: gain, shift
+        acts_n, tc_n, c_n, c0_n, ain_n, a_n = map(_np, (acts, tc, c_all, c0, ain, a_hh))
+        dh_n, dout_n, dc_n, dain_n, da_n = map(_np, (dh, d_out, dc, d_ain, d_a))
+        mi_n, ri_n, mh_n, rh_n, mc_n, rc_n = map(_np, stats)
+        tmp, dg = np.empty((2, H), acts_n.dtype), np.empty((G, H), acts_n.dtype)
+        gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
+        wc_n = _opt(None if w_c is None else w_c.view(1, H), (1, 1), dt)
+        rev = ctx.reverse
+        first = T - 1 if rev else 0  # the step that starts from (h0, c0)
+        prev = 1 if rev else -1
+        w = w_hh.detach()
+        for t in range(T) if rev else range(T - 1, -1, -1):
+            ta = t if same else t % _CHUNK
+            K.lstm_bwd_step(
+                t, acts_n, tc_n, c_n, c0_n if t == first else c_n[t + prev], dh_n, dout_n, dc_n,
+                ln_cell, wc_n, mc_n, rc_n, d_w_c,
+                ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh,
+                ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_bias,
+                dain_n, da_n, ta, tmp, dg,
+            )  # fmt: skip
+            torch.mm(d_a[ta].view(B, G * H), w, out=dh)
+            lo = t - t % _CHUNK  # the chunk of steps lo … lo + k − 1 is complete:
+            k = min(_CHUNK, T - lo)
+            if d_w_hh is not None and t == (lo + k - 1 if rev else lo):
+                # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at T − 1)
+                # reverse
+                if rev:
+                    parts = (out[lo + 1 : lo + k + 1],) + ((h0[None],) if lo + k == T else ())
+                else:
+                    parts = ((h0[None],) if lo == 0 else ()) + (out[max(lo - 1, 0) : lo + k - 1],)
+                h_prev = parts[0] if len(parts) == 1 else torch.cat(parts)
+                d_chunk = d_a[lo : lo + k] if same else d_a[:k]
+                d_w_hh.addmm_(d_chunk.reshape(k * B, G * H).t(), h_prev.reshape(k * B, H))
+
+        def grad(v: Any, on: bool) -> Tensor | None:
+            return torch.from_numpy(v).to(dt) if on else None
+
+        return (
+            d_ain, grad(d_g_ih, ln_ih), grad(d_bias, ctx.needs_input_grad[2]), dh, dc, d_w_hh,
+            grad(d_g_hh, ln_hh), grad(d_w_c[0], ln_cell), grad(d_w_c[1], ln_cell), None, None,
+        )  # fmt: skip
+
+
+def numba_lstm_direction(
+    ain: Tensor,
+    g_ih: Tensor | None,
+    bias: Tensor | None,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    g_hh: Tensor | None,
+    w_c: Tensor | None,
+    b_c: Tensor | None,
+    eps: float,
+    reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LN-LSTM over ``ain = x W_ihᵀ`` ``(T, B, 4, H)``: ``(output (T,B,H), h_T, c_T)``.
+
+    The input part's layer norm is done here too (per step, fused with the rest): ``g_ih``
+    ``(4, H)`` is its gain (``None``: no layer norm there), ``bias`` ``(4, H)`` the summed
+    ``b_ih + b_hh`` (``None``: no bias); ``g_hh`` ``(4, H)`` the recurrent layer-norm gain
+    (``None``: off); ``w_c``/``b_c`` the cell-state layer norm (``None``: off). No padding mask;
+    ``T ≥ 1``; CPU float32/float64 (:func:`supports`).
+    """
+    return _NumbaLSTM.apply(
+        ain.contiguous(), g_ih, bias, h0, c0, w_hh, g_hh, w_c, b_c, float(eps), reverse
+    )
+
+
+def warm_up(dtypes: tuple[torch.dtype, ...] = _DTYPES) -> None:
+    """Compile (first time) or load from the disk cache the step kernels for each dtype."""
+    for dt in dtypes:
+        for ln_hh in (False, True):
+            xg = torch.zeros(2, 1, 4, 3, dtype=dt, requires_grad=True)
+            h0 = torch.zeros(1, 3, dtype=dt)
+            w = torch.zeros(12, 3, dtype=dt, requires_grad=True)
+            g = torch.ones(4, 3, dtype=dt, requires_grad=True) if ln_hh else None
+            wc = torch.ones(3, dtype=dt, requires_grad=True) if ln_hh else None
+            bc = torch.zeros(3, dtype=dt, requires_grad=True) if ln_hh else None
+            out, h, c = numba_lstm_direction(xg, g, g, h0, h0, w, g, wc, bc, 1e-5, False)
+            (out.sum() + h.sum() + c.sum()).backward()

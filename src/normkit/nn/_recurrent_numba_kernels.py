@@ -1,0 +1,329 @@
+"""Numba kernels of one LN-LSTM time step, forward and backward (imported only with numba).
+
+Private; :mod:`normkit.nn._recurrent_numba` drives them. The recurrent matmuls stay in torch
+(``torch.mm``); each kernel does *all* the elementwise work of one step for every batch row in
+one call, reading and writing the ``(T, …)`` buffers of the whole sequence at index ``t``.
+
+Conventions (as :mod:`normkit.backends._numba_kernels`): layer-norm statistics and the reductions
+of the backward accumulate in float64; ``1/σ`` and the mean are stored (rounded) in the input
+dtype and the elementwise loops run in the input dtype. ``fastmath`` without ``nnan``/``ninf``;
+``cache=True``; serial (the per-step work is tens of microseconds, less than waking a thread
+pool).
+
+σ and tanh are computed here rather than by ``np.exp``/``np.tanh``: without Intel SVML numba
+calls the scalar libm functions per element (~3 ns / ~14 ns on this machine), slower than
+torch's vectorized kernels. Ours are Cephes' ``expf``/``exp`` (Cody–Waite reduction by ln 2 with
+strict float ops, then a polynomial / Padé form, exponent set from the bits) and ``tanhf``/
+``tanh`` (an odd polynomial / rational form below 0.625, else ``1 − 2/(e^{2|x|} + 1)``), in the
+input dtype, ≤ a few ulp, branch-free so they vectorize; ``σ(x) = 1/(1 + e^{−x})``. NaN and
+±Inf propagate as in torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+_FM = {"reassoc", "contract", "nsz", "arcp"}
+# error_model="numpy": no zero-division checks (a branch per division would stop vectorization)
+_SER = {"fastmath": _FM, "error_model": "numpy", "cache": True, "nogil": True}
+_INL = {"fastmath": _FM, "error_model": "numpy"}
+
+# Cody–Waite split of ln 2 (few-bit high part: n·C1 is exact), Cephes' expf / exp / tanhf / tanh
+_F = np.float32
+_LN2_SPLIT = {32: (0.693359375, -2.12194440e-4), 64: (6.93145751953125e-1, 1.42860682030941723e-6)}
+_E32 = tuple(_F(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                             1.6666665459e-1, 5.0000001201e-1))  # fmt: skip
+_T32 = tuple(_F(v) for v in (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                             1.33314422036e-1, -3.33332819422e-1))  # fmt: skip
+_P64 = (1.26177193074810590878e-4, 3.02994407707441961300e-2, 9.99999999999999999910e-1)
+_Q64 = (3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.27265548208155028766e-1,
+        2.00000000000000000009e0)  # fmt: skip
+_TP64 = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
+_TQ64 = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
+# e^x stays finite and normal inside [LO, HI]; beyond it 0 / a huge value are right for σ, tanh
+_HI32, _LO32, _HI64, _LO64 = _F(88.0), _F(-87.0), 709.0, -708.0
+_L2E32, _L2E64 = _F(1.4426950408889634), 1.4426950408889634
+_0_32, _HALF32, _1_32, _2_32, _TSMALL32 = _F(0.0), _F(0.5), _F(1.0), _F(2.0), _F(0.625)
+
+
+@intrinsic
+def _reduce_ln2(typingctx, x, n):  # pragma: no cover - compile-time
+    """``x − n·ln2`` as ``(x − n·C1) − n·C2`` with *strict* float ops: fast-math
+    reassociation must not fold the two products back into one (that would lose the split)."""
+    if not (isinstance(x, types.Float) and x == n):
+        return None
+    c1, c2 = _LN2_SPLIT[x.bitwidth]
+
+    def codegen(context, builder, signature, args):
+        xv, nv = args
+        t = builder.fsub(xv, builder.fmul(nv, ir.Constant(xv.type, c1)))
+        return builder.fsub(t, builder.fmul(nv, ir.Constant(xv.type, c2)))
+
+    return x(x, n), codegen
+
+
+@intrinsic
+def _pow2(typingctx, n):  # pragma: no cover - compile-time
+    """``2**n`` for an integral float ``n`` in the normal exponent range, built from its bits."""
+    if not isinstance(n, types.Float):
+        return None
+    bits, bias, shift = (32, 127, 23) if n.bitwidth == 32 else (64, 1023, 52)
+
+    def codegen(context, builder, signature, args):
+        it = ir.IntType(bits)
+        i = builder.add(builder.fptosi(args[0], it), ir.Constant(it, bias))
+        return builder.bitcast(builder.shl(i, ir.Constant(it, shift)), args[0].type)
+
+    return n(n), codegen
+
+
+@njit(**_INL)
+def _exp32(x):  # pragma: no cover - jitted (inlined)
+    if x > _HI32:
+        x = _HI32
+    if x < _LO32:
+        x = _LO32
+    n = np.floor(x * _L2E32 + _HALF32)
+    if n != n:  # NaN: keep the integer conversion defined; r (NaN) carries the NaN out
+        n = _0_32
+    r = _reduce_ln2(x, n)
+    p = ((((_E32[0] * r + _E32[1]) * r + _E32[2]) * r + _E32[3]) * r + _E32[4]) * r + _E32[5]
+    return (p * r * r + r + _1_32) * _pow2(n)
+
+
+@njit(**_INL)
+def _exp64(x):  # pragma: no cover - jitted (inlined)
+    if x > _HI64:
+        x = _HI64
+    if x < _LO64:
+        x = _LO64
+    n = np.floor(x * _L2E64 + 0.5)
+    if n != n:
+        n = 0.0
+    r = _reduce_ln2(x, n)
+    rr = r * r
+    p = r * ((_P64[0] * rr + _P64[1]) * rr + _P64[2])
+    q = ((_Q64[0] * rr + _Q64[1]) * rr + _Q64[2]) * rr + _Q64[3]
+    return (1.0 + 2.0 * p / (q - p)) * _pow2(n)
+
+
+def _sigmoid32(x):  # pragma: no cover - jitted (inlined)
+    return _1_32 / (_1_32 + _exp32(-x))
+
+
+def _sigmoid64(x):  # pragma: no cover - jitted (inlined)
+    return 1.0 / (1.0 + _exp64(-x))
+
+
+def _tanh32(x):  # pragma: no cover - jitted (inlined)
+    ax = x if x >= _0_32 else -x
+    big = _1_32 - _2_32 / (_exp32(ax + ax) + _1_32)
+    big = big if x >= _0_32 else -big
+    z = x * x
+    small = ((((_T32[0] * z + _T32[1]) * z + _T32[2]) * z + _T32[3]) * z + _T32[4]) * z * x + x
+    return small if ax < _TSMALL32 else big
+
+
+def _tanh64(x):  # pragma: no cover - jitted (inlined)
+    ax = x if x >= 0.0 else -x
+    big = 1.0 - 2.0 / (_exp64(ax + ax) + 1.0)
+    big = big if x >= 0.0 else -big
+    z = x * x
+    pz = (_TP64[0] * z + _TP64[1]) * z + _TP64[2]
+    qz = ((z + _TQ64[0]) * z + _TQ64[1]) * z + _TQ64[2]
+    small = x + x * z * (pz / qz)
+    return small if ax < 0.625 else big
+
+
+def _sigmoid(x):  # pragma: no cover - stub, replaced by the overload in jitted code
+    raise NotImplementedError
+
+
+def _tanh(x):  # pragma: no cover - stub, replaced by the overload in jitted code
+    raise NotImplementedError
+
+
+@overload(_sigmoid, jit_options=_INL)
+def _sigmoid_ov(x):  # pragma: no cover - compile-time
+    if x == types.float32:
+        return _sigmoid32
+    if x == types.float64:
+        return _sigmoid64
+    return None
+
+
+@overload(_tanh, jit_options=_INL)
+def _tanh_ov(x):  # pragma: no cover - compile-time
+    if x == types.float32:
+        return _tanh32
+    if x == types.float64:
+        return _tanh64
+    return None
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@njit(**_SER)
+def _ln_stats(x, mu_out, rs_out, i0, i1, i2, eps):  # pragma: no cover - jitted
+    """Mean and 1/σ of the row ``x`` (float64 two-pass), stored rounded at ``[i0, i1, i2]``."""
+    n = x.shape[0]
+    acc = 0.0
+    for j in range(n):
+        acc += x[j]
+    mu = acc / n
+    q = 0.0
+    for j in range(n):
+        d = x[j] - mu
+        q += d * d
+    mu_out[i0, i1, i2] = mu
+    rs_out[i0, i1, i2] = 1.0 / np.sqrt(q / n + eps)
+
+
+@njit(**_SER)
+def lstm_fwd_step(
+    t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
+    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+):  # fmt: skip  # pragma: no cover - jitted
+    """One LN-LSTM step for every row ``b`` of the batch.
+
+    From ``ain[t] = x_t W_ihᵀ`` and ``a[ta] = h_{t−1} W_hhᵀ`` (both ``(B, G, H)``):
+    gates = (LN(ain)⊙g_ih if ln_ih else ain) + bias + (LN(a)⊙g_hh if ln_hh else a), layer
+    norms per gate block without shift; i, f, o = σ(·), g = tanh(·) → ``acts[t]``;
+    c = f·c_prev + i·g → ``c_all[t]``; ``tc[t] = tanh(LN(c)·w_c + b_c)`` (or ``tanh(c)``);
+    ``out[t] = o·tc[t]``. Statistics go to ``mu_*``/``rs_*`` (``(T, B, G)``; cell ``(T, B, 1)``).
+    """
+    _, nb, ng, nh = ain.shape
+    for b in range(nb):
+        for k in range(ng):
+            if ln_ih:
+                _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
+                m = mu_ih[t, b, k]
+                r = rs_ih[t, b, k]
+                for j in range(nh):
+                    acts[t, b, k, j] = (ain[t, b, k, j] - m) * r * g_ih[k, j]
+            else:
+                for j in range(nh):
+                    acts[t, b, k, j] = ain[t, b, k, j]
+            if has_bias:
+                for j in range(nh):
+                    acts[t, b, k, j] += bias[k, j]
+            if ln_hh:
+                _ln_stats(a[ta, b, k], mu_hh, rs_hh, t, b, k, eps)
+                m = mu_hh[t, b, k]
+                r = rs_hh[t, b, k]
+                for j in range(nh):
+                    acts[t, b, k, j] += (a[ta, b, k, j] - m) * r * g_hh[k, j]
+            else:
+                for j in range(nh):
+                    acts[t, b, k, j] += a[ta, b, k, j]
+            if k == 2:
+                for j in range(nh):
+                    acts[t, b, k, j] = _tanh(acts[t, b, k, j])
+            else:
+                for j in range(nh):
+                    acts[t, b, k, j] = _sigmoid(acts[t, b, k, j])
+        for j in range(nh):
+            c_all[t, b, j] = acts[t, b, 1, j] * c_prev[b, j] + acts[t, b, 0, j] * acts[t, b, 2, j]
+        if ln_cell:
+            _ln_stats(c_all[t, b], mu_c, rs_c, t, b, 0, eps)
+            m = mu_c[t, b, 0]
+            r = rs_c[t, b, 0]
+            for j in range(nh):
+                tc[t, b, j] = _tanh((c_all[t, b, j] - m) * r * w_c[j] + b_c[j])
+                out[t, b, j] = acts[t, b, 3, j] * tc[t, b, j]
+        else:
+            for j in range(nh):
+                tc[t, b, j] = _tanh(c_all[t, b, j])
+                out[t, b, j] = acts[t, b, 3, j] * tc[t, b, j]
+
+
+# --------------------------------------------------------------------------- backward
+
+
+@njit(**_SER)
+def _ln_bwd(dy, w, x, m, r, dx, dw, k):  # pragma: no cover - jitted
+    """Layer-norm backward of one row: dx = r·(w·dy − mean(w·dy) − x̂·mean(w·dy·x̂)),
+    x̂ = (x − m)·r; ``dw[k] += dy·x̂`` (float64). Sums in float64."""
+    n = x.shape[0]
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(n):
+        xh = (x[j] - m) * r
+        gy = dy[j] * w[k, j]
+        s1 += gy
+        s2 += gy * xh
+        dw[k, j] += dy[j] * xh
+    kk = np.empty(2, x.dtype)
+    kk[0] = s1 / n
+    kk[1] = s2 / n
+    k1 = kk[0]
+    k2 = kk[1]
+    for j in range(n):
+        xh = (x[j] - m) * r
+        dx[j] = r * (dy[j] * w[k, j] - k1 - xh * k2)
+
+
+@njit(**_SER)
+def lstm_bwd_step(
+    t, acts, tc, c_all, c_prev, dh, d_out, dc,
+    ln_cell, w_c, mu_c, rs_c, d_w_c,
+    ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh,
+    ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_bias,
+    d_ain, d_a, ta, tmp, dg,
+):  # fmt: skip  # pragma: no cover - jitted
+    """Backward of :func:`lstm_fwd_step` at step ``t`` for every row.
+
+    In: ``dh`` (B, H) the gradient reaching h_t through the recurrence (``d_a[t+1] W_hh`` or
+    ``dh_T``), ``d_out[t]``, the carried ``dc`` (B, H, updated in place to the gradient of
+    c_{t−1}). Out: ``d_ain[t]`` (of ``x_t W_ihᵀ``) and ``d_a[ta]`` (of ``h_{t−1} W_hhᵀ``; may be
+    the same array as ``d_ain``, ``ta = t``, when neither site has a layer norm); the float64
+    accumulators
+    ``d_w_c`` (rows: gain, shift), ``d_g_hh``, ``d_g_ih``, ``d_bias`` gain the step's
+    contribution. Scratch: ``tmp`` (2, H) and ``dg`` (G, H) in the input dtype.
+    """
+    _, nb, ng, nh = acts.shape
+    kk = np.empty(1, acts.dtype)
+    kk[0] = 1.0
+    one = kk[0]  # 1 in the input dtype (a float literal would promote float32 math to float64)
+    for b in range(nb):
+        # through h = o·tanh(cn): d(cn) into tmp[0], d(o-preact) into dg[3]
+        for j in range(nh):
+            dhj = dh[b, j] + d_out[t, b, j]
+            o = acts[t, b, 3, j]
+            v = tc[t, b, j]
+            tmp[0, j] = dhj * o * (one - v * v)
+            dg[3, j] = dhj * v * o * (one - o)
+        if ln_cell:
+            for j in range(nh):
+                d_w_c[1, j] += tmp[0, j]
+            _ln_bwd(tmp[0], w_c, c_all[t, b], mu_c[t, b, 0], rs_c[t, b, 0], tmp[1], d_w_c, 0)
+            for j in range(nh):
+                tmp[0, j] = tmp[1, j]
+        for j in range(nh):
+            i = acts[t, b, 0, j]
+            f = acts[t, b, 1, j]
+            g = acts[t, b, 2, j]
+            dct = dc[b, j] + tmp[0, j]
+            dg[0, j] = dct * g * i * (one - i)
+            dg[1, j] = dct * c_prev[b, j] * f * (one - f)
+            dg[2, j] = dct * i * (one - g * g)
+            dc[b, j] = dct * f
+        for k in range(ng):
+            for j in range(nh):
+                d_bias[k, j] += dg[k, j]
+            if ln_hh:
+                _ln_bwd(dg[k], g_hh, a_hh[t, b, k], mu_hh[t, b, k], rs_hh[t, b, k], d_a[ta, b, k],
+                        d_g_hh, k)  # fmt: skip
+            else:
+                for j in range(nh):
+                    d_a[ta, b, k, j] = dg[k, j]
+            if ln_ih:
+                _ln_bwd(dg[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[t, b, k],
+                        d_g_ih, k)  # fmt: skip
+            else:
+                for j in range(nh):
+                    d_ain[t, b, k, j] = dg[k, j]
