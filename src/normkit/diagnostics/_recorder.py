@@ -184,6 +184,26 @@ def _run_fused(rows: list[list[int]], snap32: Any = None, snap64: Any = None) ->
 _EMPTY = (np.zeros(0, np.float32), np.zeros(0, np.float64))
 
 
+class _ForwardHook:
+    """A forward hook of ``module`` switched on and off without registering it again.
+
+    ``register_forward_hook`` costs ~6 µs (a RemovableHandle with its weak references) and a
+    recorded step of ``every > 1`` needs one per leaf and one for the root: here the hook's id
+    is taken from one registration and switching is one insertion into / removal from the
+    module's ``_forward_hooks`` dict (what the handle's ``remove`` does)."""
+
+    def __init__(self, module: nn.Module, fn: Any) -> None:
+        handle = module.register_forward_hook(fn)
+        self._hooks, self._id, self._fn = module._forward_hooks, handle.id, fn
+        handle.remove()
+
+    def on(self) -> None:
+        self._hooks[self._id] = self._fn
+
+    def off(self) -> None:
+        self._hooks.pop(self._id, None)
+
+
 class _OptPlan:
     """An optimizer's watched parameters: ``names``/``params`` measured with torch ops,
     ``fused_*`` by the kernel from the tables ``snap`` (copy into ``bufs`` + Σw²) and ``delta``
@@ -305,7 +325,6 @@ class Recorder:
             lambda: defaultdict(dict)
         )
         self._hists: dict[str, list[tuple[int, Tensor]]] = {}
-        self._leaf_handles: list[RemovableHandle] = []
         # The CPU fast path: small float32/float64 outputs are only kept by the leaf hooks and
         # measured all at once by one numba call when the forward ends (gradients when the
         # backward ends, parameters around the optimizer step). A layer's output joins it after
@@ -318,14 +337,21 @@ class Recorder:
         self._deferred: list[tuple[int, str, Tensor, int, list[int]]] = []
         self._opt_plans: dict[int, _OptPlan] = {}
         self._act_ids: dict[tuple[str, int, int, int], list[int]] = {}
-        # every=1: the leaf hooks stay installed (cheaper than adding/removing them each step)
+        self._grad_out_ids: dict[str, int] = {}
+        self._param_ids: list[int] = []
+        # Switched on for the recorded steps only (with every=1 they stay on: cheaper than
+        # switching each step); the root's pre-hook, always on, counts the steps.
+        self._step_hooks = [
+            _ForwardHook(m, partial(self._on_leaf, name)) for name, m in self._leaves
+        ]
+        self._step_hooks.append(_ForwardHook(model, self._on_root_post))
         self._persistent = every == 1
+        self._hooks_on = False
         self._in_forward = False
         if self._persistent:
             self._install_leaf_hooks()
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(self._on_root_pre),
-            model.register_forward_hook(self._on_root_post),
         ]
         if optimizer is None:
             from torch.optim.optimizer import (
@@ -375,15 +401,16 @@ class Recorder:
         self._flush()
 
     def _install_leaf_hooks(self) -> None:
-        for name, m in self._leaves:
-            self._leaf_handles.append(m.register_forward_hook(partial(self._on_leaf, name)))
+        for h in self._step_hooks:
+            h.on()
+        self._hooks_on = True
 
     def _drop_step_hooks(self, *, all_hooks: bool = False) -> None:
-        if self._persistent and not all_hooks:
+        if not self._hooks_on or (self._persistent and not all_hooks):
             return
-        for h in self._leaf_handles:
-            h.remove()
-        self._leaf_handles.clear()
+        for h in self._step_hooks:
+            h.off()
+        self._hooks_on = False
 
     def _emit(self, specs: list[tuple[int, _Spec]], values: list[Tensor]) -> None:
         """Hand over one hook's batch of 0-d results. On CPU they are read at once with one
@@ -525,9 +552,7 @@ class Recorder:
                 self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation)
         step = self._step
         act = self._info[name].activation
-        x = out.detach()
-        if x.dtype not in _FLOATS:
-            x = x.float()
+        x = out if out.dtype in _FLOATS else out.float()  # (read only: no detach needed)
         deferred = False
         if self._fused and key not in self._mutated:
             row = _fused_row(x, _MODES[act])
@@ -538,9 +563,9 @@ class Recorder:
                 else:  # measured here this time; deferred later if nothing changes it
                     self._probes.append((key, x, x._version))
         if not deferred:
-            self._measure_now(key, step, act, x)
+            self._measure_now(key, step, act, x.detach())
         if self._hist_now:  # a systematic sample of ≤ 2048 values (a copy); binned when read
-            flat = x.reshape(-1)
+            flat = x.detach().reshape(-1)
             sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
             hists = self._hists.setdefault(key, [])
             hists[1:] = []  # keep the first and the latest only
@@ -600,37 +625,43 @@ class Recorder:
         self._grad_outs.append((key, step, grad, grad._version))
 
     def _on_backward_end(self, step: int) -> None:
-        specs: list[tuple[int, _Spec]] = []  # for the torch-measured ones
-        values: list[Tensor] = []
-        dense: list[Tensor] = []
-        dense_specs: list[tuple[int, _Spec]] = []
+        todo: list[tuple[Tensor, int, int]] = []  # (gradient, step, spec id)
+        gid = self._grad_out_ids
+        grad_outs, self._grad_outs = self._grad_outs, []
+        for key, st, g, version in grad_outs:
+            if g._version == version:  # else changed in place after the hook: not the gradient
+                i = gid.get(key)
+                if i is None:
+                    i = gid[key] = self._id(("grad_out_norm", key, "set", 0))
+                todo.append((g, st, i))
+        if not self._params_read:  # parameter gradients once per recorded step
+            self._params_read = True
+            if len(self._param_ids) != len(self._flat_params):
+                self._param_ids = [self._id(("grad_sq", n, "sq", 0)) for n, _ in self._flat_params]
+            for (_, p), i in zip(self._flat_params, self._param_ids, strict=True):
+                if p.grad is not None:
+                    todo.append((p.grad, step, i))
         rows: list[list[int]] = []  # for the kernel
         row_steps: list[int] = []
         row_ids: list[int] = []
         keep: list[Tensor] = []  # alive until the kernel has read them
-        todo: list[tuple[Tensor, int, _Spec]] = []
-        grad_outs, self._grad_outs = self._grad_outs, []
-        for key, st, g, version in grad_outs:
-            if g._version == version:  # else changed in place after the hook: not the gradient
-                todo.append((g, st, ("grad_out_norm", key, "set", 0)))
-        if not self._params_read:  # parameter gradients once per recorded step
-            self._params_read = True
-            for name, p in self._flat_params:
-                if p.grad is not None:
-                    todo.append((p.grad, step, ("grad_sq", name, "sq", 0)))
+        specs: list[tuple[int, _Spec]] = []  # for torch
+        values: list[Tensor] = []
+        dense: list[Tensor] = []
+        dense_specs: list[tuple[int, _Spec]] = []
         fused = self._fused
-        for g, st, spec in todo:
+        for g, st, i in todo:
             row = _sumsq_row(g) if fused else None
             if row is not None:
                 rows.append(row)
                 row_steps.append(st)
-                row_ids.append(self._id(spec))
+                row_ids.append(i)
                 keep.append(g)
             elif g.is_sparse or g.dtype not in _FLOATS:
-                specs.append((st, spec))
+                specs.append((st, self._specs[i]))
                 values.append(_norm(g))
             else:
-                dense_specs.append((st, spec))
+                dense_specs.append((st, self._specs[i]))
                 dense.append(g.detach())
         if dense:
             values += torch._foreach_norm(dense)
@@ -686,9 +717,12 @@ class Recorder:
         if not plan.names and not plan.fused_names:
             return
         self._opt_step = self._step
-        with torch.no_grad():  # (clones are ~2x cheaper than _foreach_mul(params, 1))
-            weights = _foreach_norms(plan.params)
-            olds = [p.clone() for p in plan.params]
+        weights: list[Tensor] = []
+        olds: list[Tensor] = []
+        if plan.params:
+            with torch.no_grad():  # (clones are ~2x cheaper than _foreach_mul(params, 1))
+                weights = _foreach_norms(plan.params)
+                olds = [p.clone() for p in plan.params]
         if plan.snap is not None:
             _fused_kernel()(plan.snap, plan.out_for(), *plan.bufs)
         self._snapshot = (plan, olds, weights)
