@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normkit.backends import numba_backend  # noqa: F401  (sets the kernel cache dir first)
+from normkit.backends import numba_backend  # (imported first: sets the kernel cache dir)
 from normkit.nn import _recurrent_numba_kernels as K
 
 __all__ = ["numba_lstm_direction", "supports", "warm_up"]
@@ -34,6 +35,11 @@ __all__ = ["numba_lstm_direction", "supports", "warm_up"]
 _DTYPES = (torch.float32, torch.float64)
 #: Steps per batched ``W_hh`` gradient matmul in the backward (a (CHUNK, B, 4H) ring buffer).
 _CHUNK = 16
+
+
+def _parts(rows: int) -> int:
+    """Row blocks of the backward kernel (one per thread; each has its own gradient partials)."""
+    return max(1, min(rows, numba.get_num_threads()))
 
 
 def supports(x: Tensor) -> bool:
@@ -91,15 +97,17 @@ class _NumbaLSTM(torch.autograd.Function):
         steps = range(T - 1, -1, -1) if reverse else range(T)
         prev = 1 if reverse else -1
         h = h0
-        for n, t in enumerate(steps):
-            ta = t if ln_hh else 0
-            torch.mm(h, w_t, out=a_hh[ta].view(B, G * H))
-            K.lstm_fwd_step(
-                t, ain_n, ln_ih, gi_n, bias is not None, bias_n, a_n, ta, ln_hh, gh_n,
-                c0_n if n == 0 else c_n[t + prev], ln_cell, wc_n, bc_n, eps,
-                acts_n, c_n, tc_n, out_n, *st_n,
-            )  # fmt: skip
-            h = out[t]
+        with numba_backend._threads(B * G * H):
+            P = _parts(B)
+            for n, t in enumerate(steps):
+                ta = t if ln_hh else 0
+                torch.mm(h, w_t, out=a_hh[ta].view(B, G * H))
+                K.lstm_fwd_step(
+                    t, ain_n, ln_ih, gi_n, bias is not None, bias_n, a_n, ta, ln_hh, gh_n,
+                    c0_n if n == 0 else c_n[t + prev], ln_cell, wc_n, bc_n, eps,
+                    acts_n, c_n, tc_n, out_n, *st_n, P,
+                )  # fmt: skip
+                h = out[t]
         ctx.reverse, ctx.flags = reverse, (ln_ih, ln_hh, ln_cell)
         ctx.save_for_backward(
             ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
@@ -128,49 +136,53 @@ class _NumbaLSTM(torch.autograd.Function):
         d_a = d_ain if same else acts.new_empty(min(_CHUNK, T), B, G, H)
         d_w_hh = w_hh.new_zeros(w_hh.shape) if ctx.needs_input_grad[5] else None
         f64 = np.float64
-        d_g_ih = np.zeros((G, H) if ln_ih else (1, 1), f64)
-        d_g_hh = np.zeros((G, H) if ln_hh else (1, 1), f64)
-        d_bias = np.zeros((G, H), f64)
-        d_w_c = np.zeros((2, H) if ln_cell else (2, 1), f64)  # rows: gain, shift
-        acts_n, tc_n, c_n, c0_n, ain_n, a_n = map(_np, (acts, tc, c_all, c0, ain, a_hh))
-        dh_n, dout_n, dc_n, dain_n, da_n = map(_np, (dh, d_out, dc, d_ain, d_a))
-        mi_n, ri_n, mh_n, rh_n, mc_n, rc_n = map(_np, stats)
-        tmp, dg = np.empty((2, H), acts_n.dtype), np.empty((G, H), acts_n.dtype)
-        gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
-        wc_n = _opt(None if w_c is None else w_c.view(1, H), (1, 1), dt)
-        rev = ctx.reverse
-        first = T - 1 if rev else 0  # the step that starts from (h0, c0)
-        prev = 1 if rev else -1
-        w = w_hh.detach()
-        for t in range(T) if rev else range(T - 1, -1, -1):
-            ta = t if same else t % _CHUNK
-            K.lstm_bwd_step(
-                t, acts_n, tc_n, c_n, c0_n if t == first else c_n[t + prev], dh_n, dout_n, dc_n,
-                ln_cell, wc_n, mc_n, rc_n, d_w_c,
-                ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh,
-                ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_bias,
-                dain_n, da_n, ta, tmp, dg,
-            )  # fmt: skip
-            torch.mm(d_a[ta].view(B, G * H), w, out=dh)
-            lo = t - t % _CHUNK  # the chunk of steps lo … lo + k − 1 is complete:
-            k = min(_CHUNK, T - lo)
-            if d_w_hh is not None and t == (lo + k - 1 if rev else lo):
-                # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at T − 1)
-                # reverse
-                if rev:
-                    parts = (out[lo + 1 : lo + k + 1],) + ((h0[None],) if lo + k == T else ())
-                else:
-                    parts = ((h0[None],) if lo == 0 else ()) + (out[max(lo - 1, 0) : lo + k - 1],)
-                h_prev = parts[0] if len(parts) == 1 else torch.cat(parts)
-                d_chunk = d_a[lo : lo + k] if same else d_a[:k]
-                d_w_hh.addmm_(d_chunk.reshape(k * B, G * H).t(), h_prev.reshape(k * B, H))
+        with numba_backend._threads(B * G * H):
+            P = _parts(B)
+            d_g_ih = np.zeros((P, G, H) if ln_ih else (P, 1, 1), f64)
+            d_g_hh = np.zeros((P, G, H) if ln_hh else (P, 1, 1), f64)
+            d_bias = np.zeros((P, G, H), f64)
+            d_w_c = np.zeros((P, 2, H) if ln_cell else (P, 2, 1), f64)  # rows: gain, shift
+            acts_n, tc_n, c_n, c0_n, ain_n, a_n = map(_np, (acts, tc, c_all, c0, ain, a_hh))
+            dh_n, dout_n, dc_n, dain_n, da_n = map(_np, (dh, d_out, dc, d_ain, d_a))
+            mi_n, ri_n, mh_n, rh_n, mc_n, rc_n = map(_np, stats)
+            tmp, dg = np.empty((P, 2, H), acts_n.dtype), np.empty((P, G, H), acts_n.dtype)
+            gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
+            wc_n = _opt(None if w_c is None else w_c.view(1, H), (1, 1), dt)
+            rev = ctx.reverse
+            first = T - 1 if rev else 0  # the step that starts from (h0, c0)
+            prev = 1 if rev else -1
+            w = w_hh.detach()
+            for t in range(T) if rev else range(T - 1, -1, -1):
+                ta = t if same else t % _CHUNK
+                K.lstm_bwd_step(
+                    t, acts_n, tc_n, c_n, c0_n if t == first else c_n[t + prev], dh_n, dout_n, dc_n,
+                    ln_cell, wc_n, mc_n, rc_n, d_w_c,
+                    ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh,
+                    ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_bias,
+                    dain_n, da_n, ta, tmp, dg,
+                )  # fmt: skip
+                torch.mm(d_a[ta].view(B, G * H), w, out=dh)
+                lo = t - t % _CHUNK  # the chunk of steps lo … lo + k − 1 is complete:
+                k = min(_CHUNK, T - lo)
+                if d_w_hh is not None and t == (lo + k - 1 if rev else lo):
+                    # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at T − 1)
+                    # reverse
+                    if rev:
+                        parts = (out[lo + 1 : lo + k + 1],) + ((h0[None],) if lo + k == T else ())
+                    else:
+                        parts = ((h0[None],) if lo == 0 else ()) + (
+                            out[max(lo - 1, 0) : lo + k - 1],
+                        )
+                    h_prev = parts[0] if len(parts) == 1 else torch.cat(parts)
+                    d_chunk = d_a[lo : lo + k] if same else d_a[:k]
+                    d_w_hh.addmm_(d_chunk.reshape(k * B, G * H).t(), h_prev.reshape(k * B, H))
 
         def grad(v: Any, on: bool) -> Tensor | None:
-            return torch.from_numpy(v).to(dt) if on else None
+            return torch.from_numpy(v.sum(0)).to(dt) if on else None
 
         return (
             d_ain, grad(d_g_ih, ln_ih), grad(d_bias, ctx.needs_input_grad[2]), dh, dc, d_w_hh,
-            grad(d_g_hh, ln_hh), grad(d_w_c[0], ln_cell), grad(d_w_c[1], ln_cell), None, None,
+            grad(d_g_hh, ln_hh), grad(d_w_c[:, 0], ln_cell), grad(d_w_c[:, 1], ln_cell), None, None,
         )  # fmt: skip
 
 

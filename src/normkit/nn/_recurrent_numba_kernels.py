@@ -7,8 +7,9 @@ one call, reading and writing the ``(T, …)`` buffers of the whole sequence at 
 Conventions (as :mod:`normkit.backends._numba_kernels`): layer-norm statistics and the reductions
 of the backward accumulate in float64; ``1/σ`` and the mean are stored (rounded) in the input
 dtype and the elementwise loops run in the input dtype. ``fastmath`` without ``nnan``/``ninf``;
-``cache=True``; serial (the per-step work is tens of microseconds, less than waking a thread
-pool).
+``cache=True``. The step kernels split the batch rows into one block per thread
+(``prange``; the caller sets the thread count, one thread for small steps); each block has its
+own float64 gradient partials, summed once after the loop.
 
 σ and tanh are computed here rather than by ``np.exp``/``np.tanh``: without Intel SVML numba
 calls the scalar libm functions per element (~3 ns / ~14 ns on this machine), slower than
@@ -23,12 +24,13 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 # error_model="numpy": no zero-division checks (a branch per division would stop vectorization)
 _SER = {"fastmath": _FM, "error_model": "numpy", "cache": True, "nogil": True}
+_PAR = {**_SER, "parallel": True}
 _INL = {"fastmath": _FM, "error_model": "numpy"}
 
 # Cody–Waite split of ln 2 (few-bit high part: n·C1 is exact), Cephes' expf / exp / tanhf / tanh
@@ -138,6 +140,20 @@ def _tanh64(x):  # pragma: no cover - jitted (inlined)
     return small if ax < 0.625 else big
 
 
+def _like(v, x):  # pragma: no cover - stub, replaced by the overload in jitted code
+    """``v`` rounded to the float type of ``x``."""
+    raise NotImplementedError
+
+
+@overload(_like, jit_options=_INL)
+def _like_ov(v, x):  # pragma: no cover - compile-time
+    if x == types.float32:
+        return lambda v, x: np.float32(v)
+    if x == types.float64:
+        return lambda v, x: np.float64(v)
+    return None
+
+
 def _sigmoid(x):  # pragma: no cover - stub, replaced by the overload in jitted code
     raise NotImplementedError
 
@@ -184,20 +200,13 @@ def _ln_stats(x, mu_out, rs_out, i0, i1, i2, eps):  # pragma: no cover - jitted
 
 
 @njit(**_SER)
-def lstm_fwd_step(
-    t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
-    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+def _fwd_rows(
+    b0, b1, t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c,
+    eps, acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
 ):  # fmt: skip  # pragma: no cover - jitted
-    """One LN-LSTM step for every row ``b`` of the batch.
-
-    From ``ain[t] = x_t W_ihᵀ`` and ``a[ta] = h_{t−1} W_hhᵀ`` (both ``(B, G, H)``):
-    gates = (LN(ain)⊙g_ih if ln_ih else ain) + bias + (LN(a)⊙g_hh if ln_hh else a), layer
-    norms per gate block without shift; i, f, o = σ(·), g = tanh(·) → ``acts[t]``;
-    c = f·c_prev + i·g → ``c_all[t]``; ``tc[t] = tanh(LN(c)·w_c + b_c)`` (or ``tanh(c)``);
-    ``out[t] = o·tc[t]``. Statistics go to ``mu_*``/``rs_*`` (``(T, B, G)``; cell ``(T, B, 1)``).
-    """
-    _, nb, ng, nh = ain.shape
-    for b in range(nb):
+    """:func:`lstm_fwd_step` for the rows ``b0 … b1 − 1``."""
+    _, _, ng, nh = ain.shape
+    for b in range(b0, b1):
         for k in range(ng):
             if ln_ih:
                 _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
@@ -241,6 +250,28 @@ def lstm_fwd_step(
                 out[t, b, j] = acts[t, b, 3, j] * tc[t, b, j]
 
 
+@njit(**_PAR)
+def lstm_fwd_step(
+    t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
+    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, nc,
+):  # fmt: skip  # pragma: no cover - jitted
+    """One LN-LSTM step for every row ``b`` of the batch (in ``nc`` blocks of rows).
+
+    From ``ain[t] = x_t W_ihᵀ`` and ``a[ta] = h_{t−1} W_hhᵀ`` (both ``(B, G, H)``):
+    gates = (LN(ain)⊙g_ih if ln_ih else ain) + bias + (LN(a)⊙g_hh if ln_hh else a), layer
+    norms per gate block without shift; i, f, o = σ(·), g = tanh(·) → ``acts[t]``;
+    c = f·c_prev + i·g → ``c_all[t]``; ``tc[t] = tanh(LN(c)·w_c + b_c)`` (or ``tanh(c)``);
+    ``out[t] = o·tc[t]``. Statistics go to ``mu_*``/``rs_*`` (``(T, B, G)``; cell ``(T, B, 1)``).
+    """
+    nb = ain.shape[1]
+    for c in prange(nc):
+        _fwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, has_bias, bias, a, ta,
+            ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
+            acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+        )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- backward
 
 
@@ -257,17 +288,65 @@ def _ln_bwd(dy, w, x, m, r, dx, dw, k):  # pragma: no cover - jitted
         s1 += gy
         s2 += gy * xh
         dw[k, j] += dy[j] * xh
-    kk = np.empty(2, x.dtype)
-    kk[0] = s1 / n
-    kk[1] = s2 / n
-    k1 = kk[0]
-    k2 = kk[1]
+    k1 = _like(s1 / n, r)
+    k2 = _like(s2 / n, r)
     for j in range(n):
         xh = (x[j] - m) * r
         dx[j] = r * (dy[j] * w[k, j] - k1 - xh * k2)
 
 
 @njit(**_SER)
+def _bwd_rows(
+    b0, b1, t, acts, tc, c_all, c_prev, dh, d_out, dc,
+    ln_cell, w_c, mu_c, rs_c, dwc,
+    ln_hh, g_hh, a_hh, mu_hh, rs_hh, dgh,
+    ln_ih, g_ih, ain, mu_ih, rs_ih, dgi, dbs,
+    d_ain, d_a, ta, tm, dgc,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`lstm_bwd_step` for the rows ``b0 … b1 − 1`` with one block's partials/scratch."""
+    _, _, ng, nh = acts.shape
+    one = _like(1.0, acts[0, 0, 0, 0])  # a float literal would promote float32 math to float64
+    for b in range(b0, b1):
+        # through h = o·tanh(cn): d(cn) into tm[0], d(o-preact) into dgc[3]
+        for j in range(nh):
+            dhj = dh[b, j] + d_out[t, b, j]
+            o = acts[t, b, 3, j]
+            v = tc[t, b, j]
+            tm[0, j] = dhj * o * (one - v * v)
+            dgc[3, j] = dhj * v * o * (one - o)
+        if ln_cell:
+            for j in range(nh):
+                dwc[1, j] += tm[0, j]
+            _ln_bwd(tm[0], w_c, c_all[t, b], mu_c[t, b, 0], rs_c[t, b, 0], tm[1], dwc, 0)
+            for j in range(nh):
+                tm[0, j] = tm[1, j]
+        for j in range(nh):
+            i = acts[t, b, 0, j]
+            f = acts[t, b, 1, j]
+            g = acts[t, b, 2, j]
+            dct = dc[b, j] + tm[0, j]
+            dgc[0, j] = dct * g * i * (one - i)
+            dgc[1, j] = dct * c_prev[b, j] * f * (one - f)
+            dgc[2, j] = dct * i * (one - g * g)
+            dc[b, j] = dct * f
+        for k in range(ng):
+            for j in range(nh):
+                dbs[k, j] += dgc[k, j]
+            if ln_hh:
+                _ln_bwd(dgc[k], g_hh, a_hh[t, b, k], mu_hh[t, b, k], rs_hh[t, b, k], d_a[ta, b, k],
+                        dgh, k)  # fmt: skip
+            else:
+                for j in range(nh):
+                    d_a[ta, b, k, j] = dgc[k, j]
+            if ln_ih:
+                _ln_bwd(dgc[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[t, b, k],
+                        dgi, k)  # fmt: skip
+            else:
+                for j in range(nh):
+                    d_ain[t, b, k, j] = dgc[k, j]
+
+
+@njit(**_PAR)
 def lstm_bwd_step(
     t, acts, tc, c_all, c_prev, dh, d_out, dc,
     ln_cell, w_c, mu_c, rs_c, d_w_c,
@@ -285,45 +364,13 @@ def lstm_bwd_step(
     ``d_w_c`` (rows: gain, shift), ``d_g_hh``, ``d_g_ih``, ``d_bias`` gain the step's
     contribution. Scratch: ``tmp`` (2, H) and ``dg`` (G, H) in the input dtype.
     """
-    _, nb, ng, nh = acts.shape
-    kk = np.empty(1, acts.dtype)
-    kk[0] = 1.0
-    one = kk[0]  # 1 in the input dtype (a float literal would promote float32 math to float64)
-    for b in range(nb):
-        # through h = o·tanh(cn): d(cn) into tmp[0], d(o-preact) into dg[3]
-        for j in range(nh):
-            dhj = dh[b, j] + d_out[t, b, j]
-            o = acts[t, b, 3, j]
-            v = tc[t, b, j]
-            tmp[0, j] = dhj * o * (one - v * v)
-            dg[3, j] = dhj * v * o * (one - o)
-        if ln_cell:
-            for j in range(nh):
-                d_w_c[1, j] += tmp[0, j]
-            _ln_bwd(tmp[0], w_c, c_all[t, b], mu_c[t, b, 0], rs_c[t, b, 0], tmp[1], d_w_c, 0)
-            for j in range(nh):
-                tmp[0, j] = tmp[1, j]
-        for j in range(nh):
-            i = acts[t, b, 0, j]
-            f = acts[t, b, 1, j]
-            g = acts[t, b, 2, j]
-            dct = dc[b, j] + tmp[0, j]
-            dg[0, j] = dct * g * i * (one - i)
-            dg[1, j] = dct * c_prev[b, j] * f * (one - f)
-            dg[2, j] = dct * i * (one - g * g)
-            dc[b, j] = dct * f
-        for k in range(ng):
-            for j in range(nh):
-                d_bias[k, j] += dg[k, j]
-            if ln_hh:
-                _ln_bwd(dg[k], g_hh, a_hh[t, b, k], mu_hh[t, b, k], rs_hh[t, b, k], d_a[ta, b, k],
-                        d_g_hh, k)  # fmt: skip
-            else:
-                for j in range(nh):
-                    d_a[ta, b, k, j] = dg[k, j]
-            if ln_ih:
-                _ln_bwd(dg[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[t, b, k],
-                        d_g_ih, k)  # fmt: skip
-            else:
-                for j in range(nh):
-                    d_ain[t, b, k, j] = dg[k, j]
+    nb = acts.shape[1]
+    nc = tmp.shape[0]
+    for c in prange(nc):
+        _bwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, acts, tc, c_all, c_prev, dh, d_out, dc,
+            ln_cell, w_c, mu_c, rs_c, d_w_c[c],
+            ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh[c],
+            ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_bias[c],
+            d_ain, d_a, ta, tmp[c], dg[c],
+        )  # fmt: skip
