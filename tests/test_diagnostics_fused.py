@@ -225,3 +225,28 @@ def test_a_recorded_step_leaves_no_tracked_objects_behind() -> None:
         gc.collect()
         grown = len(gc.get_objects()) - before
     assert grown < 50, f"{grown} objects kept by 200 recorded steps"
+
+
+def test_caller_tensor_hooks_on_layer_outputs_still_fire_with_their_gradients() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    seen: dict[str, torch.Tensor] = {}
+
+    def caller_hook(m: nn.Module, a: object, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: seen.__setitem__("hidden", g))
+
+    # a hook the caller puts on the hidden output before the recorder's (its own forward hook)
+    model[1].register_forward_hook(caller_hook)
+    x = torch.randn(4, 6)
+    with watch(model) as rec:
+        for _ in range(3):
+            y = model(x)
+            handle = y.register_hook(lambda g: seen.__setitem__("out", g))  # after the forward
+            (y * y).sum().backward()
+            handle.remove()
+    torch.testing.assert_close(seen["out"], 2 * y.detach())
+    w = model[2].weight.detach()
+    torch.testing.assert_close(seen["hidden"], (2 * y.detach()) @ w)
+    norms = rec.series("grad_out_norm")
+    assert norms["2"][-1] == pytest.approx((2 * y).norm().item(), rel=1e-5)
+    assert norms["1"][-1] == pytest.approx(((2 * y.detach()) @ w).norm().item(), rel=1e-5)

@@ -21,7 +21,7 @@ import functools
 import importlib.util
 import math
 from array import array
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -594,7 +594,9 @@ class Recorder:
                 # ~7 µs it costs): the tensor's hook dict registered on the node that made
                 # `out`. Like a tensor hook it sees the gradient w.r.t. this output, also when
                 # a later op changes `out` in place; the tensor dies with the step.
-                out._backward_hooks = {-1: partial(self._on_out_grad, key, step)}
+                hooks: OrderedDict[int, Any] = OrderedDict()  # (a later register_hook's
+                hooks[-1] = partial(self._on_out_grad, key, step)  # handle weak-refs it)
+                out._backward_hooks = hooks
                 node._register_hook_dict(out)
             else:  # the caller's own tensor hooks are there: join them through the node
                 node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
