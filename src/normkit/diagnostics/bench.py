@@ -1,8 +1,9 @@
 """The cost of leaving :func:`normkit.diagnostics.watch` on: training steps of a small CNN on the
-8×8 digits with no recorder, ``every=1`` and ``every=10``, in one process.
+8×8 digits with no recorder, ``every=1`` and ``every=10``, in one process, and with no-op hooks
+at the recorder's hook sites (``hooks only``: what torch's hook dispatch alone costs).
 
-Three copies of the model train side by side (one unwatched, one per ``every``), interleaved in
-blocks of steps so that machine noise hits all of them alike; the reported time per step is the
+Four copies of the model train side by side (unwatched, hooks only, one per ``every``),
+interleaved in blocks of steps so that machine noise hits all of them alike; the reported time per step is the
 median over blocks. Only ratios measured in one run mean anything on a shared machine. Runs as
 ``normkit doctor --overhead`` and as the ``diagnostics`` suite of ``normkit bench``.
 """
@@ -12,12 +13,14 @@ from __future__ import annotations
 import copy
 import statistics
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import Variable
 
 from normkit.diagnostics._modules import leaf_modules
 from normkit.diagnostics._recorder import Recorder, watch
@@ -49,6 +52,45 @@ def _block(
     return (time.perf_counter() - t0) / steps
 
 
+class _NoOpHooks:
+    """The recorder's hook sites with nothing measured: a pre- and post-hook on the model, a
+    forward hook per watched leaf that hooks its output's gradient (as the recorder does, by
+    the tensor's hook dict on its node), an end-of-backward callback and optimizer pre/post
+    hooks. What torch's hook dispatch alone costs, the floor under ``every=1``."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        self._queued = False
+        self.handles = [model.register_forward_pre_hook(self._noop)]
+        self.handles += [
+            m.register_forward_hook(self._leaf)
+            for _, m in leaf_modules(model)
+            if not isinstance(m, (nn.Flatten, nn.Unflatten, nn.Identity))
+        ]
+        self.handles += [
+            model.register_forward_hook(self._noop),
+            opt.register_step_pre_hook(self._noop),
+            opt.register_step_post_hook(self._noop),
+        ]
+
+    def _noop(self, *args: Any) -> None:
+        return None
+
+    def _leaf(self, module: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, Tensor) and out.grad_fn is not None and out._backward_hooks is None:
+            hooks: OrderedDict[int, Any] = OrderedDict()
+            hooks[-1] = self._grad
+            out._backward_hooks = hooks
+            out.grad_fn._register_hook_dict(out)
+
+    def _grad(self, grad: Tensor) -> None:
+        if not self._queued:
+            Variable._execution_engine.queue_callback(self._end)
+            self._queued = True
+
+    def _end(self) -> None:
+        self._queued = False
+
+
 def run_diagnostics_bench(
     quick: bool,
     *,
@@ -72,10 +114,16 @@ def run_diagnostics_bench(
         base = factory().to(device)
         first = next(m for _, m in leaf_modules(base))
         xs = flat if isinstance(first, nn.Linear) else x  # MLPs take the 64 pixels flat
-        models = {"off": base, "every=1": copy.deepcopy(base), "every=10": copy.deepcopy(base)}
+        models = {
+            "off": base,
+            "hooks only": copy.deepcopy(base),
+            "every=1": copy.deepcopy(base),
+            "every=10": copy.deepcopy(base),
+        }
         opts = {
             k: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for k, m in models.items()
         }
+        floor = _NoOpHooks(models["hooks only"], opts["hooks only"])
         recs: dict[str, Recorder] = {
             "every=1": watch(models["every=1"], every=1, optimizer=opts["every=1"]),
             "every=10": watch(models["every=10"], every=10, optimizer=opts["every=10"]),
@@ -91,6 +139,8 @@ def run_diagnostics_bench(
         finally:
             for r in recs.values():
                 r.close()
+            for h in floor.handles:
+                h.remove()
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         rows.append(
             {
@@ -99,8 +149,10 @@ def run_diagnostics_bench(
                 "threads": torch.get_num_threads(),
                 "batch": batch,
                 "ms_step_off": round(med["off"], 4),
+                "ms_step_hooks_only": round(med["hooks only"], 4),
                 "ms_step_every1": round(med["every=1"], 4),
                 "ms_step_every10": round(med["every=10"], 4),
+                "overhead_hooks_only_pct": round(100 * (med["hooks only"] / med["off"] - 1), 1),
                 "overhead_every1_pct": round(100 * (med["every=1"] / med["off"] - 1), 1),
                 "overhead_every10_pct": round(100 * (med["every=10"] / med["off"] - 1), 1),
                 "recorded_steps_every1": len(recs["every=1"].steps),
