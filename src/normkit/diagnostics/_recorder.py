@@ -1,17 +1,23 @@
 """``watch(model)``: per-layer activation and gradient statistics recorded during training.
 
-The model carries two light root hooks (a forward pre-hook that counts steps and a forward hook);
-with ``every > 1`` the forward hooks of the leaf modules are only added for the recorded steps and
-removed at the end of their forward (with ``every=1`` they stay installed until ``close``).
-Gradients of layer outputs come from pre-hooks on the autograd nodes that made the outputs
-(tensor hooks for outputs without one), which leave the autograd graph untouched, so a watched
-model computes bit-identical outputs and gradients, and in-place ops after a layer
-(``ReLU(inplace=True)``) keep working. The hooks only keep the gradients: when the backward pass
-ends, a callback queued on the autograd engine norms them together with the parameter gradients
-in one multi-tensor ``_foreach_norm``; the optimizer step is measured the same way. On CPU each
-hook's results are read with one stack + tolist; on an accelerator they stay 0-d tensors until
-the results are read, when all of them are stacked and copied at once (one sync instead of one
-per layer and step).
+Hooks. The model's forward pre-hook (always on) counts the steps. For a recorded step it switches
+on a forward hook per leaf module, one on the model and the optimizer's step pre/post hooks
+(with ``every=1`` they stay on); switching is a dict insert/remove, not a registration. Each
+leaf hook catches the gradient w.r.t. its output with the output's own hook dict registered on
+the autograd node that made it (what ``Tensor.register_hook`` does, without its handle), which
+leaves the graph untouched: a watched model computes bit-identical outputs and gradients, and
+in-place ops after a layer (``ReLU(inplace=True)``) keep working. When the backward ends, a
+callback queued on the autograd engine measures the kept gradients with the parameter gradients.
+
+Measuring. On CPU, float32/float64 tensors of up to :data:`FUSED_MAX_NUMEL` values go to one
+numba call (:mod:`normkit.diagnostics._fused`) per phase: all layer outputs when the forward
+ends, all gradients when the backward ends, the parameters before and after the optimizer step
+(copy + ‖w‖², then ‖w − copy‖²). A layer's output is only kept by its hook (not measured there)
+once one step measured in the hook showed that nothing changes it in place later in the
+forward. Everything else (accelerators, other dtypes, big tensors) is measured with torch
+reductions; accelerator values stay 0-d tensors until read, then copied in one transfer (no
+sync per layer and step). The values go into typed arrays (no per-value Python objects the
+garbage collector would scan) and are sorted into tables when read.
 """
 
 from __future__ import annotations
@@ -170,7 +176,7 @@ def _sumsq_row(t: Tensor) -> list[int] | None:
 def _run_fused(rows: list[list[int]], snap32: Any = None, snap64: Any = None) -> Any:
     """``(Σx, Σx², min, max, count)`` per row, float64 ``(len(rows), 5)``."""
     meta = np.array(rows, dtype=np.int64)
-    out = np.zeros((len(rows), 5))
+    out = np.empty((len(rows), 5))  # (every row writes what its mode reads)
     empty32, empty64 = _EMPTY
     _fused_kernel()(
         meta,
