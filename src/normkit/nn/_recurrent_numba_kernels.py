@@ -45,8 +45,10 @@ _Q64 = (3.00198505138664455042e-6, 2.52448340349684104192e-3, 2.2726554820815502
         2.00000000000000000009e0)  # fmt: skip
 _TP64 = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
 _TQ64 = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
-# e^x stays finite and normal inside [LO, HI]; beyond it 0 / a huge value are right for σ, tanh
+# e^x is computed inside [LO, HI] (finite, normal); beyond, it is +inf / 0 (the true value is
+# within a few subnormals of 0 below LO)
 _HI32, _LO32, _HI64, _LO64 = _F(88.0), _F(-87.0), 709.0, -708.0
+_INF32 = _F(np.inf)
 _L2E32, _L2E64 = _F(1.4426950408889634), 1.4426950408889634
 _0_32, _HALF32, _1_32, _2_32, _TSMALL32 = _F(0.0), _F(0.5), _F(1.0), _F(2.0), _F(0.625)
 
@@ -60,9 +62,12 @@ def _reduce_ln2(typingctx, x, n):  # pragma: no cover - compile-time
     c1, c2 = _LN2_SPLIT[x.bitwidth]
 
     def codegen(context, builder, signature, args):
+        # numba's fast-math pass flags only float ops that carry no flag yet: "nsz" (harmless
+        # here) keeps reassociation off these four
         xv, nv = args
-        t = builder.fsub(xv, builder.fmul(nv, ir.Constant(xv.type, c1)))
-        return builder.fsub(t, builder.fmul(nv, ir.Constant(xv.type, c2)))
+        nsz = ("nsz",)
+        t = builder.fsub(xv, builder.fmul(nv, ir.Constant(xv.type, c1), flags=nsz), flags=nsz)
+        return builder.fsub(t, builder.fmul(nv, ir.Constant(xv.type, c2), flags=nsz), flags=nsz)
 
     return x(x, n), codegen
 
@@ -84,32 +89,44 @@ def _pow2(typingctx, n):  # pragma: no cover - compile-time
 
 @njit(**_INL)
 def _exp32(x):  # pragma: no cover - jitted (inlined)
-    if x > _HI32:
-        x = _HI32
-    if x < _LO32:
-        x = _LO32
-    n = np.floor(x * _L2E32 + _HALF32)
+    xc = x
+    if xc > _HI32:
+        xc = _HI32
+    if xc < _LO32:
+        xc = _LO32
+    n = np.floor(xc * _L2E32 + _HALF32)
     if n != n:  # NaN: keep the integer conversion defined; r (NaN) carries the NaN out
         n = _0_32
-    r = _reduce_ln2(x, n)
+    r = _reduce_ln2(xc, n)
     p = ((((_E32[0] * r + _E32[1]) * r + _E32[2]) * r + _E32[3]) * r + _E32[4]) * r + _E32[5]
-    return (p * r * r + r + _1_32) * _pow2(n)
+    e = (p * r * r + r + _1_32) * _pow2(n)
+    if x > _HI32:  # overflow / (sub)normal underflow, as libm
+        e = _INF32
+    if x < _LO32:
+        e = _0_32
+    return e
 
 
 @njit(**_INL)
 def _exp64(x):  # pragma: no cover - jitted (inlined)
-    if x > _HI64:
-        x = _HI64
-    if x < _LO64:
-        x = _LO64
-    n = np.floor(x * _L2E64 + 0.5)
+    xc = x
+    if xc > _HI64:
+        xc = _HI64
+    if xc < _LO64:
+        xc = _LO64
+    n = np.floor(xc * _L2E64 + 0.5)
     if n != n:
         n = 0.0
-    r = _reduce_ln2(x, n)
+    r = _reduce_ln2(xc, n)
     rr = r * r
     p = r * ((_P64[0] * rr + _P64[1]) * rr + _P64[2])
     q = ((_Q64[0] * rr + _Q64[1]) * rr + _Q64[2]) * rr + _Q64[3]
-    return (1.0 + 2.0 * p / (q - p)) * _pow2(n)
+    e = (1.0 + 2.0 * p / (q - p)) * _pow2(n)
+    if x > _HI64:
+        e = np.inf
+    if x < _LO64:
+        e = 0.0
+    return e
 
 
 def _sigmoid32(x):  # pragma: no cover - jitted (inlined)
