@@ -233,3 +233,17 @@ def test_sigmoid_tanh_against_float64_numpy(dtype, ulps):
     assert np.isnan(y[0]) and y[1] == 1.0 and y[2] == 0.0
     _apply(1, special, y)
     assert np.isnan(y[0]) and y[1] == 1.0 and y[2] == -1.0
+
+
+def test_input_without_grad_and_batch_first_grads():
+    """x that does not require grad (no dx computed), batch_first input (a strided view)."""
+    x, h0, c0 = _inputs(17, 3)
+    grads = []
+    for backend in ("numba", "reference"):
+        m = _lstm(("ih", "hh", "cell"), backend=backend)
+        m.batch_first = True
+        out, (h, c) = m(x.transpose(0, 1), (h0, c0))
+        loss = out.sin().sum() + (h * c).sum()
+        grads.append(torch.autograd.grad(loss, list(m.parameters())))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

@@ -62,7 +62,8 @@ class _NumbaLSTM(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
-        ain: Tensor,
+        x: Tensor,
+        w_ih: Tensor,
         g_ih: Tensor | None,
         bias: Tensor | None,
         h0: Tensor,
@@ -74,9 +75,11 @@ class _NumbaLSTM(torch.autograd.Function):
         eps: float,
         reverse: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        T, B, G, H = ain.shape
-        dt = ain.dtype
-        new = ain.new_empty
+        T, B, size = x.shape
+        G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
+        dt = x.dtype
+        new = x.new_empty
+        ain = torch.mm(x.view(T * B, size), w_ih.t()).view(T, B, G, H)  # x W_ihᵀ, all steps
         ln_ih, ln_hh, ln_cell = g_ih is not None, g_hh is not None, w_c is not None
         h0, c0 = h0.contiguous(), c0.contiguous()
         a_hh = new(T if ln_hh else 1, B, G, H)  # h W_hhᵀ: kept per step only under LN
@@ -110,7 +113,7 @@ class _NumbaLSTM(torch.autograd.Function):
                 h = out[t]
         ctx.reverse, ctx.flags = reverse, (ln_ih, ln_hh, ln_cell)
         ctx.save_for_backward(
-            ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
+            x, w_ih, ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
             mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
         )  # fmt: skip
         last = steps[-1]
@@ -121,20 +124,27 @@ class _NumbaLSTM(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor
     ) -> tuple[Tensor | None, ...]:
-        (ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
+        (x, w_ih, ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
          *stats) = ctx.saved_tensors  # fmt: skip
         T, B, G, H = acts.shape
+        size = x.shape[2]
         dt = acts.dtype
         ln_ih, ln_hh, ln_cell = ctx.flags
         d_out = d_out.contiguous()
         dh = d_hT.to(dt, copy=True).contiguous()  # gradient reaching h_t via the recurrence
         dc = d_cT.to(dt, copy=True).contiguous()  # carried gradient of c
-        d_ain = torch.empty_like(acts)  # d(x W_ihᵀ)
-        # d(h W_hhᵀ) of the last _CHUNK steps (the same as d_ain when no site has a layer norm):
-        # dW_hh = Σ_t d_aᵀ h_{t−1} is one matmul per chunk, no (T, …) buffer to allocate
+        # Gradients of x W_ihᵀ and h W_hhᵀ for the last _CHUNK steps only (one buffer when no
+        # site has a layer norm: then both equal the pre-activation gradient). When a chunk is
+        # complete, dx, dW_ih and dW_hh take it in one matmul each: no (T, B, 4H) gradient is
+        # allocated, and the chunk is still in cache.
+        nk = min(_CHUNK, T)
         same = not (ln_ih or ln_hh)
-        d_a = d_ain if same else acts.new_empty(min(_CHUNK, T), B, G, H)
-        d_w_hh = w_hh.new_zeros(w_hh.shape) if ctx.needs_input_grad[5] else None
+        d_ain = acts.new_empty(nk, B, G, H)
+        d_a = d_ain if same else acts.new_empty(nk, B, G, H)
+        need = ctx.needs_input_grad
+        d_x = x.new_empty(x.shape) if need[0] else None
+        d_w_ih = w_ih.new_zeros(w_ih.shape) if need[1] else None
+        d_w_hh = w_hh.new_zeros(w_hh.shape) if need[6] else None
         f64 = np.float64
         with numba_backend._threads(B * G * H):
             P = _parts(B)
@@ -153,7 +163,7 @@ class _NumbaLSTM(torch.autograd.Function):
             prev = 1 if rev else -1
             w = w_hh.detach()
             for t in range(T) if rev else range(T - 1, -1, -1):
-                ta = t if same else t % _CHUNK
+                ta = t % _CHUNK
                 K.lstm_bwd_step(
                     t, acts_n, tc_n, c_n, c0_n if t == first else c_n[t + prev], dh_n, dout_n, dc_n,
                     ln_cell, wc_n, mc_n, rc_n, d_w_c,
@@ -162,11 +172,19 @@ class _NumbaLSTM(torch.autograd.Function):
                     dain_n, da_n, ta, tmp, dg,
                 )  # fmt: skip
                 torch.mm(d_a[ta].view(B, G * H), w, out=dh)
-                lo = t - t % _CHUNK  # the chunk of steps lo … lo + k − 1 is complete:
+                lo = t - ta  # the chunk of steps lo … lo + k − 1 is complete:
                 k = min(_CHUNK, T - lo)
-                if d_w_hh is not None and t == (lo + k - 1 if rev else lo):
-                    # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at T − 1)
-                    # reverse
+                if t != (lo + k - 1 if rev else lo):
+                    continue
+                rows = slice(lo, lo + k)
+                d_in = d_ain[:k].view(k * B, G * H)
+                if d_x is not None:
+                    torch.mm(d_in, w_ih.detach(), out=d_x[rows].view(k * B, size))
+                if d_w_ih is not None:
+                    d_w_ih.addmm_(d_in.t(), x[rows].reshape(k * B, size))
+                if d_w_hh is not None:
+                    # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at
+                    # T − 1) reverse
                     if rev:
                         parts = (out[lo + 1 : lo + k + 1],) + ((h0[None],) if lo + k == T else ())
                     else:
@@ -174,20 +192,20 @@ class _NumbaLSTM(torch.autograd.Function):
                             out[max(lo - 1, 0) : lo + k - 1],
                         )
                     h_prev = parts[0] if len(parts) == 1 else torch.cat(parts)
-                    d_chunk = d_a[lo : lo + k] if same else d_a[:k]
-                    d_w_hh.addmm_(d_chunk.reshape(k * B, G * H).t(), h_prev.reshape(k * B, H))
+                    d_w_hh.addmm_(d_a[:k].reshape(k * B, G * H).t(), h_prev.reshape(k * B, H))
 
         def grad(v: Any, on: bool) -> Tensor | None:
             return torch.from_numpy(v.sum(0)).to(dt) if on else None
 
         return (
-            d_ain, grad(d_g_ih, ln_ih), grad(d_bias, ctx.needs_input_grad[2]), dh, dc, d_w_hh,
+            d_x, d_w_ih, grad(d_g_ih, ln_ih), grad(d_bias, need[3]), dh, dc, d_w_hh,
             grad(d_g_hh, ln_hh), grad(d_w_c[:, 0], ln_cell), grad(d_w_c[:, 1], ln_cell), None, None,
         )  # fmt: skip
 
 
 def numba_lstm_direction(
-    ain: Tensor,
+    x: Tensor,
+    w_ih: Tensor,
     g_ih: Tensor | None,
     bias: Tensor | None,
     h0: Tensor,
@@ -199,16 +217,17 @@ def numba_lstm_direction(
     eps: float,
     reverse: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """LN-LSTM over ``ain = x W_ihᵀ`` ``(T, B, 4, H)``: ``(output (T,B,H), h_T, c_T)``.
+    """LN-LSTM over ``x`` ``(T, B, input_size)``: ``(output (T, B, H), h_T, c_T)``.
 
-    The input part's layer norm is done here too (per step, fused with the rest): ``g_ih``
-    ``(4, H)`` is its gain (``None``: no layer norm there), ``bias`` ``(4, H)`` the summed
-    ``b_ih + b_hh`` (``None``: no bias); ``g_hh`` ``(4, H)`` the recurrent layer-norm gain
-    (``None``: off); ``w_c``/``b_c`` the cell-state layer norm (``None``: off). No padding mask;
-    ``T ≥ 1``; CPU float32/float64 (:func:`supports`).
+    The input part is done here too: ``x W_ihᵀ`` (``w_ih`` ``(4H, input_size)``) as one matmul,
+    its layer norm per step inside the fused kernel; ``g_ih`` ``(4, H)`` is that layer norm's
+    gain (``None``: no layer norm there), ``bias`` ``(4, H)`` the summed ``b_ih + b_hh``
+    (``None``: no bias); ``g_hh`` ``(4, H)`` the recurrent layer-norm gain (``None``: off);
+    ``w_c``/``b_c`` the cell-state layer norm (``None``: off). No padding mask; ``T ≥ 1``; CPU
+    float32/float64 (:func:`supports`).
     """
     return _NumbaLSTM.apply(
-        ain.contiguous(), g_ih, bias, h0, c0, w_hh, g_hh, w_c, b_c, float(eps), reverse
+        x.contiguous(), w_ih, g_ih, bias, h0, c0, w_hh, g_hh, w_c, b_c, float(eps), reverse
     )
 
 
@@ -216,11 +235,11 @@ def warm_up(dtypes: tuple[torch.dtype, ...] = _DTYPES) -> None:
     """Compile (first time) or load from the disk cache the step kernels for each dtype."""
     for dt in dtypes:
         for ln_hh in (False, True):
-            xg = torch.zeros(2, 1, 4, 3, dtype=dt, requires_grad=True)
+            x = torch.zeros(2, 1, 3, dtype=dt, requires_grad=True)
             h0 = torch.zeros(1, 3, dtype=dt)
             w = torch.zeros(12, 3, dtype=dt, requires_grad=True)
             g = torch.ones(4, 3, dtype=dt, requires_grad=True) if ln_hh else None
             wc = torch.ones(3, dtype=dt, requires_grad=True) if ln_hh else None
             bc = torch.zeros(3, dtype=dt, requires_grad=True) if ln_hh else None
-            out, h, c = numba_lstm_direction(xg, g, g, h0, h0, w, g, wc, bc, 1e-5, False)
+            out, h, c = numba_lstm_direction(x, w, g, g, h0, h0, w, g, wc, bc, 1e-5, False)
             (out.sum() + h.sum() + c.sum()).backward()

@@ -356,11 +356,11 @@ def _bwd_rows(
                 for j in range(nh):
                     d_a[ta, b, k, j] = dgc[k, j]
             if ln_ih:
-                _ln_bwd(dgc[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[t, b, k],
+                _ln_bwd(dgc[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[ta, b, k],
                         dgi, k)  # fmt: skip
             else:
                 for j in range(nh):
-                    d_ain[t, b, k, j] = dgc[k, j]
+                    d_ain[ta, b, k, j] = dgc[k, j]
 
 
 @njit(**_PAR)
@@ -375,9 +375,9 @@ def lstm_bwd_step(
 
     In: ``dh`` (B, H) the gradient reaching h_t through the recurrence (``d_a[t+1] W_hh`` or
     ``dh_T``), ``d_out[t]``, the carried ``dc`` (B, H, updated in place to the gradient of
-    c_{t−1}). Out: ``d_ain[t]`` (of ``x_t W_ihᵀ``) and ``d_a[ta]`` (of ``h_{t−1} W_hhᵀ``; may be
-    the same array as ``d_ain``, ``ta = t``, when neither site has a layer norm); the float64
-    accumulators
+    c_{t−1}). Out: ``d_ain[ta]`` (of ``x_t W_ihᵀ``) and ``d_a[ta]`` (of ``h_{t−1} W_hhᵀ``; the
+    same array when neither site has a layer norm), ``ta`` the step's slot in these chunk
+    buffers; the float64 accumulators
     ``d_w_c`` (rows: gain, shift), ``d_g_hh``, ``d_g_ih``, ``d_bias`` gain the step's
     contribution. Scratch: ``tmp`` (2, H) and ``dg`` (G, H) in the input dtype.
     """

@@ -622,9 +622,10 @@ class _LayerNormRNNBase(nn.Module):
                 w_ih, in_bias, ln_ih, params = _gather(self, self.mode, suffix, g)
                 c_init = None if c0 is None else c0[idx]
                 if loop == "numba" and c_init is not None:
-                    # the input part's layer norm runs inside the fused per-step kernel
+                    # the input projection and its layer norm are done inside (fused per step)
                     out, h, c = _numba_lstm_direction()(
-                        F.linear(layer_in, w_ih).unflatten(-1, (g, -1)),
+                        layer_in,
+                        w_ih,
                         ln_ih,
                         in_bias,
                         h0[idx],
