@@ -10,8 +10,12 @@ Case: batch 32, sequence 128, input 256, hidden 256, float32, one layer (``--qui
   out of the loop (one batched op), the per-step part recorded by autograd;
 * ``normkit TorchScript loop`` — the same loop compiled by ``torch.jit.script`` (deprecated in
   torch ≥ 2.9; measured for comparison only, normkit does not ship it);
-* ``normkit LayerNormLSTM`` / ``LayerNormGRU`` — the shipped module (for the LSTM: the fused
-  ``autograd.Function`` with a hand-written backward and batched weight gradients).
+* ``normkit fused (torch ops)`` — ``LayerNormLSTM(backend="torch")``: the fused
+  ``autograd.Function`` (hand-written backward, batched weight gradients) on torch ops, ~8
+  small ops per step forward and ~20 backward;
+* ``normkit LayerNormLSTM (…)`` / ``LayerNormGRU`` — the shipped module with the default
+  ``backend="auto"``; the LSTM row names the loop it runs (``numba`` where numba is installed:
+  one ``torch.mm`` and one fused Numba kernel per step, forward and backward).
 
 Implementations are timed round-robin (one call of each per round), so load changes on a shared
 machine hit every row alike; ``ms`` is the median, ``min ms`` the fastest round. ``vs torch`` is
