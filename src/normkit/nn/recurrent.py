@@ -26,7 +26,10 @@ gate as torch: ``n = tanh(LN(W_in x)γ + b_in + r ⊙ (LN(W_hn h)γ + b_hn))``.
 
 Speed: the input projection and its layer norm do not depend on ``h``; the sequence modules
 compute them for all time steps as one batched matmul + one layer norm, and run only the
-recurrent matmul, its layer norm and the gate arithmetic inside the time loop.
+recurrent matmul, its layer norm and the gate arithmetic inside the time loop. The LSTM's loop is
+fused further (:func:`_lstm_loop` says which loop runs): on the CPU with numba installed, one
+``torch.mm`` and one Numba kernel per step (:mod:`normkit.nn._recurrent_numba`), else a
+hand-written ``autograd.Function`` on torch ops (:mod:`normkit.nn._recurrent_fused`).
 """
 
 from __future__ import annotations
@@ -776,7 +779,9 @@ class LayerNormLSTM(_LayerNormRNNBase):
     num_layers, bias, batch_first, dropout, bidirectional``), ``PackedSequence`` input and the
     output ``(output, (h_n, c_n))`` with torch's shapes. ``ln``: ``True``, ``False`` (equals
     ``nn.LSTM`` with the same weights) or a subset of ``("ih", "hh", "cell")``. ``proj_size``
-    is not supported.
+    is not supported. ``backend``: ``"auto"`` runs the time loop on fused Numba kernels on the
+    CPU in float32/float64 when numba is installed (``"numba"`` asks for them, ``"torch"`` keeps
+    to torch ops); the rule is :func:`_lstm_loop`'s.
 
     >>> lstm = LayerNormLSTM(10, 20, num_layers=2, bidirectional=True)
     >>> out, (h_n, c_n) = lstm(torch.randn(7, 4, 10))
