@@ -247,3 +247,86 @@ def test_input_without_grad_and_batch_first_grads():
         grads.append(torch.autograd.grad(loss, list(m.parameters())))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+# ============================================================ GRU
+
+
+GRU_SITES = [(), ("ih",), ("hh",), ("ih", "hh")]
+
+
+def _gru(sites, *, dtype=torch.float64, backend="numba", bias=True):
+    torch.manual_seed(0)
+    m = nkn.LayerNormGRU(
+        3, 4, 2, bias=bias, bidirectional=True, dtype=dtype, ln=sites, backend=backend
+    )
+    _randomize(m, 1)
+    return m
+
+
+def _run_gru(m, x, h0):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, h0)]
+    out, h = m(leaves[0], leaves[1])
+    loss = out.sin().sum() + (h * h.cos()).sum()
+    return [out, h, *torch.autograd.grad(loss, [*leaves, *m.parameters()])]
+
+
+@pytest.mark.parametrize(
+    ("backend", "node"), [("auto", "_NumbaGRUBackward"), ("torch", "StackBackward0")]
+)
+def test_gru_runs_the_chosen_loop(backend, node):
+    m = nkn.LayerNormGRU(3, 4, backend=backend)
+    out, _ = m(torch.randn(5, 2, 3, requires_grad=True))
+    assert out.grad_fn is not None and out.grad_fn.name() == node
+
+
+@pytest.mark.parametrize("sites", GRU_SITES, ids=lambda s: "+".join(s) or "none")
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_matches_stepwise_reference(sites, bias):
+    m = _gru(sites, bias=bias)
+    x, h0, _ = _inputs(5, 3)
+    with torch.no_grad():
+        out, h = m(x, h0)
+    r_out, r_h, _ = _ref_sequence(
+        "GRU", dict(m.named_parameters()), x, torch.full((3,), 5), h0, h0, 2, True,
+        set(m.ln_sites), m.eps,
+    )  # fmt: skip
+    with torch.no_grad():
+        torch.testing.assert_close(out, r_out, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(h, r_h, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sites", GRU_SITES, ids=lambda s: "+".join(s) or "none")
+def test_gru_float64_grads_equal_the_autograd_loop(sites):
+    x, h0, _ = _inputs(20, 3)
+    ours = _run_gru(_gru(sites), x, h0)
+    ref = _run_gru(_gru(sites, backend="reference"), x, h0)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_gru_float32_error_within_torchs(monkeypatch):
+    x, h0, _ = _inputs(20, 5)
+    ref = _run_gru(_gru(("ih", "hh"), backend="reference"), x, h0)
+    x32, h32 = x.float(), h0.float()
+    theirs = _run_gru(_gru(("ih", "hh"), dtype=torch.float32, backend="torch"), x32, h32)
+    monkeypatch.setattr(R, "_parts", lambda rows: min(rows, 3))  # several row blocks too
+    ours = _run_gru(_gru(("ih", "hh"), dtype=torch.float32), x32, h32)
+    for a, t, r in zip(ours, theirs, ref, strict=True):
+        err_ours = (a.double() - r).abs().max().item()
+        err_torch = (t.double() - r).abs().max().item()
+        assert err_ours <= 2 * err_torch + 1e-6 * max(1.0, r.abs().max().item())
+
+
+def test_gru_gradcheck():
+    torch.manual_seed(0)
+    m = nkn.LayerNormGRU(3, 4, dtype=torch.float64, backend="numba")
+    _randomize(m, 1)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in m.parameters()]
+    x, h0, _ = (t.requires_grad_(True) for t in _inputs(3, 2, layers=1, bidir=False))
+
+    def f(x, h, *ps):
+        return functional_call(m, dict(zip(names, ps, strict=True)), (x, h))
+
+    assert torch.autograd.gradcheck(f, (x, h0, *params), atol=1e-6, rtol=1e-5)

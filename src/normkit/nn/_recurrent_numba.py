@@ -1,20 +1,30 @@
-"""The LN-LSTM time loop on Numba kernels: one ``autograd.Function`` per layer and direction.
+"""The LN-LSTM and LN-GRU time loops on Numba kernels: one ``autograd.Function`` per layer and
+direction.
 
 Private, imported only when numba is installed (the optional extra ``normkit[fast]``); see
-:func:`normkit.nn.recurrent._loop_kind` for when it runs. Same structure as
-:mod:`normkit.nn._recurrent_fused` (no recording in the forward, a hand-written backward, the
-``W_hh`` gradient as one batched matmul after the loop), but each time step issues only two
-calls: ``torch.mm`` for the recurrent projection (forward ``h W_hhᵀ``, backward ``d_a W_hh``)
-and *one* Numba kernel for everything else of the step (both layer norms with their
-statistics, the gate nonlinearities, the cell update; in the backward the two layer-norm
-backwards, the gate derivatives and the cell-gradient carry, with the gain/shift gradients
-accumulated in float64 as it goes). The ``(T, …)`` buffers are turned into NumPy views once per
-call and the kernels index them by ``t``, so a step costs two dispatches instead of the ~8
-forward / ~20 backward small torch ops of the torch path, whose dispatch overhead dominated.
+:func:`normkit.nn.recurrent._lstm_loop` for when it runs. Same idea as
+:mod:`normkit.nn._recurrent_fused` (no recording in the forward, a hand-written backward), but:
 
-CPU, float32/float64 only; first derivatives (no double backward). Kernels compile on first use
-per dtype and are cached on disk like the numba backend's (:func:`normkit.backends.numba_backend.
-cache_dir`).
+* each time step issues only two calls: ``torch.mm`` for the recurrent projection (forward
+  ``h W_hhᵀ``, backward ``d_a W_hh``) and *one* Numba kernel for everything else of the step
+  (the layer norms with float64 statistics, the gate nonlinearities, the cell update; in the
+  backward the layer-norm backwards, the gate derivatives and the state-gradient carry, with the
+  LN gain/shift and bias gradients accumulated in float64 as it goes). The ``(T, …)`` buffers
+  are turned into NumPy views once per call and the kernels index them by ``t``, so a step costs
+  two dispatches instead of the ~8 forward / ~20 backward small torch ops of the torch path,
+  whose dispatch overhead dominated;
+* the input projection ``x W_ihᵀ`` is one matmul inside the Function, and its layer norm runs
+  per step in the kernel (no separate normalized copy of the whole sequence);
+* the backward keeps the gradients of ``x W_ihᵀ`` and ``h W_hhᵀ`` only for the last
+  :data:`_CHUNK` steps (ring buffers) and turns each complete chunk into ``dx`` rows,
+  ``dW_ih`` and ``dW_hh`` with one matmul each: no ``(T, B, G·H)`` gradient tensor is allocated
+  (a fresh buffer of that size costs milliseconds of page faults).
+
+The kernels split the batch rows over torch's thread budget
+(:func:`normkit.backends.numba_backend._threads`: one thread for small steps). CPU,
+float32/float64 only; first derivatives (no double backward). Kernels compile on first use per
+dtype (seconds) and are cached on disk like the numba backend's
+(:func:`normkit.backends.numba_backend.cache_dir`); :func:`warm_up` compiles them at once.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from torch.autograd.function import once_differentiable
 from normkit.backends import numba_backend  # (imported first: sets the kernel cache dir)
 from normkit.nn import _recurrent_numba_kernels as K
 
-__all__ = ["numba_lstm_direction", "supports", "warm_up"]
+__all__ = ["numba_gru_direction", "numba_lstm_direction", "supports", "warm_up"]
 
 _DTYPES = (torch.float32, torch.float64)
 #: Steps per batched ``W_hh`` gradient matmul in the backward (a (CHUNK, B, 4H) ring buffer).
@@ -56,6 +66,41 @@ def _opt(t: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
     if t is None:
         return np.ones(shape, dtype=np.float32 if dtype == torch.float32 else np.float64)
     return _np(t.contiguous())
+
+
+def _chunk_grads(
+    lo: int,
+    k: int,
+    rev: bool,
+    x: Tensor,
+    w_ih: Tensor,
+    out: Tensor,
+    h0: Tensor,
+    d_ain: Tensor,
+    d_a: Tensor,
+    d_x: Tensor | None,
+    d_w_ih: Tensor | None,
+    d_w_hh: Tensor | None,
+) -> None:
+    """The gradients a complete chunk of steps ``lo … lo + k − 1`` contributes (slots 0 … k − 1
+    of ``d_ain``/``d_a``): ``dx`` rows, ``dW_ih += d_ainᵀ x``, ``dW_hh += d_aᵀ h_prev``."""
+    B = x.shape[1]
+    gh = d_ain.shape[2] * d_ain.shape[3]
+    d_in = d_ain[:k].view(k * B, gh)
+    rows = slice(lo, lo + k)
+    if d_x is not None:
+        torch.mm(d_in, w_ih.detach(), out=d_x[rows].view(k * B, x.shape[2]))
+    if d_w_ih is not None:
+        d_w_ih.addmm_(d_in.t(), x[rows].reshape(k * B, x.shape[2]))
+    if d_w_hh is not None:
+        # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at T − 1) reverse
+        T = out.shape[0]
+        if rev:
+            parts = (out[lo + 1 : lo + k + 1],) + ((h0[None],) if lo + k == T else ())
+        else:
+            parts = ((h0[None],) if lo == 0 else ()) + (out[max(lo - 1, 0) : lo + k - 1],)
+        h_prev = parts[0] if len(parts) == 1 else torch.cat(parts)
+        d_w_hh.addmm_(d_a[:k].reshape(k * B, gh).t(), h_prev.reshape(k * B, out.shape[2]))
 
 
 class _NumbaLSTM(torch.autograd.Function):
@@ -127,7 +172,6 @@ class _NumbaLSTM(torch.autograd.Function):
         (x, w_ih, ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
          *stats) = ctx.saved_tensors  # fmt: skip
         T, B, G, H = acts.shape
-        size = x.shape[2]
         dt = acts.dtype
         ln_ih, ln_hh, ln_cell = ctx.flags
         d_out = d_out.contiguous()
@@ -176,23 +220,7 @@ class _NumbaLSTM(torch.autograd.Function):
                 k = min(_CHUNK, T - lo)
                 if t != (lo + k - 1 if rev else lo):
                     continue
-                rows = slice(lo, lo + k)
-                d_in = d_ain[:k].view(k * B, G * H)
-                if d_x is not None:
-                    torch.mm(d_in, w_ih.detach(), out=d_x[rows].view(k * B, size))
-                if d_w_ih is not None:
-                    d_w_ih.addmm_(d_in.t(), x[rows].reshape(k * B, size))
-                if d_w_hh is not None:
-                    # h entering step t: out[t − 1] (h0 at t = 0) forward, out[t + 1] (h0 at
-                    # T − 1) reverse
-                    if rev:
-                        parts = (out[lo + 1 : lo + k + 1],) + ((h0[None],) if lo + k == T else ())
-                    else:
-                        parts = ((h0[None],) if lo == 0 else ()) + (
-                            out[max(lo - 1, 0) : lo + k - 1],
-                        )
-                    h_prev = parts[0] if len(parts) == 1 else torch.cat(parts)
-                    d_w_hh.addmm_(d_a[:k].reshape(k * B, G * H).t(), h_prev.reshape(k * B, H))
+                _chunk_grads(lo, k, rev, x, w_ih, out, h0, d_ain, d_a, d_x, d_w_ih, d_w_hh)
 
         def grad(v: Any, on: bool) -> Tensor | None:
             return torch.from_numpy(v.sum(0)).to(dt) if on else None
@@ -231,8 +259,144 @@ def numba_lstm_direction(
     )
 
 
+class _NumbaGRU(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        w_ih: Tensor,
+        g_ih: Tensor | None,
+        b_ih: Tensor | None,
+        h0: Tensor,
+        w_hh: Tensor,
+        g_hh: Tensor | None,
+        b_hh: Tensor | None,
+        eps: float,
+        reverse: bool,
+    ) -> tuple[Tensor, Tensor]:
+        T, B, size = x.shape
+        G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
+        dt = x.dtype
+        new = x.new_empty
+        ln_ih, ln_hh = g_ih is not None, g_hh is not None
+        h0 = h0.contiguous()
+        ain = torch.mm(x.view(T * B, size), w_ih.t()).view(T, B, G, H)  # x W_ihᵀ, all steps
+        a_hh = new(T, B, G, H)  # h W_hhᵀ per step
+        acts = new(T, B, G, H)  # r, z, n
+        hn, out = new(T, B, H), new(T, B, H)  # the h part of n's pre-activation, h_t
+
+        def stats(on: bool) -> tuple[Tensor, Tensor]:
+            return (new(T, B, G), new(T, B, G)) if on else (new(1, 1, 1), new(1, 1, 1))
+
+        mu_ih, rs_ih = stats(ln_ih)
+        mu_hh, rs_hh = stats(ln_hh)
+        ain_n, a_n, acts_n, hn_n, out_n, h0_n = map(_np, (ain, a_hh, acts, hn, out, h0))
+        st_n = tuple(map(_np, (mu_ih, rs_ih, mu_hh, rs_hh)))
+        gi_n, gh_n, bi_n, bh_n = (_opt(v, (1, 1), dt) for v in (g_ih, g_hh, b_ih, b_hh))
+        w_t = w_hh.detach().t()
+        steps = range(T - 1, -1, -1) if reverse else range(T)
+        prev = 1 if reverse else -1
+        h = h0
+        with numba_backend._threads(B * G * H):
+            P = _parts(B)
+            for n, t in enumerate(steps):
+                torch.mm(h, w_t, out=a_hh[t].view(B, G * H))
+                K.gru_fwd_step(
+                    t, ain_n, ln_ih, gi_n, a_n, ln_hh, gh_n, b_ih is not None, bi_n, bh_n,
+                    h0_n if n == 0 else out_n[t + prev], eps, acts_n, hn_n, out_n, *st_n, P,
+                )  # fmt: skip
+                h = out[t]
+        ctx.reverse, ctx.flags = reverse, (ln_ih, ln_hh)
+        ctx.save_for_backward(
+            x, w_ih, ain, g_ih, w_hh, g_hh, h0, out, acts, hn, a_hh, mu_ih, rs_ih, mu_hh, rs_hh
+        )
+        return out, out[steps[-1]].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor, d_hT: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x, w_ih, ain, g_ih, w_hh, g_hh, h0, out, acts, hn, a_hh,
+         *stats) = ctx.saved_tensors  # fmt: skip
+        T, B, G, H = acts.shape
+        dt = acts.dtype
+        ln_ih, ln_hh = ctx.flags
+        d_out = d_out.contiguous()
+        dh = d_hT.to(dt, copy=True).contiguous()  # gradient reaching h_t via the recurrence
+        carry = torch.empty_like(dh)  # z·dh_t: the direct part of the gradient of h_{t−1}
+        nk = min(_CHUNK, T)
+        d_ain, d_a = acts.new_empty(nk, B, G, H), acts.new_empty(nk, B, G, H)
+        need = ctx.needs_input_grad
+        d_x = x.new_empty(x.shape) if need[0] else None
+        d_w_ih = w_ih.new_zeros(w_ih.shape) if need[1] else None
+        d_w_hh = w_hh.new_zeros(w_hh.shape) if need[5] else None
+        f64 = np.float64
+        with numba_backend._threads(B * G * H):
+            P = _parts(B)
+            d_g_ih = np.zeros((P, G, H) if ln_ih else (P, 1, 1), f64)
+            d_g_hh = np.zeros((P, G, H) if ln_hh else (P, 1, 1), f64)
+            d_b_ih, d_b_hh = np.zeros((P, G, H), f64), np.zeros((P, G, H), f64)
+            acts_n, hn_n, out_n, h0_n, ain_n, a_n = map(_np, (acts, hn, out, h0, ain, a_hh))
+            dh_n, dout_n, carry_n, dain_n, da_n = map(_np, (dh, d_out, carry, d_ain, d_a))
+            mi_n, ri_n, mh_n, rh_n = map(_np, stats)
+            gx, gh = np.empty((P, G, H), acts_n.dtype), np.empty((P, G, H), acts_n.dtype)
+            gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
+            rev = ctx.reverse
+            first = T - 1 if rev else 0
+            prev = 1 if rev else -1
+            w = w_hh.detach()
+            for t in range(T) if rev else range(T - 1, -1, -1):
+                ta = t % _CHUNK
+                K.gru_bwd_step(
+                    t, acts_n, hn_n, h0_n if t == first else out_n[t + prev], dh_n, dout_n,
+                    carry_n, ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_b_ih,
+                    ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh, d_b_hh, dain_n, da_n, ta, gx, gh,
+                )  # fmt: skip
+                torch.addmm(carry, d_a[ta].view(B, G * H), w, out=dh)
+                lo = t - ta
+                k = min(_CHUNK, T - lo)
+                if t != (lo + k - 1 if rev else lo):
+                    continue
+                _chunk_grads(
+                    lo, k, rev, x, w_ih, out, h0, d_ain, d_a, d_x, d_w_ih, d_w_hh
+                )  # fmt: skip
+
+        def grad(v: Any, on: bool) -> Tensor | None:
+            return torch.from_numpy(v.sum(0)).to(dt) if on else None
+
+        return (
+            d_x, d_w_ih, grad(d_g_ih, ln_ih), grad(d_b_ih, need[3]), dh, d_w_hh,
+            grad(d_g_hh, ln_hh), grad(d_b_hh, need[7]), None, None,
+        )  # fmt: skip
+
+
+def numba_gru_direction(
+    x: Tensor,
+    w_ih: Tensor,
+    g_ih: Tensor | None,
+    b_ih: Tensor | None,
+    h0: Tensor,
+    w_hh: Tensor,
+    g_hh: Tensor | None,
+    b_hh: Tensor | None,
+    eps: float,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """LN-GRU over ``x`` ``(T, B, input_size)``: ``(output (T, B, H), h_T)``.
+
+    ``w_ih`` ``(3H, input_size)``, ``w_hh`` ``(3H, H)``; ``g_ih``/``g_hh`` ``(3, H)`` the
+    layer-norm gains of the two sites (``None``: off); ``b_ih``/``b_hh`` ``(3, H)`` torch's
+    biases (``b_hn`` inside the reset gate) or both ``None``. No padding mask; ``T ≥ 1``; CPU
+    float32/float64 (:func:`supports`).
+    """
+    return _NumbaGRU.apply(
+        x.contiguous(), w_ih, g_ih, b_ih, h0, w_hh, g_hh, b_hh, float(eps), reverse
+    )
+
+
 def warm_up(dtypes: tuple[torch.dtype, ...] = _DTYPES) -> None:
-    """Compile (first time) or load from the disk cache the step kernels for each dtype."""
+    """Compile (first time) or load from the disk cache the LSTM and GRU step kernels."""
     for dt in dtypes:
         for ln_hh in (False, True):
             x = torch.zeros(2, 1, 3, dtype=dt, requires_grad=True)
@@ -243,3 +407,6 @@ def warm_up(dtypes: tuple[torch.dtype, ...] = _DTYPES) -> None:
             bc = torch.zeros(3, dtype=dt, requires_grad=True) if ln_hh else None
             out, h, c = numba_lstm_direction(x, w, g, g, h0, h0, w, g, wc, bc, 1e-5, False)
             (out.sum() + h.sum() + c.sum()).backward()
+            w3, g3 = w[:9], (None if g is None else g[:3])
+            out, h = numba_gru_direction(x, w3, g3, g3, h0, w3, g3, g3, 1e-5, False)
+            (out.sum() + h.sum()).backward()

@@ -391,3 +391,152 @@ def lstm_bwd_step(
             ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_bias[c],
             d_ain, d_a, ta, tmp[c], dg[c],
         )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- GRU
+
+
+@njit(**_SER)
+def _gru_fwd_rows(
+    b0, b1, t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias, b_ih, b_hh, h_prev, eps,
+    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`gru_fwd_step` for the rows ``b0 … b1 − 1``."""
+    _, _, ng, nh = ain.shape
+    for b in range(b0, b1):
+        for k in range(ng):
+            if ln_ih:
+                _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
+                m = mu_ih[t, b, k]
+                r = rs_ih[t, b, k]
+                for j in range(nh):
+                    acts[t, b, k, j] = (ain[t, b, k, j] - m) * r * g_ih[k, j]
+            else:
+                for j in range(nh):
+                    acts[t, b, k, j] = ain[t, b, k, j]
+            if has_bias:
+                for j in range(nh):
+                    acts[t, b, k, j] += b_ih[k, j]
+            if ln_hh:
+                _ln_stats(a[t, b, k], mu_hh, rs_hh, t, b, k, eps)
+            if k < 2:  # r, z: σ(x part + h part)
+                if ln_hh:
+                    m = mu_hh[t, b, k]
+                    r = rs_hh[t, b, k]
+                    for j in range(nh):
+                        acts[t, b, k, j] += (a[t, b, k, j] - m) * r * g_hh[k, j]
+                else:
+                    for j in range(nh):
+                        acts[t, b, k, j] += a[t, b, k, j]
+                if has_bias:
+                    for j in range(nh):
+                        acts[t, b, k, j] += b_hh[k, j]
+                for j in range(nh):
+                    acts[t, b, k, j] = _sigmoid(acts[t, b, k, j])
+            else:  # n = tanh(x part + r ⊙ h part), the h part kept in hn
+                if ln_hh:
+                    m = mu_hh[t, b, k]
+                    r = rs_hh[t, b, k]
+                    for j in range(nh):
+                        hn[t, b, j] = (a[t, b, k, j] - m) * r * g_hh[k, j]
+                else:
+                    for j in range(nh):
+                        hn[t, b, j] = a[t, b, k, j]
+                if has_bias:
+                    for j in range(nh):
+                        hn[t, b, j] += b_hh[k, j]
+                for j in range(nh):
+                    acts[t, b, 2, j] = _tanh(acts[t, b, 2, j] + acts[t, b, 0, j] * hn[t, b, j])
+        for j in range(nh):
+            n = acts[t, b, 2, j]
+            out[t, b, j] = n + acts[t, b, 1, j] * (h_prev[b, j] - n)
+
+
+@njit(**_PAR)
+def gru_fwd_step(
+    t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias, b_ih, b_hh, h_prev, eps,
+    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, nc,
+):  # fmt: skip  # pragma: no cover - jitted
+    """One LN-GRU step for every row (in ``nc`` blocks of rows), gate order r, z, n.
+
+    From ``ain[t] = x_t W_ihᵀ`` and ``a[t] = h_{t−1} W_hhᵀ`` (``(B, 3, H)``), with
+    ``x_k = (LN(ain)⊙g_ih if ln_ih else ain) + b_ih`` and ``h_k`` likewise from ``a``:
+    r = σ(x_r + h_r), z = σ(x_z + h_z) → ``acts[t, :, 0/1]``; ``hn[t] = h_n``;
+    n = tanh(x_n + r·h_n) → ``acts[t, :, 2]``; ``out[t] = (1 − z)·n + z·h_{t−1}``.
+    """
+    nb = ain.shape[1]
+    for c in prange(nc):
+        _gru_fwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias,
+            b_ih, b_hh, h_prev, eps, acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh,
+        )  # fmt: skip
+
+
+@njit(**_SER)
+def _gru_bwd_rows(
+    b0, b1, t, acts, hn, h_prev, dh, d_out, carry,
+    ln_ih, g_ih, ain, mu_ih, rs_ih, dgi, dbi,
+    ln_hh, g_hh, a, mu_hh, rs_hh, dgh, dbh,
+    d_ain, d_a, ta, gx, gh,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`gru_bwd_step` for the rows ``b0 … b1 − 1`` with one block's partials/scratch."""
+    _, _, ng, nh = acts.shape
+    one = _like(1.0, acts[0, 0, 0, 0])
+    for b in range(b0, b1):
+        for j in range(nh):
+            dht = dh[b, j] + d_out[t, b, j]
+            r = acts[t, b, 0, j]
+            z = acts[t, b, 1, j]
+            n = acts[t, b, 2, j]
+            carry[b, j] = dht * z
+            dnp = dht * (one - z) * (one - n * n)
+            drp = dnp * hn[t, b, j] * r * (one - r)
+            dzp = dht * (h_prev[b, j] - n) * z * (one - z)
+            gx[0, j] = drp
+            gx[1, j] = dzp
+            gx[2, j] = dnp
+            gh[0, j] = drp
+            gh[1, j] = dzp
+            gh[2, j] = dnp * r
+        for k in range(ng):
+            for j in range(nh):
+                dbi[k, j] += gx[k, j]
+                dbh[k, j] += gh[k, j]
+            if ln_hh:
+                _ln_bwd(gh[k], g_hh, a[t, b, k], mu_hh[t, b, k], rs_hh[t, b, k], d_a[ta, b, k],
+                        dgh, k)  # fmt: skip
+            else:
+                for j in range(nh):
+                    d_a[ta, b, k, j] = gh[k, j]
+            if ln_ih:
+                _ln_bwd(gx[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[ta, b, k],
+                        dgi, k)  # fmt: skip
+            else:
+                for j in range(nh):
+                    d_ain[ta, b, k, j] = gx[k, j]
+
+
+@njit(**_PAR)
+def gru_bwd_step(
+    t, acts, hn, h_prev, dh, d_out, carry,
+    ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_b_ih,
+    ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh, d_b_hh,
+    d_ain, d_a, ta, gx, gh,
+):  # fmt: skip  # pragma: no cover - jitted
+    """Backward of :func:`gru_fwd_step` at step ``t`` for every row.
+
+    In: ``dh`` (B, H) the gradient reaching h_t through the recurrence, ``d_out[t]``. Out:
+    ``carry`` (B, H) = the direct part z·dh_t of the gradient of h_{t−1} (the caller adds
+    ``d_a W_hh``), ``d_ain[ta]`` / ``d_a[ta]`` the gradients of ``x_t W_ihᵀ`` / ``h_{t−1} W_hhᵀ``
+    in slot ``ta`` of the chunk buffers; float64 partials ``(P, 3, H)`` of the LN gains and the
+    biases gain the step's contribution. Scratch ``gx``/``gh`` ``(P, 3, H)``.
+    """
+    nb = acts.shape[1]
+    nc = gx.shape[0]
+    for c in prange(nc):
+        _gru_bwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, acts, hn, h_prev, dh, d_out, carry,
+            ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_b_ih[c],
+            ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh[c], d_b_hh[c],
+            d_ain, d_a, ta, gx[c], gh[c],
+        )  # fmt: skip

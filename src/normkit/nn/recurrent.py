@@ -26,10 +26,11 @@ gate as torch: ``n = tanh(LN(W_in x)γ + b_in + r ⊙ (LN(W_hn h)γ + b_hn))``.
 
 Speed: the input projection and its layer norm do not depend on ``h``; the sequence modules
 compute them for all time steps as one batched matmul + one layer norm, and run only the
-recurrent matmul, its layer norm and the gate arithmetic inside the time loop. The LSTM's loop is
-fused further (:func:`_lstm_loop` says which loop runs): on the CPU with numba installed, one
-``torch.mm`` and one Numba kernel per step (:mod:`normkit.nn._recurrent_numba`), else a
-hand-written ``autograd.Function`` on torch ops (:mod:`normkit.nn._recurrent_fused`).
+recurrent matmul, its layer norm and the gate arithmetic inside the time loop. The LSTM's and
+the GRU's loops are fused further (:func:`_lstm_loop` says which loop runs): on the CPU with numba
+installed, one ``torch.mm`` and one Numba kernel per step (:mod:`normkit.nn._recurrent_numba`);
+else, for the LSTM, a hand-written ``autograd.Function`` on torch ops
+(:mod:`normkit.nn._recurrent_fused`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,13 @@ def _numba_lstm_direction() -> Any:
     return run
 
 
+def _numba_gru_direction() -> Any:
+    """The Numba LN-GRU loop (imported on first use: numba is an optional extra)."""
+    from normkit.nn._recurrent_numba import numba_gru_direction as run
+
+    return run
+
+
 def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> str:
     """Which LN-LSTM time loop runs: ``"numba"``, ``"torch"`` or ``"autograd"``.
 
@@ -166,7 +174,9 @@ def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> s
     * any other backend (``"reference"``, ``"triton"``…): the autograd loop with that backend's
       layer norm per step.
 
-    All three compute the same function; they differ only in speed (``normkit bench --rnn``).
+    The GRU takes its Numba loop exactly where this returns ``"numba"`` and the autograd loop
+    otherwise (it has no torch-ops fused loop); the Elman RNN always runs the autograd loop. All
+    loops compute the same function; they differ only in speed (``normkit bench --rnn``).
     """
     if mask is not None or step.dtype not in (torch.float32, torch.float64) or step.numel() == 0:
         return "autograd"
@@ -615,6 +625,10 @@ class _LayerNormRNNBase(nn.Module):
         )
         ln = core.layer_norm_fn(step_sample, self.hidden_size, self.eps, self.backend)
         loop = _lstm_loop(self.backend, step_sample, mask, len(x)) if lstm else "autograd"
+        # the GRU has no torch-ops fused loop: the Numba one under the same rule, else autograd
+        gru_numba = (
+            self.mode == "GRU" and _lstm_loop(self.backend, step_sample, mask, len(x)) == "numba"
+        )
         hs: list[Tensor] = []
         cs: list[Tensor] = []
         layer_in = x
@@ -643,6 +657,22 @@ class _LayerNormRNNBase(nn.Module):
                     outs.append(out)
                     hs.append(h)
                     cs.append(c)
+                    continue
+                if gru_numba:
+                    out, h = _numba_gru_direction()(
+                        layer_in,
+                        w_ih,
+                        ln_ih,
+                        in_bias,
+                        h0[idx],
+                        params.weight_hh,
+                        params.ln_hh_weight,
+                        params.bias_hh,
+                        self.eps,
+                        d == 1,
+                    )
+                    outs.append(out)
+                    hs.append(h)
                     continue
                 xg = core.input_part(layer_in, w_ih, in_bias, ln_ih, g, ln_in)
                 if loop == "torch" and c_init is not None:
