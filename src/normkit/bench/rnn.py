@@ -13,9 +13,11 @@ Case: batch 32, sequence 128, input 256, hidden 256, float32, one layer (``--qui
 * ``normkit fused (torch ops)`` — ``LayerNormLSTM(backend="torch")``: the fused
   ``autograd.Function`` (hand-written backward, batched weight gradients) on torch ops, ~8
   small ops per step forward and ~20 backward;
-* ``normkit LayerNormLSTM (…)`` / ``LayerNormGRU`` — the shipped module with the default
-  ``backend="auto"``; the LSTM row names the loop it runs (``numba`` where numba is installed:
-  one ``torch.mm`` and one fused Numba kernel per step, forward and backward).
+* ``normkit autograd loop (torch ops)`` (GRU) — ``LayerNormGRU(backend="torch")``: hoisted
+  input part, per-step ops recorded by autograd;
+* ``normkit LayerNormLSTM (…)`` / ``LayerNormGRU (…)`` — the shipped module with the default
+  ``backend="auto"``; the row names the loop it runs (``numba`` where numba is installed: one
+  ``torch.mm`` and one fused Numba kernel per step, forward and backward).
 
 Implementations are timed round-robin (one call of each per round), so load changes on a shared
 machine hit every row alike; ``ms`` is the median, ``min ms`` the fastest round. ``vs torch`` is
@@ -180,9 +182,23 @@ def run_rnn_bench(
     ]
     gru = nn.GRU(size, size, device=device)
     ours_gru = nkn.LayerNormGRU(size, size, device=device)
+    gru_torch = nkn.LayerNormGRU(size, size, device=device, backend="torch")
+    gru_torch.load_state_dict(ours_gru.state_dict())
+    gru_step = x.new_empty(batch, core.GATES["GRU"], size)
+    gru_shipped = nkn.recurrent._lstm_loop(ours_gru.backend, gru_step, None, seq)
+    gru_shipped = "numba" if gru_shipped == "numba" else "autograd loop"
     gru_rows = [
         ("nn.GRU (fused C++, no LN)", lambda: gru(x)[0], list(gru.parameters())),
-        ("normkit LayerNormGRU", lambda: ours_gru(x)[0], list(ours_gru.parameters())),
+        (
+            "normkit autograd loop (torch ops)",
+            lambda: gru_torch(x)[0],
+            list(gru_torch.parameters()),
+        ),
+        (
+            f"normkit LayerNormGRU ({gru_shipped})",
+            lambda: ours_gru(x)[0],
+            list(ours_gru.parameters()),
+        ),
     ]
     for model, impls in (("LSTM", lstm_rows), ("GRU", gru_rows)):
         times = _interleaved({name: _fwd_bwd(run, [x, *ps]) for name, run, ps in impls}, reps)
