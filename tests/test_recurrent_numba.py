@@ -133,13 +133,16 @@ def test_float32_error_within_torchs(sites):
         assert err_ours <= 2 * err_torch + 1e-6 * max(1.0, r.abs().max().item())
 
 
-def test_row_blocks_and_threads(monkeypatch):
-    """Several row blocks (per-block partials summed after the loop) and the threaded launch
-    give the single-block results; torch's thread count is left as it was."""
+@pytest.mark.parametrize("threaded", [False, True])
+def test_row_blocks_and_threads(monkeypatch, threaded):
+    """Several row blocks (per-block partials summed after the loop), serial or with the
+    threaded kernels, give the single-block results; torch's thread count is left as it was."""
     x, h0, c0 = _inputs(18, 5)
     ref = _run(_lstm(("ih", "hh", "cell")), x, h0, c0)
     threads = torch.get_num_threads()
-    monkeypatch.setattr(numba_backend, "SERIAL_NUMEL", 0)
+    if threaded:
+        monkeypatch.setattr(numba_backend, "SERIAL_NUMEL", 0)
+        monkeypatch.setattr(R, "_kernel", lambda parallel, serial: parallel)
     monkeypatch.setattr(R, "_parts", lambda rows: min(rows, 3))
     ours = _run(_lstm(("ih", "hh", "cell")), x, h0, c0)
     assert torch.get_num_threads() == threads

@@ -47,6 +47,12 @@ _DTYPES = (torch.float32, torch.float64)
 _CHUNK = 16
 
 
+def _kernel(parallel: Any, serial: Any) -> Any:
+    """The threaded step kernel when numba may use several threads, else its serial twin (no
+    parallel launch per step, and only the serial one gets compiled for small problems)."""
+    return parallel if numba.get_num_threads() > 1 else serial
+
+
 def _parts(rows: int) -> int:
     """Row blocks of the backward kernel (one per thread; each has its own gradient partials)."""
     return max(1, min(rows, numba.get_num_threads()))
@@ -147,10 +153,11 @@ class _NumbaLSTM(torch.autograd.Function):
         h = h0
         with numba_backend._threads(B * G * H):
             P = _parts(B)
+            step_fwd = _kernel(K.lstm_fwd_step, K.lstm_fwd_step_serial)
             for n, t in enumerate(steps):
                 ta = t if ln_hh else 0
                 torch.mm(h, w_t, out=a_hh[ta].view(B, G * H))
-                K.lstm_fwd_step(
+                step_fwd(
                     t, ain_n, ln_ih, gi_n, bias is not None, bias_n, a_n, ta, ln_hh, gh_n,
                     c0_n if n == 0 else c_n[t + prev], ln_cell, wc_n, bc_n, eps,
                     acts_n, c_n, tc_n, out_n, *st_n, P,
@@ -192,6 +199,7 @@ class _NumbaLSTM(torch.autograd.Function):
         f64 = np.float64
         with numba_backend._threads(B * G * H):
             P = _parts(B)
+            step_bwd = _kernel(K.lstm_bwd_step, K.lstm_bwd_step_serial)
             d_g_ih = np.zeros((P, G, H) if ln_ih else (P, 1, 1), f64)
             d_g_hh = np.zeros((P, G, H) if ln_hh else (P, 1, 1), f64)
             d_bias = np.zeros((P, G, H), f64)
@@ -208,7 +216,7 @@ class _NumbaLSTM(torch.autograd.Function):
             w = w_hh.detach()
             for t in range(T) if rev else range(T - 1, -1, -1):
                 ta = t % _CHUNK
-                K.lstm_bwd_step(
+                step_bwd(
                     t, acts_n, tc_n, c_n, c0_n if t == first else c_n[t + prev], dh_n, dout_n, dc_n,
                     ln_cell, wc_n, mc_n, rc_n, d_w_c,
                     ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh,
@@ -299,9 +307,10 @@ class _NumbaGRU(torch.autograd.Function):
         h = h0
         with numba_backend._threads(B * G * H):
             P = _parts(B)
+            step_fwd = _kernel(K.gru_fwd_step, K.gru_fwd_step_serial)
             for n, t in enumerate(steps):
                 torch.mm(h, w_t, out=a_hh[t].view(B, G * H))
-                K.gru_fwd_step(
+                step_fwd(
                     t, ain_n, ln_ih, gi_n, a_n, ln_hh, gh_n, b_ih is not None, bi_n, bh_n,
                     h0_n if n == 0 else out_n[t + prev], eps, acts_n, hn_n, out_n, *st_n, P,
                 )  # fmt: skip
@@ -334,6 +343,7 @@ class _NumbaGRU(torch.autograd.Function):
         f64 = np.float64
         with numba_backend._threads(B * G * H):
             P = _parts(B)
+            step_bwd = _kernel(K.gru_bwd_step, K.gru_bwd_step_serial)
             d_g_ih = np.zeros((P, G, H) if ln_ih else (P, 1, 1), f64)
             d_g_hh = np.zeros((P, G, H) if ln_hh else (P, 1, 1), f64)
             d_b_ih, d_b_hh = np.zeros((P, G, H), f64), np.zeros((P, G, H), f64)
@@ -348,7 +358,7 @@ class _NumbaGRU(torch.autograd.Function):
             w = w_hh.detach()
             for t in range(T) if rev else range(T - 1, -1, -1):
                 ta = t % _CHUNK
-                K.gru_bwd_step(
+                step_bwd(
                     t, acts_n, hn_n, h0_n if t == first else out_n[t + prev], dh_n, dout_n,
                     carry_n, ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_b_ih,
                     ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh, d_b_hh, dain_n, da_n, ta, gx, gh,
@@ -396,17 +406,25 @@ def numba_gru_direction(
 
 
 def warm_up(dtypes: tuple[torch.dtype, ...] = _DTYPES) -> None:
-    """Compile (first time) or load from the disk cache the LSTM and GRU step kernels."""
+    """Compile (first time) or load from the disk cache the LSTM and GRU step kernels: the
+    serial ones (small steps) and, when torch may use several threads, the threaded ones."""
+    hidden = 128  # rows x 3 gates x 128 ≥ SERIAL_NUMEL: a step large enough for threads
+    rows = -(-numba_backend.SERIAL_NUMEL // (3 * hidden))
     for dt in dtypes:
-        for ln_hh in (False, True):
-            x = torch.zeros(2, 1, 3, dtype=dt, requires_grad=True)
-            h0 = torch.zeros(1, 3, dtype=dt)
-            w = torch.zeros(12, 3, dtype=dt, requires_grad=True)
-            g = torch.ones(4, 3, dtype=dt, requires_grad=True) if ln_hh else None
-            wc = torch.ones(3, dtype=dt, requires_grad=True) if ln_hh else None
-            bc = torch.zeros(3, dtype=dt, requires_grad=True) if ln_hh else None
-            out, h, c = numba_lstm_direction(x, w, g, g, h0, h0, w, g, wc, bc, 1e-5, False)
-            (out.sum() + h.sum() + c.sum()).backward()
-            w3, g3 = w[:9], (None if g is None else g[:3])
-            out, h = numba_gru_direction(x, w3, g3, g3, h0, w3, g3, g3, 1e-5, False)
-            (out.sum() + h.sum()).backward()
+        for batch, size in ((1, 3), (rows, hidden)):
+            for ln in (False, True):
+                _warm(dt, batch, size, ln)
+
+
+def _warm(dt: torch.dtype, batch: int, size: int, ln: bool) -> None:
+    def p(*shape: int, fill: float = 0.0) -> Tensor:
+        return torch.full(shape, fill, dtype=dt, requires_grad=True)
+
+    x, h0 = p(2, batch, size), torch.zeros(batch, size, dtype=dt)
+    w4, g4 = p(4 * size, size), (p(4, size, fill=1.0) if ln else None)
+    wc, bc = (p(size, fill=1.0), p(size)) if ln else (None, None)
+    out, h, c = numba_lstm_direction(x, w4, g4, g4, h0, h0, w4, g4, wc, bc, 1e-5, False)
+    (out.sum() + h.sum() + c.sum()).backward()
+    w3, g3 = p(3 * size, size), (p(3, size, fill=1.0) if ln else None)
+    out, h = numba_gru_direction(x, w3, g3, g3, h0, w3, g3, g3, 1e-5, False)
+    (out.sum() + h.sum()).backward()

@@ -289,6 +289,21 @@ def lstm_fwd_step(
         )  # fmt: skip
 
 
+@njit(**_SER)
+def lstm_fwd_step_serial(
+    t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
+    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, nc,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`lstm_fwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
+    nb = ain.shape[1]
+    for c in range(nc):
+        _fwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, has_bias, bias, a, ta,
+            ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
+            acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+        )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- backward
 
 
@@ -393,6 +408,27 @@ def lstm_bwd_step(
         )  # fmt: skip
 
 
+@njit(**_SER)
+def lstm_bwd_step_serial(
+    t, acts, tc, c_all, c_prev, dh, d_out, dc,
+    ln_cell, w_c, mu_c, rs_c, d_w_c,
+    ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh,
+    ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_bias,
+    d_ain, d_a, ta, tmp, dg,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`lstm_bwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
+    nb = acts.shape[1]
+    nc = tmp.shape[0]
+    for c in range(nc):
+        _bwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, acts, tc, c_all, c_prev, dh, d_out, dc,
+            ln_cell, w_c, mu_c, rs_c, d_w_c[c],
+            ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh[c],
+            ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_bias[c],
+            d_ain, d_a, ta, tmp[c], dg[c],
+        )  # fmt: skip
+
+
 # --------------------------------------------------------------------------- GRU
 
 
@@ -473,6 +509,20 @@ def gru_fwd_step(
 
 
 @njit(**_SER)
+def gru_fwd_step_serial(
+    t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias, b_ih, b_hh, h_prev, eps,
+    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, nc,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`gru_fwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
+    nb = ain.shape[1]
+    for c in range(nc):
+        _gru_fwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias,
+            b_ih, b_hh, h_prev, eps, acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh,
+        )  # fmt: skip
+
+
+@njit(**_SER)
 def _gru_bwd_rows(
     b0, b1, t, acts, hn, h_prev, dh, d_out, carry,
     ln_ih, g_ih, ain, mu_ih, rs_ih, dgi, dbi,
@@ -534,6 +584,25 @@ def gru_bwd_step(
     nb = acts.shape[1]
     nc = gx.shape[0]
     for c in prange(nc):
+        _gru_bwd_rows(
+            c * nb // nc, (c + 1) * nb // nc, t, acts, hn, h_prev, dh, d_out, carry,
+            ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_b_ih[c],
+            ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh[c], d_b_hh[c],
+            d_ain, d_a, ta, gx[c], gh[c],
+        )  # fmt: skip
+
+
+@njit(**_SER)
+def gru_bwd_step_serial(
+    t, acts, hn, h_prev, dh, d_out, carry,
+    ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_b_ih,
+    ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh, d_b_hh,
+    d_ain, d_a, ta, gx, gh,
+):  # fmt: skip  # pragma: no cover - jitted
+    """:func:`gru_bwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
+    nb = acts.shape[1]
+    nc = gx.shape[0]
+    for c in range(nc):
         _gru_bwd_rows(
             c * nb // nc, (c + 1) * nb // nc, t, acts, hn, h_prev, dh, d_out, carry,
             ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_b_ih[c],
