@@ -47,6 +47,15 @@ _DTYPES = (torch.float32, torch.float64)
 _CHUNK = 16
 
 
+def _mask_arg(mask: Tensor | None) -> Tensor | None:
+    """A ``(T, B[, 1])`` bool mask of valid steps as the kernels read it: ``(T, B)`` uint8."""
+    return None if mask is None else mask.reshape(mask.shape[0], -1).to(torch.uint8).contiguous()
+
+
+def _mask(mask: Tensor | None) -> Any:
+    return np.ones((1, 1), np.uint8) if mask is None else _np(mask)
+
+
 def _kernel(parallel: Any, serial: Any) -> Any:
     """The threaded step kernel when numba may use several threads, else its serial twin (no
     parallel launch per step, and only the serial one gets compiled for small problems)."""
@@ -125,6 +134,7 @@ class _NumbaLSTM(torch.autograd.Function):
         b_c: Tensor | None,
         eps: float,
         reverse: bool,
+        mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         T, B, size = x.shape
         G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
@@ -144,6 +154,7 @@ class _NumbaLSTM(torch.autograd.Function):
         mu_hh, rs_hh = stats(ln_hh, G)
         mu_c, rs_c = stats(ln_cell, 1)
         ain_n, a_n, acts_n, c_n, tc_n, out_n, c0_n = map(_np, (ain, a_hh, acts, c_all, tc, out, c0))
+        h0_n, mask_n = _np(h0), _mask(mask)
         st_n = tuple(map(_np, (mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c)))
         gi_n, bias_n, gh_n = (_opt(v, (1, 1), dt) for v in (g_ih, bias, g_hh))
         wc_n, bc_n = _opt(w_c, (1,), dt), _opt(b_c, (1,), dt)
@@ -160,10 +171,11 @@ class _NumbaLSTM(torch.autograd.Function):
                 step_fwd(
                     t, ain_n, ln_ih, gi_n, bias is not None, bias_n, a_n, ta, ln_hh, gh_n,
                     c0_n if n == 0 else c_n[t + prev], ln_cell, wc_n, bc_n, eps,
-                    acts_n, c_n, tc_n, out_n, *st_n, P,
+                    acts_n, c_n, tc_n, out_n, *st_n, mask is not None, mask_n,
+                    h0_n if n == 0 else out_n[t + prev], P,
                 )  # fmt: skip
                 h = out[t]
-        ctx.reverse, ctx.flags = reverse, (ln_ih, ln_hh, ln_cell)
+        ctx.reverse, ctx.flags, ctx.mask = reverse, (ln_ih, ln_hh, ln_cell), mask
         ctx.save_for_backward(
             x, w_ih, ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
             mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
@@ -208,6 +220,9 @@ class _NumbaLSTM(torch.autograd.Function):
             dh_n, dout_n, dc_n, dain_n, da_n = map(_np, (dh, d_out, dc, d_ain, d_a))
             mi_n, ri_n, mh_n, rh_n, mc_n, rc_n = map(_np, stats)
             tmp, dg = np.empty((P, 2, H), acts_n.dtype), np.empty((P, G, H), acts_n.dtype)
+            masked, mask_n = ctx.mask is not None, _mask(ctx.mask)
+            carry = torch.zeros_like(dh) if masked else dh.new_zeros(1, 1)
+            carry_n = _np(carry)
             gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
             wc_n = _opt(None if w_c is None else w_c.view(1, H), (1, 1), dt)
             rev = ctx.reverse
@@ -221,9 +236,12 @@ class _NumbaLSTM(torch.autograd.Function):
                     ln_cell, wc_n, mc_n, rc_n, d_w_c,
                     ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh,
                     ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_bias,
-                    dain_n, da_n, ta, tmp, dg,
+                    dain_n, da_n, ta, tmp, dg, masked, mask_n, carry_n,
                 )  # fmt: skip
-                torch.mm(d_a[ta].view(B, G * H), w, out=dh)
+                if masked:  # padded rows pass their h-gradient on whole
+                    torch.addmm(carry, d_a[ta].view(B, G * H), w, out=dh)
+                else:
+                    torch.mm(d_a[ta].view(B, G * H), w, out=dh)
                 lo = t - ta  # the chunk of steps lo … lo + k − 1 is complete:
                 k = min(_CHUNK, T - lo)
                 if t != (lo + k - 1 if rev else lo):
@@ -236,6 +254,7 @@ class _NumbaLSTM(torch.autograd.Function):
         return (
             d_x, d_w_ih, grad(d_g_ih, ln_ih), grad(d_bias, need[3]), dh, dc, d_w_hh,
             grad(d_g_hh, ln_hh), grad(d_w_c[:, 0], ln_cell), grad(d_w_c[:, 1], ln_cell), None, None,
+            None,
         )  # fmt: skip
 
 
@@ -252,6 +271,7 @@ def numba_lstm_direction(
     b_c: Tensor | None,
     eps: float,
     reverse: bool,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """LN-LSTM over ``x`` ``(T, B, input_size)``: ``(output (T, B, H), h_T, c_T)``.
 
@@ -259,12 +279,16 @@ def numba_lstm_direction(
     its layer norm per step inside the fused kernel; ``g_ih`` ``(4, H)`` is that layer norm's
     gain (``None``: no layer norm there), ``bias`` ``(4, H)`` the summed ``b_ih + b_hh``
     (``None``: no bias); ``g_hh`` ``(4, H)`` the recurrent layer-norm gain (``None``: off);
-    ``w_c``/``b_c`` the cell-state layer norm (``None``: off). No padding mask; ``T ≥ 1``; CPU
-    float32/float64 (:func:`supports`).
+    ``w_c``/``b_c`` the cell-state layer norm (``None``: off). ``mask`` ``(T, B[, 1])`` bool
+    marks the valid steps of padded sequences: on an invalid step the state is carried unchanged
+    (the output there is that carried ``h``; padded-sequence callers drop it), as
+    :func:`normkit.nn._recurrent_core.run_direction`. ``T ≥ 1``; CPU float32/float64
+    (:func:`supports`).
     """
     return _NumbaLSTM.apply(
-        x.contiguous(), w_ih, g_ih, bias, h0, c0, w_hh, g_hh, w_c, b_c, float(eps), reverse
-    )
+        x.contiguous(), w_ih, g_ih, bias, h0, c0, w_hh, g_hh, w_c, b_c, float(eps), reverse,
+        _mask_arg(mask),
+    )  # fmt: skip
 
 
 class _NumbaGRU(torch.autograd.Function):
@@ -281,6 +305,7 @@ class _NumbaGRU(torch.autograd.Function):
         b_hh: Tensor | None,
         eps: float,
         reverse: bool,
+        mask: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         T, B, size = x.shape
         G, H = w_hh.shape[0] // w_hh.shape[1], w_hh.shape[1]
@@ -312,10 +337,11 @@ class _NumbaGRU(torch.autograd.Function):
                 torch.mm(h, w_t, out=a_hh[t].view(B, G * H))
                 step_fwd(
                     t, ain_n, ln_ih, gi_n, a_n, ln_hh, gh_n, b_ih is not None, bi_n, bh_n,
-                    h0_n if n == 0 else out_n[t + prev], eps, acts_n, hn_n, out_n, *st_n, P,
+                    h0_n if n == 0 else out_n[t + prev], eps, acts_n, hn_n, out_n, *st_n,
+                    mask is not None, _mask(mask), P,
                 )  # fmt: skip
                 h = out[t]
-        ctx.reverse, ctx.flags = reverse, (ln_ih, ln_hh)
+        ctx.reverse, ctx.flags, ctx.mask = reverse, (ln_ih, ln_hh), mask
         ctx.save_for_backward(
             x, w_ih, ain, g_ih, w_hh, g_hh, h0, out, acts, hn, a_hh, mu_ih, rs_ih, mu_hh, rs_hh
         )
@@ -362,6 +388,7 @@ class _NumbaGRU(torch.autograd.Function):
                     t, acts_n, hn_n, h0_n if t == first else out_n[t + prev], dh_n, dout_n,
                     carry_n, ln_ih, gi_n, ain_n, mi_n, ri_n, d_g_ih, d_b_ih,
                     ln_hh, gh_n, a_n, mh_n, rh_n, d_g_hh, d_b_hh, dain_n, da_n, ta, gx, gh,
+                    ctx.mask is not None, _mask(ctx.mask),
                 )  # fmt: skip
                 torch.addmm(carry, d_a[ta].view(B, G * H), w, out=dh)
                 lo = t - ta
@@ -377,7 +404,7 @@ class _NumbaGRU(torch.autograd.Function):
 
         return (
             d_x, d_w_ih, grad(d_g_ih, ln_ih), grad(d_b_ih, need[3]), dh, d_w_hh,
-            grad(d_g_hh, ln_hh), grad(d_b_hh, need[7]), None, None,
+            grad(d_g_hh, ln_hh), grad(d_b_hh, need[7]), None, None, None,
         )  # fmt: skip
 
 
@@ -392,16 +419,17 @@ def numba_gru_direction(
     b_hh: Tensor | None,
     eps: float,
     reverse: bool,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """LN-GRU over ``x`` ``(T, B, input_size)``: ``(output (T, B, H), h_T)``.
 
     ``w_ih`` ``(3H, input_size)``, ``w_hh`` ``(3H, H)``; ``g_ih``/``g_hh`` ``(3, H)`` the
     layer-norm gains of the two sites (``None``: off); ``b_ih``/``b_hh`` ``(3, H)`` torch's
-    biases (``b_hn`` inside the reset gate) or both ``None``. No padding mask; ``T ≥ 1``; CPU
-    float32/float64 (:func:`supports`).
+    biases (``b_hn`` inside the reset gate) or both ``None``. ``mask``: valid steps, as for
+    :func:`numba_lstm_direction`. ``T ≥ 1``; CPU float32/float64 (:func:`supports`).
     """
     return _NumbaGRU.apply(
-        x.contiguous(), w_ih, g_ih, b_ih, h0, w_hh, g_hh, b_hh, float(eps), reverse
+        x.contiguous(), w_ih, g_ih, b_ih, h0, w_hh, g_hh, b_hh, float(eps), reverse, _mask_arg(mask)
     )
 
 

@@ -219,11 +219,16 @@ def _ln_stats(x, mu_out, rs_out, i0, i1, i2, eps):  # pragma: no cover - jitted
 @njit(**_SER)
 def _fwd_rows(
     b0, b1, t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c,
-    eps, acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+    eps, acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, has_mask, mask, h_prev,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`lstm_fwd_step` for the rows ``b0 … b1 − 1``."""
     _, _, ng, nh = ain.shape
     for b in range(b0, b1):
+        if has_mask and mask[t, b] == 0:  # padded step: the state is carried unchanged
+            for j in range(nh):
+                out[t, b, j] = h_prev[b, j]
+                c_all[t, b, j] = c_prev[b, j]
+            continue
         for k in range(ng):
             if ln_ih:
                 _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
@@ -270,7 +275,7 @@ def _fwd_rows(
 @njit(**_PAR)
 def lstm_fwd_step(
     t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
-    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, nc,
+    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, has_mask, mask, h_prev, nc,
 ):  # fmt: skip  # pragma: no cover - jitted
     """One LN-LSTM step for every row ``b`` of the batch (in ``nc`` blocks of rows).
 
@@ -279,20 +284,22 @@ def lstm_fwd_step(
     norms per gate block without shift; i, f, o = σ(·), g = tanh(·) → ``acts[t]``;
     c = f·c_prev + i·g → ``c_all[t]``; ``tc[t] = tanh(LN(c)·w_c + b_c)`` (or ``tanh(c)``);
     ``out[t] = o·tc[t]``. Statistics go to ``mu_*``/``rs_*`` (``(T, B, G)``; cell ``(T, B, 1)``).
+    With ``has_mask``, a row whose ``mask[t, b]`` is 0 (a padded step) carries ``h_prev`` and
+    ``c_prev`` unchanged into ``out[t]``/``c_all[t]``.
     """
     nb = ain.shape[1]
     for c in prange(nc):
         _fwd_rows(
             c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, has_bias, bias, a, ta,
             ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
-            acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+            acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, has_mask, mask, h_prev,
         )  # fmt: skip
 
 
 @njit(**_SER)
 def lstm_fwd_step_serial(
     t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
-    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, nc,
+    acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, has_mask, mask, h_prev, nc,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`lstm_fwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
     nb = ain.shape[1]
@@ -300,7 +307,7 @@ def lstm_fwd_step_serial(
         _fwd_rows(
             c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, has_bias, bias, a, ta,
             ln_hh, g_hh, c_prev, ln_cell, w_c, b_c, eps,
-            acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c,
+            acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, has_mask, mask, h_prev,
         )  # fmt: skip
 
 
@@ -328,17 +335,40 @@ def _ln_bwd(dy, w, x, m, r, dx, dw, k):  # pragma: no cover - jitted
 
 
 @njit(**_SER)
+def _padded_bwd(has_mask, mask, t, b, dh, d_out, carry, d_ain, d_a, ta):  # pragma: no cover
+    """Row ``b`` at a padded step ``t`` (state carried): the gradient of h_t passes to h_{t−1}
+    whole (``carry``), nothing reaches the step's pre-activations; ``True`` if so. On valid
+    steps of a masked run ``carry`` is set to 0 here (the LSTM has no direct h path)."""
+    if not has_mask:
+        return False
+    nh = dh.shape[1]
+    if mask[t, b] != 0:
+        for j in range(nh):
+            carry[b, j] = 0.0
+        return False
+    for j in range(nh):
+        carry[b, j] = dh[b, j] + d_out[t, b, j]
+    for k in range(d_a.shape[2]):
+        for j in range(nh):
+            d_a[ta, b, k, j] = 0.0
+            d_ain[ta, b, k, j] = 0.0
+    return True
+
+
+@njit(**_SER)
 def _bwd_rows(
     b0, b1, t, acts, tc, c_all, c_prev, dh, d_out, dc,
     ln_cell, w_c, mu_c, rs_c, dwc,
     ln_hh, g_hh, a_hh, mu_hh, rs_hh, dgh,
     ln_ih, g_ih, ain, mu_ih, rs_ih, dgi, dbs,
-    d_ain, d_a, ta, tm, dgc,
+    d_ain, d_a, ta, tm, dgc, has_mask, mask, carry,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`lstm_bwd_step` for the rows ``b0 … b1 − 1`` with one block's partials/scratch."""
     _, _, ng, nh = acts.shape
     one = _like(1.0, acts[0, 0, 0, 0])  # a float literal would promote float32 math to float64
     for b in range(b0, b1):
+        if _padded_bwd(has_mask, mask, t, b, dh, d_out, carry, d_ain, d_a, ta):
+            continue
         # through h = o·tanh(cn): d(cn) into tm[0], d(o-preact) into dgc[3]
         for j in range(nh):
             dhj = dh[b, j] + d_out[t, b, j]
@@ -384,7 +414,7 @@ def lstm_bwd_step(
     ln_cell, w_c, mu_c, rs_c, d_w_c,
     ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh,
     ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_bias,
-    d_ain, d_a, ta, tmp, dg,
+    d_ain, d_a, ta, tmp, dg, has_mask, mask, carry,
 ):  # fmt: skip  # pragma: no cover - jitted
     """Backward of :func:`lstm_fwd_step` at step ``t`` for every row.
 
@@ -404,7 +434,7 @@ def lstm_bwd_step(
             ln_cell, w_c, mu_c, rs_c, d_w_c[c],
             ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh[c],
             ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_bias[c],
-            d_ain, d_a, ta, tmp[c], dg[c],
+            d_ain, d_a, ta, tmp[c], dg[c], has_mask, mask, carry,
         )  # fmt: skip
 
 
@@ -414,7 +444,7 @@ def lstm_bwd_step_serial(
     ln_cell, w_c, mu_c, rs_c, d_w_c,
     ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh,
     ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_bias,
-    d_ain, d_a, ta, tmp, dg,
+    d_ain, d_a, ta, tmp, dg, has_mask, mask, carry,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`lstm_bwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
     nb = acts.shape[1]
@@ -425,7 +455,7 @@ def lstm_bwd_step_serial(
             ln_cell, w_c, mu_c, rs_c, d_w_c[c],
             ln_hh, g_hh, a_hh, mu_hh, rs_hh, d_g_hh[c],
             ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_bias[c],
-            d_ain, d_a, ta, tmp[c], dg[c],
+            d_ain, d_a, ta, tmp[c], dg[c], has_mask, mask, carry,
         )  # fmt: skip
 
 
@@ -435,11 +465,15 @@ def lstm_bwd_step_serial(
 @njit(**_SER)
 def _gru_fwd_rows(
     b0, b1, t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias, b_ih, b_hh, h_prev, eps,
-    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh,
+    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, has_mask, mask,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`gru_fwd_step` for the rows ``b0 … b1 − 1``."""
     _, _, ng, nh = ain.shape
     for b in range(b0, b1):
+        if has_mask and mask[t, b] == 0:  # padded step: the state is carried unchanged
+            for j in range(nh):
+                out[t, b, j] = h_prev[b, j]
+            continue
         for k in range(ng):
             if ln_ih:
                 _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
@@ -491,7 +525,7 @@ def _gru_fwd_rows(
 @njit(**_PAR)
 def gru_fwd_step(
     t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias, b_ih, b_hh, h_prev, eps,
-    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, nc,
+    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, has_mask, mask, nc,
 ):  # fmt: skip  # pragma: no cover - jitted
     """One LN-GRU step for every row (in ``nc`` blocks of rows), gate order r, z, n.
 
@@ -504,21 +538,21 @@ def gru_fwd_step(
     for c in prange(nc):
         _gru_fwd_rows(
             c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias,
-            b_ih, b_hh, h_prev, eps, acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh,
+            b_ih, b_hh, h_prev, eps, acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, has_mask, mask,
         )  # fmt: skip
 
 
 @njit(**_SER)
 def gru_fwd_step_serial(
     t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias, b_ih, b_hh, h_prev, eps,
-    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, nc,
+    acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, has_mask, mask, nc,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`gru_fwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
     nb = ain.shape[1]
     for c in range(nc):
         _gru_fwd_rows(
             c * nb // nc, (c + 1) * nb // nc, t, ain, ln_ih, g_ih, a, ln_hh, g_hh, has_bias,
-            b_ih, b_hh, h_prev, eps, acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh,
+            b_ih, b_hh, h_prev, eps, acts, hn, out, mu_ih, rs_ih, mu_hh, rs_hh, has_mask, mask,
         )  # fmt: skip
 
 
@@ -527,12 +561,14 @@ def _gru_bwd_rows(
     b0, b1, t, acts, hn, h_prev, dh, d_out, carry,
     ln_ih, g_ih, ain, mu_ih, rs_ih, dgi, dbi,
     ln_hh, g_hh, a, mu_hh, rs_hh, dgh, dbh,
-    d_ain, d_a, ta, gx, gh,
+    d_ain, d_a, ta, gx, gh, has_mask, mask,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`gru_bwd_step` for the rows ``b0 … b1 − 1`` with one block's partials/scratch."""
     _, _, ng, nh = acts.shape
     one = _like(1.0, acts[0, 0, 0, 0])
     for b in range(b0, b1):
+        if _padded_bwd(has_mask, mask, t, b, dh, d_out, carry, d_ain, d_a, ta):
+            continue
         for j in range(nh):
             dht = dh[b, j] + d_out[t, b, j]
             r = acts[t, b, 0, j]
@@ -571,7 +607,7 @@ def gru_bwd_step(
     t, acts, hn, h_prev, dh, d_out, carry,
     ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_b_ih,
     ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh, d_b_hh,
-    d_ain, d_a, ta, gx, gh,
+    d_ain, d_a, ta, gx, gh, has_mask, mask,
 ):  # fmt: skip  # pragma: no cover - jitted
     """Backward of :func:`gru_fwd_step` at step ``t`` for every row.
 
@@ -588,7 +624,7 @@ def gru_bwd_step(
             c * nb // nc, (c + 1) * nb // nc, t, acts, hn, h_prev, dh, d_out, carry,
             ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_b_ih[c],
             ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh[c], d_b_hh[c],
-            d_ain, d_a, ta, gx[c], gh[c],
+            d_ain, d_a, ta, gx[c], gh[c], has_mask, mask,
         )  # fmt: skip
 
 
@@ -597,7 +633,7 @@ def gru_bwd_step_serial(
     t, acts, hn, h_prev, dh, d_out, carry,
     ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih, d_b_ih,
     ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh, d_b_hh,
-    d_ain, d_a, ta, gx, gh,
+    d_ain, d_a, ta, gx, gh, has_mask, mask,
 ):  # fmt: skip  # pragma: no cover - jitted
     """:func:`gru_bwd_step` on the calling thread (no parallel launch, a cheaper compile)."""
     nb = acts.shape[1]
@@ -607,5 +643,5 @@ def gru_bwd_step_serial(
             c * nb // nc, (c + 1) * nb // nc, t, acts, hn, h_prev, dh, d_out, carry,
             ln_ih, g_ih, ain, mu_ih, rs_ih, d_g_ih[c], d_b_ih[c],
             ln_hh, g_hh, a, mu_hh, rs_hh, d_g_hh[c], d_b_hh[c],
-            d_ain, d_a, ta, gx[c], gh[c],
+            d_ain, d_a, ta, gx[c], gh[c], has_mask, mask,
         )  # fmt: skip

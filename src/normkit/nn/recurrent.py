@@ -163,22 +163,23 @@ def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> s
     The rule, for one sequence of ``steps`` time steps (``step`` is a per-step ``(B, 4, H)``
     sample of the input's dtype and device):
 
-    * padded sequences (``PackedSequence`` input, ``mask``), float16/bfloat16 or an empty
-      batch: the autograd loop (per-step ops recorded by autograd, any backend);
+    * float16/bfloat16 or an empty batch: the autograd loop (per-step ops recorded by autograd,
+      any backend);
     * ``backend="auto"`` or ``"numba"`` on the CPU in float32/float64 with numba installed
-      (and ``steps ≥ 1``): the Numba loop (:mod:`normkit.nn._recurrent_numba`: per step one ``torch.mm`` and one
-      kernel for all the rest, forward and backward);
-    * otherwise, when the layer-norm backend resolves to ``"torch"`` for the per-step sample
-      (``backend="torch"``, or ``"auto"`` without numba / off the CPU): the fused torch loop
-      (:mod:`normkit.nn._recurrent_fused`: hand-written backward on torch ops);
-    * any other backend (``"reference"``, ``"triton"``…): the autograd loop with that backend's
-      layer norm per step.
+      (and ``steps ≥ 1``), padded sequences (``PackedSequence``, ``mask``) included: the Numba
+      loop (:mod:`normkit.nn._recurrent_numba`: per step one ``torch.mm`` and one kernel for
+      all the rest, forward and backward);
+    * otherwise, without padding, when the layer-norm backend resolves to ``"torch"`` for the
+      per-step sample (``backend="torch"``, or ``"auto"`` without numba / off the CPU): the
+      fused torch loop (:mod:`normkit.nn._recurrent_fused`: hand-written backward on torch ops);
+    * otherwise (padding, or another backend: ``"reference"``, ``"triton"``…): the autograd
+      loop with that backend's layer norm per step.
 
     The GRU takes its Numba loop exactly where this returns ``"numba"`` and the autograd loop
     otherwise (it has no torch-ops fused loop); the Elman RNN always runs the autograd loop. All
     loops compute the same function; they differ only in speed (``normkit bench --rnn``).
     """
-    if mask is not None or step.dtype not in (torch.float32, torch.float64) or step.numel() == 0:
+    if step.dtype not in (torch.float32, torch.float64) or step.numel() == 0:
         return "autograd"
     if (
         backend in ("auto", "numba")
@@ -187,7 +188,7 @@ def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> s
         and importlib.util.find_spec("numba") is not None
     ):
         return "numba"
-    if backends.resolve("layer_norm", step, backend).name == "torch":
+    if mask is None and backends.resolve("layer_norm", step, backend).name == "torch":
         return "torch"
     return "autograd"
 
@@ -653,6 +654,7 @@ class _LayerNormRNNBase(nn.Module):
                         params.ln_cell_bias,
                         self.eps,
                         d == 1,
+                        mask,
                     )
                     outs.append(out)
                     hs.append(h)
@@ -670,6 +672,7 @@ class _LayerNormRNNBase(nn.Module):
                         params.bias_hh,
                         self.eps,
                         d == 1,
+                        mask,
                     )
                     outs.append(out)
                     hs.append(h)
