@@ -217,6 +217,27 @@ def _ln_stats(x, mu_out, rs_out, i0, i1, i2, eps):  # pragma: no cover - jitted
 
 
 @njit(**_SER)
+def _input_part(
+    t, b, k, ain, ln_ih, g_ih, has_bias, bias, eps, acts, mu_ih, rs_ih
+):  # pragma: no cover
+    """Gate block ``k`` of row ``b`` at step ``t``: ``acts = LN(x W_ihᵀ)·g_ih (+ bias)``, the
+    part of the pre-activation that does not depend on ``h`` (LSTM and GRU alike)."""
+    nh = ain.shape[3]
+    if ln_ih:
+        _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
+        m = mu_ih[t, b, k]
+        r = rs_ih[t, b, k]
+        for j in range(nh):
+            acts[t, b, k, j] = (ain[t, b, k, j] - m) * r * g_ih[k, j]
+    else:
+        for j in range(nh):
+            acts[t, b, k, j] = ain[t, b, k, j]
+    if has_bias:
+        for j in range(nh):
+            acts[t, b, k, j] += bias[k, j]
+
+
+@njit(**_SER)
 def _fwd_rows(
     b0, b1, t, ain, ln_ih, g_ih, has_bias, bias, a, ta, ln_hh, g_hh, c_prev, ln_cell, w_c, b_c,
     eps, acts, c_all, tc, out, mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c, has_mask, mask, h_prev,
@@ -230,18 +251,7 @@ def _fwd_rows(
                 c_all[t, b, j] = c_prev[b, j]
             continue
         for k in range(ng):
-            if ln_ih:
-                _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
-                m = mu_ih[t, b, k]
-                r = rs_ih[t, b, k]
-                for j in range(nh):
-                    acts[t, b, k, j] = (ain[t, b, k, j] - m) * r * g_ih[k, j]
-            else:
-                for j in range(nh):
-                    acts[t, b, k, j] = ain[t, b, k, j]
-            if has_bias:
-                for j in range(nh):
-                    acts[t, b, k, j] += bias[k, j]
+            _input_part(t, b, k, ain, ln_ih, g_ih, has_bias, bias, eps, acts, mu_ih, rs_ih)
             if ln_hh:
                 _ln_stats(a[ta, b, k], mu_hh, rs_hh, t, b, k, eps)
                 m = mu_hh[t, b, k]
@@ -475,18 +485,7 @@ def _gru_fwd_rows(
                 out[t, b, j] = h_prev[b, j]
             continue
         for k in range(ng):
-            if ln_ih:
-                _ln_stats(ain[t, b, k], mu_ih, rs_ih, t, b, k, eps)
-                m = mu_ih[t, b, k]
-                r = rs_ih[t, b, k]
-                for j in range(nh):
-                    acts[t, b, k, j] = (ain[t, b, k, j] - m) * r * g_ih[k, j]
-            else:
-                for j in range(nh):
-                    acts[t, b, k, j] = ain[t, b, k, j]
-            if has_bias:
-                for j in range(nh):
-                    acts[t, b, k, j] += b_ih[k, j]
+            _input_part(t, b, k, ain, ln_ih, g_ih, has_bias, b_ih, eps, acts, mu_ih, rs_ih)
             if ln_hh:
                 _ln_stats(a[t, b, k], mu_hh, rs_hh, t, b, k, eps)
             if k < 2:  # r, z: σ(x part + h part)
