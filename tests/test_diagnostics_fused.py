@@ -250,3 +250,45 @@ def test_caller_tensor_hooks_on_layer_outputs_still_fire_with_their_gradients() 
     norms = rec.series("grad_out_norm")
     assert norms["2"][-1] == pytest.approx((2 * y).norm().item(), rel=1e-5)
     assert norms["1"][-1] == pytest.approx(((2 * y.detach()) @ w).norm().item(), rel=1e-5)
+
+
+def test_record_picks_the_metric_groups_and_their_hooks() -> None:
+    from normkit.diagnostics import RECORD
+
+    torch.manual_seed(0)
+    base = _Net()
+    full = _train(copy.deepcopy(base), True, 3, False, torch.float32)
+    groups = {
+        "activations": {"act_mean", "act_std", "act_min", "act_max", "dead_frac", "saturated_frac"},
+        "gradients": {"grad_out_norm", "grad_norm"},
+        "updates": {"weight_norm", "update_ratio"},
+    }
+    assert set(RECORD) == set(groups)
+    for record in [("gradients",), ("updates",), ("activations", "updates")]:
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(3)
+        with watch(model, record=record) as rec:
+            assert rec.record == tuple(r for r in RECORD if r in record)
+            hooked = [n for n, m in model.named_modules() if m._forward_hooks]
+            leaves = ["conv", "bn", "relu", "conv2", "sig", "fc", "tanh"]  # (not the Flatten)
+            assert hooked == ([""] if record == ("updates",) else ["", *leaves])
+            for _ in range(3):
+                x = torch.randn(5, 3, 6, 6, generator=g)
+                loss = F.cross_entropy(model(x), torch.arange(5) % 10)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        wanted = set().union(*(groups[r] for r in record))
+        for metric in METRICS:
+            got = rec.series(metric)
+            if metric in wanted:  # the same values as the full recorder's
+                assert got.keys() == full.series(metric).keys(), metric
+                for layer, vals in got.items():
+                    np.testing.assert_allclose(vals, full.series(metric)[layer], rtol=2e-5)
+            else:
+                assert got == {}, metric
+    with pytest.raises(ValueError, match="record must name one or more of"):
+        watch(nn.Linear(2, 2), record=("activation",))
+    with pytest.raises(ValueError, match="record must name one or more of"):
+        watch(nn.Linear(2, 2), record=())

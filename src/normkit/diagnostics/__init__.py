@@ -21,11 +21,12 @@ from normkit.diagnostics._modules import (
     is_depth_layer,
     is_norm_like,
 )
-from normkit.diagnostics._recorder import METRICS, LayerInfo, Recorder, watch
+from normkit.diagnostics._recorder import METRICS, RECORD, LayerInfo, Recorder, watch
 from normkit.diagnostics._verdict import Thresholds, diagnose
 
 __all__ = [
     "METRICS",
+    "RECORD",
     "SEVERITIES",
     "Finding",
     "LayerInfo",

@@ -28,7 +28,7 @@ import importlib.util
 import math
 from array import array
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -53,12 +53,14 @@ from normkit.diagnostics._modules import (
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["METRICS", "LayerInfo", "Recorder", "watch"]
+__all__ = ["METRICS", "RECORD", "LayerInfo", "Recorder", "watch"]
 
 _ACT = ("act_mean", "act_std", "act_min", "act_max")
 _SUMSQ = ("grad_sq", "update_sq", "weight_sq")  # per-parameter norms, summed in quadrature
 # pass-through modules: their output is their input (or a view of it); nothing new to measure
 _PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Flatten, nn.Unflatten, nn.Identity)
+RECORD: tuple[str, ...] = ("activations", "gradients", "updates")
+"""What :func:`watch` can record (all by default); see its ``record`` argument."""
 METRICS: tuple[str, ...] = (
     *_ACT,
     "dead_frac",
@@ -272,6 +274,7 @@ class Recorder:
         every: int = 1,
         optimizer: torch.optim.Optimizer | None = None,
         hist_every: int = 20,
+        record: Collection[str] = RECORD,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch expects a torch.nn.Module (got {type(model).__name__})")
@@ -283,9 +286,20 @@ class Recorder:
             raise ValueError(
                 f"hist_every must be an int >= 0 (got {hist_every!r}); 0 disables histograms"
             )
+        if isinstance(record, str):
+            record = (record,)
+        unknown = sorted(set(record) - set(RECORD))
+        if unknown or not record:
+            raise ValueError(
+                f"record must name one or more of {RECORD} (got {tuple(record)!r}); e.g. "
+                f"record=('gradients',) for the gradient-flow data only"
+            )
         self.model = model
         self.every = every
         self.hist_every = hist_every
+        self.record = tuple(r for r in RECORD if r in record)
+        self._rec_act = "activations" in record
+        self._rec_grad = "gradients" in record
         all_leaves = leaf_modules(model)
         self._leaves = [(n, m) for n, m in all_leaves if not isinstance(m, _PASS_THROUGH)]
         self._info: dict[str, LayerInfo] = {
@@ -348,7 +362,7 @@ class Recorder:
         # switching each step); the root's pre-hook, always on, counts the steps.
         self._step_hooks = [
             _Switch(m.register_forward_hook(fn), fn)
-            for name, m in self._leaves
+            for name, m in (self._leaves if self._rec_act or self._rec_grad else [])
             for fn in [partial(self._on_leaf, name)]
         ]
         self._step_hooks.append(
@@ -372,10 +386,14 @@ class Recorder:
         else:
             pre, post = optimizer.register_step_pre_hook, optimizer.register_step_post_hook
         # on from a recorded forward until the next optimizer step ends (always with every=1)
-        self._opt_hooks = [
-            _Switch(pre(self._on_opt_pre), self._on_opt_pre),
-            _Switch(post(self._on_opt_post), self._on_opt_post),
-        ]
+        self._opt_hooks = (
+            [
+                _Switch(pre(self._on_opt_pre), self._on_opt_pre),
+                _Switch(post(self._on_opt_post), self._on_opt_post),
+            ]
+            if "updates" in record
+            else []
+        )
         if self._persistent:
             for h in self._opt_hooks:
                 h.on()
@@ -572,7 +590,25 @@ class Recorder:
                 base = self._info[name]
                 self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation)
         step = self._step
-        act = self._info[name].activation
+        if self._rec_act:
+            self._measure_output(key, step, self._info[name].activation, out)
+        if out.requires_grad and self._rec_grad:
+            node = out.grad_fn
+            if node is None:
+                out.register_hook(partial(self._on_out_grad, key, step))
+            elif out._backward_hooks is None:
+                # What Tensor.register_hook does, minus its RemovableHandle (~6 µs of the
+                # ~7 µs it costs): the tensor's hook dict registered on the node that made
+                # `out`. Like a tensor hook it sees the gradient w.r.t. this output, also when
+                # a later op changes `out` in place; the tensor dies with the step.
+                hooks: OrderedDict[int, Any] = OrderedDict()  # (a later register_hook's
+                hooks[-1] = partial(self._on_out_grad, key, step)  # handle weak-refs it)
+                out._backward_hooks = hooks
+                node._register_hook_dict(out)
+            else:  # the caller's own tensor hooks are there: join them through the node
+                node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
+
+    def _measure_output(self, key: str, step: int, act: ActivationKind | None, out: Tensor) -> None:
         x = out if out.dtype in _FLOATS else out.float()  # (read only: no detach needed)
         deferred = False
         if self._fused and key not in self._mutated:
@@ -591,21 +627,6 @@ class Recorder:
             hists = self._hists.setdefault(key, [])
             hists[1:] = []  # keep the first and the latest only
             hists.append((step, sample))
-        if out.requires_grad:
-            node = out.grad_fn
-            if node is None:
-                out.register_hook(partial(self._on_out_grad, key, step))
-            elif out._backward_hooks is None:
-                # What Tensor.register_hook does, minus its RemovableHandle (~6 µs of the
-                # ~7 µs it costs): the tensor's hook dict registered on the node that made
-                # `out`. Like a tensor hook it sees the gradient w.r.t. this output, also when
-                # a later op changes `out` in place; the tensor dies with the step.
-                hooks: OrderedDict[int, Any] = OrderedDict()  # (a later register_hook's
-                hooks[-1] = partial(self._on_out_grad, key, step)  # handle weak-refs it)
-                out._backward_hooks = hooks
-                node._register_hook_dict(out)
-            else:  # the caller's own tensor hooks are there: join them through the node
-                node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
 
     def _measure_now(self, key: str, step: int, act: ActivationKind | None, x: Tensor) -> None:
         specs, values = self._act_specs, self._act_values
@@ -942,6 +963,7 @@ def watch(
     every: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
     hist_every: int = 20,
+    record: Collection[str] = RECORD,
 ) -> Recorder:
     """Record per-layer activation and gradient statistics of ``model`` while it trains.
 
@@ -951,6 +973,10 @@ def watch(
     gradient of the layer's own parameters and, when an optimizer steps (any optimizer holding
     the model's parameters, or only ``optimizer`` if given), the update-to-weight ratio
     ‖Δw‖/‖w‖. ``hist_every`` recorded steps apart an activation histogram is kept (0: never).
+    ``record`` picks the groups (:data:`RECORD`): ``"activations"`` (mean/std/min/max,
+    dead/saturated fractions, histograms), ``"gradients"`` (output- and parameter-gradient
+    norms: the gradient-flow data) and ``"updates"`` (weight norm, update ratio); recording
+    fewer costs less per step (see the README's overhead table).
 
     Vanishing gradients: the gradient reaching layer ``l`` is the product of the Jacobians of
     the layers above it, so it shrinks geometrically when those have gain < 1 (Hochreiter 1991;
@@ -963,4 +989,4 @@ def watch(
     >>> rec.verdict()                      # [Finding(code="vanishing-gradients", ...), ...]
     >>> rec.plot("gradient_flow.png")
     """
-    return Recorder(model, every=every, optimizer=optimizer, hist_every=hist_every)
+    return Recorder(model, every=every, optimizer=optimizer, hist_every=hist_every, record=record)

@@ -1,8 +1,9 @@
 """The cost of leaving :func:`normkit.diagnostics.watch` on: training steps of a small CNN on the
-8×8 digits with no recorder, ``every=1`` and ``every=10``, in one process, and with no-op hooks
-at the recorder's hook sites (``hooks only``: what torch's hook dispatch alone costs).
+8×8 digits with no recorder, ``every=1``, ``every=10`` and ``every=1`` recording the gradients
+only (``record=("gradients",)``), in one process, and with no-op hooks at the recorder's hook
+sites (``hooks only``: what torch's hook dispatch alone costs).
 
-Four copies of the model train side by side (unwatched, hooks only, one per ``every``),
+Five copies of the model train side by side (unwatched, hooks only, one per setting),
 interleaved in blocks of steps so that machine noise hits all of them alike; the reported time per step is the
 median over blocks. Only ratios measured in one run mean anything on a shared machine. Runs as
 ``normkit doctor --overhead`` and as the ``diagnostics`` suite of ``normkit bench``.
@@ -118,6 +119,7 @@ def run_diagnostics_bench(
             "off": base,
             "hooks only": copy.deepcopy(base),
             "every=1": copy.deepcopy(base),
+            "every=1, gradients": copy.deepcopy(base),
             "every=10": copy.deepcopy(base),
         }
         opts = {
@@ -126,6 +128,12 @@ def run_diagnostics_bench(
         floor = _NoOpHooks(models["hooks only"], opts["hooks only"])
         recs: dict[str, Recorder] = {
             "every=1": watch(models["every=1"], every=1, optimizer=opts["every=1"]),
+            "every=1, gradients": watch(
+                models["every=1, gradients"],
+                every=1,
+                optimizer=opts["every=1, gradients"],
+                record=("gradients",),
+            ),
             "every=10": watch(models["every=10"], every=10, optimizer=opts["every=10"]),
         }
         times: dict[str, list[float]] = {k: [] for k in models}
@@ -152,9 +160,13 @@ def run_diagnostics_bench(
                 "ms_step_hooks_only": round(med["hooks only"], 4),
                 "ms_step_every1": round(med["every=1"], 4),
                 "ms_step_every10": round(med["every=10"], 4),
+                "ms_step_every1_gradients": round(med["every=1, gradients"], 4),
                 "overhead_hooks_only_pct": round(100 * (med["hooks only"] / med["off"] - 1), 1),
                 "overhead_every1_pct": round(100 * (med["every=1"] / med["off"] - 1), 1),
                 "overhead_every10_pct": round(100 * (med["every=10"] / med["off"] - 1), 1),
+                "overhead_every1_gradients_pct": round(
+                    100 * (med["every=1, gradients"] / med["off"] - 1), 1
+                ),
                 "recorded_steps_every1": len(recs["every=1"].steps),
             }
         )
