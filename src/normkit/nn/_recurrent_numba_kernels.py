@@ -345,6 +345,18 @@ def _ln_bwd(dy, w, x, m, r, dx, dw, k):  # pragma: no cover - jitted
 
 
 @njit(**_SER)
+def _ln_bwd_or_copy(ln, dy, w, x, mu, rs, t, b, k, dx, dw):  # pragma: no cover - jitted
+    """``dx`` = the layer-norm backward of ``dy`` for row ``x[t, b, k]`` (gain gradient into
+    ``dw[k]``) when ``ln``, else ``dy`` itself. ``x``/``mu``/``rs`` are only indexed under
+    ``ln``: without it they are 1-element placeholders."""
+    if ln:
+        _ln_bwd(dy, w, x[t, b, k], mu[t, b, k], rs[t, b, k], dx, dw, k)
+    else:
+        for j in range(dy.shape[0]):
+            dx[j] = dy[j]
+
+
+@njit(**_SER)
 def _padded_bwd(has_mask, mask, t, b, dh, d_out, carry, d_ain, d_a, ta):  # pragma: no cover
     """Row ``b`` at a padded step ``t`` (state carried): the gradient of h_t passes to h_{t−1}
     whole (``carry``), nothing reaches the step's pre-activations; ``True`` if so. On valid
@@ -404,18 +416,8 @@ def _bwd_rows(
         for k in range(ng):
             for j in range(nh):
                 dbs[k, j] += dgc[k, j]
-            if ln_hh:
-                _ln_bwd(dgc[k], g_hh, a_hh[t, b, k], mu_hh[t, b, k], rs_hh[t, b, k], d_a[ta, b, k],
-                        dgh, k)  # fmt: skip
-            else:
-                for j in range(nh):
-                    d_a[ta, b, k, j] = dgc[k, j]
-            if ln_ih:
-                _ln_bwd(dgc[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[ta, b, k],
-                        dgi, k)  # fmt: skip
-            else:
-                for j in range(nh):
-                    d_ain[ta, b, k, j] = dgc[k, j]
+            _ln_bwd_or_copy(ln_hh, dgc[k], g_hh, a_hh, mu_hh, rs_hh, t, b, k, d_a[ta, b, k], dgh)
+            _ln_bwd_or_copy(ln_ih, dgc[k], g_ih, ain, mu_ih, rs_ih, t, b, k, d_ain[ta, b, k], dgi)
 
 
 @njit(**_PAR)
@@ -587,18 +589,8 @@ def _gru_bwd_rows(
             for j in range(nh):
                 dbi[k, j] += gx[k, j]
                 dbh[k, j] += gh[k, j]
-            if ln_hh:
-                _ln_bwd(gh[k], g_hh, a[t, b, k], mu_hh[t, b, k], rs_hh[t, b, k], d_a[ta, b, k],
-                        dgh, k)  # fmt: skip
-            else:
-                for j in range(nh):
-                    d_a[ta, b, k, j] = gh[k, j]
-            if ln_ih:
-                _ln_bwd(gx[k], g_ih, ain[t, b, k], mu_ih[t, b, k], rs_ih[t, b, k], d_ain[ta, b, k],
-                        dgi, k)  # fmt: skip
-            else:
-                for j in range(nh):
-                    d_ain[ta, b, k, j] = gx[k, j]
+            _ln_bwd_or_copy(ln_hh, gh[k], g_hh, a, mu_hh, rs_hh, t, b, k, d_a[ta, b, k], dgh)
+            _ln_bwd_or_copy(ln_ih, gx[k], g_ih, ain, mu_ih, rs_ih, t, b, k, d_ain[ta, b, k], dgi)
 
 
 @njit(**_PAR)
