@@ -141,7 +141,7 @@ def _fused_row(t: Tensor, mode: int) -> list[int] | None:
     """The kernel's table row for ``t`` (see :mod:`normkit.diagnostics._fused`), or None when
     the tensor is not for it: not CPU float32/float64, empty, above :data:`FUSED_MAX_NUMEL`, or
     not laid out densely (contiguous; channels-last too, its channel is then the fastest)."""
-    if not t.is_cpu or t.dtype not in _FLOATS or t.layout is not torch.strided:
+    if not t.is_cpu or t.dtype not in _FLOATS or t.layout is not torch.strided or t.is_nested:
         return None
     n = t.numel()
     if not 0 < n <= FUSED_MAX_NUMEL:
@@ -167,6 +167,7 @@ def _sumsq_row(t: Tensor) -> list[int] | None:
         t.is_cpu
         and t.dtype in _FLOATS
         and t.layout is torch.strided
+        and not t.is_nested
         and (t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last))
     ):
         n = t.numel()
