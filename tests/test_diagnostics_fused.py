@@ -78,11 +78,11 @@ def test_rows_decline_what_the_kernel_cannot_read() -> None:
     assert R._fused_row(torch.randn(4, 4, dtype=torch.float16), 0) is None
     assert R._fused_row(torch.empty(0, 3), 0) is None
     assert R._fused_row(torch.randn(4, 4).to_sparse(), 0) is None
-    assert R._sumsq_row(torch.randn(4, 4).t()) is None
+    assert R._flat_row(torch.randn(4, 4).t(), R._SUMSQ) is None
     nested = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged)
-    assert R._fused_row(nested, 0) is None and R._sumsq_row(nested) is None
+    assert R._fused_row(nested, 0) is None and R._flat_row(nested, R._SUMSQ) is None
     big = torch.empty(R.FUSED_MAX_NUMEL + 1)
-    assert R._fused_row(big, 0) is None and R._sumsq_row(big) is None
+    assert R._fused_row(big, 0) is None and R._flat_row(big, R._SUMSQ) is None
 
 
 class _Net(nn.Module):

@@ -90,6 +90,7 @@ _FLOATS = (torch.float32, torch.float64)
 #: torch's (multi-threaded) reductions are as fast and the per-op dispatch cost is negligible.
 FUSED_MAX_NUMEL = 1 << 20
 _MODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}  # _fused.MOMENTS/RELU/SIGMOID/TANH
+_KINDS = {mode: kind for kind, mode in _MODES.items()}
 _SUMSQ, _SNAPSHOT, _DELTA = 4, 5, 6
 
 
@@ -115,6 +116,19 @@ def _first_tensor(output: Any) -> Tensor | None:
     return None
 
 
+def hook_output_grad(out: Tensor, fn: Any) -> None:
+    """Call ``fn(grad)`` with the gradient w.r.t. ``out`` (a non-leaf tensor without tensor
+    hooks yet). What ``Tensor.register_hook`` does, minus its RemovableHandle (~6 µs of the ~7 µs
+    it costs): the tensor's hook dict registered on the node that made ``out``. Like a tensor
+    hook it sees the gradient w.r.t. this output, also when a later op changes ``out`` in place;
+    nothing to remove, the dict dies with the tensor. An OrderedDict: a caller's later
+    ``register_hook`` on ``out`` adds to it and weak-refs it."""
+    hooks: OrderedDict[int, Any] = OrderedDict()
+    hooks[-1] = fn
+    out._backward_hooks = hooks
+    out.grad_fn._register_hook_dict(out)
+
+
 def _histogram(sample: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """Counts in ``_HIST_BINS`` equal bins over [lo, hi] (the last bin closed), as torch.histc,
     by bucketize + bincount: deterministic, so it also runs under
@@ -135,6 +149,23 @@ def _fused_kernel() -> Any:
     from normkit.diagnostics._fused import tensor_stats
 
     return tensor_stats
+
+
+def _act_specs(key: str, act: ActivationKind | None, n: int, units: int) -> list[_Spec]:
+    """What a layer output of ``n`` values yields, in the order measured: mean (from Σx), std
+    (from ‖x‖), min, max, and for ReLU layers the dead fraction of ``units`` (alive count
+    measured), for sigmoid/tanh the saturated fraction (count measured)."""
+    specs: list[_Spec] = [
+        ("act_mean", key, "mean", n),
+        ("act_std", key, "msq", n),
+        ("act_min", key, "set", 0),
+        ("act_max", key, "set", 0),
+    ]
+    if act == "relu":
+        specs.append(("dead_frac", key, "dead", units))
+    elif act is not None:
+        specs.append(("saturated_frac", key, "frac", n))
+    return specs
 
 
 def _fused_row(t: Tensor, mode: int) -> list[int] | None:
@@ -160,9 +191,10 @@ def _fused_row(t: Tensor, mode: int) -> list[int] | None:
     return [t.data_ptr(), n, t.dtype is torch.float64, mode, channels, inner, 0]
 
 
-def _sumsq_row(t: Tensor) -> list[int] | None:
-    """:func:`_fused_row` for a :data:`_SUMSQ` row (no channel layout needed): the per-tensor
-    cost matters here, a backward hands over two tensors per layer."""
+def _flat_row(t: Tensor, mode: int) -> list[int] | None:
+    """:func:`_fused_row` for the modes that read the values in any order (:data:`_SUMSQ`,
+    :data:`_SNAPSHOT`): no channel layout to work out, and the per-tensor cost matters, a
+    backward hands over two tensors per layer."""
     if (
         t.is_cpu
         and t.dtype in _FLOATS
@@ -172,7 +204,7 @@ def _sumsq_row(t: Tensor) -> list[int] | None:
     ):
         n = t.numel()
         if 0 < n <= FUSED_MAX_NUMEL:
-            return [t.data_ptr(), n, t.dtype is torch.float64, _SUMSQ, 1, 1, 0]
+            return [t.data_ptr(), n, t.dtype is torch.float64, mode, 1, 1, 0]
     return None
 
 
@@ -227,13 +259,9 @@ class _OptPlan:
         self.snap: Any = None
         self.delta: Any = None
         self.bufs: tuple[Any, Any] = _EMPTY
-        self.out: Any = np.zeros((0, 5))
+        self.before: Any = None  # kernel results of snap (Σw² in column 1) and of delta
+        self.after: Any = None
         self.ids: list[int] = []  # spec ids of (update_sq…, weight_sq…) of fused_names
-
-    def out_for(self) -> Any:
-        if len(self.out) != len(self.ptrs):
-            self.out = np.zeros((len(self.ptrs), 5))
-        return self.out
 
     def valid(self) -> bool:
         return [p.data_ptr() for p in self.fused_params] == self.ptrs
@@ -373,7 +401,7 @@ class Recorder:
         self._hooks_on = False
         self._in_forward = False
         if self._persistent:
-            self._install_leaf_hooks()
+            self._install_step_hooks()
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(self._on_root_pre),
         ]
@@ -432,7 +460,7 @@ class Recorder:
         self._closed = True
         self._flush()
 
-    def _install_leaf_hooks(self) -> None:
+    def _install_step_hooks(self) -> None:
         for h in self._step_hooks:
             h.on()
         self._hooks_on = True
@@ -515,7 +543,7 @@ class Recorder:
         self._grad_outs = []  # left by a backward that failed before its end
         self._in_forward = True
         if not self._persistent:
-            self._install_leaf_hooks()
+            self._install_step_hooks()
             for h in self._opt_hooks:
                 h.on()
 
@@ -549,10 +577,9 @@ class Recorder:
             ids += row_ids
             counts.append(len(row_ids))
         step = self._deferred[0][0]  # (one forward's)
-        if rows:
-            res = _run_fused(rows)
+        res = _run_fused(rows) if rows else None
         self._deferred = []  # (only now: the kernel reads the tensors these hold)
-        if not rows:
+        if res is None:
             return
         res[:, 1] = np.sqrt(res[:, 1])  # ‖x‖, as the "msq" entries expect
         vals: list[float] = []
@@ -562,16 +589,7 @@ class Recorder:
 
     def _act_spec_ids(self, key: str, n: int, mode: int, channels: int) -> list[int]:
         """Spec ids of a kernel result row ``(Σx, ‖x‖, min, max, count)`` of layer ``key``."""
-        specs: list[_Spec] = [
-            ("act_mean", key, "mean", n),
-            ("act_std", key, "msq", n),
-            ("act_min", key, "set", 0),
-            ("act_max", key, "set", 0),
-        ]
-        if mode == _MODES["relu"]:
-            specs.append(("dead_frac", key, "dead", channels))
-        elif mode != _MODES[None]:
-            specs.append(("saturated_frac", key, "frac", n))
+        specs = _act_specs(key, _KINDS[mode], n, channels)
         ids = self._act_ids[(key, n, mode, channels)] = [self._id(sp) for sp in specs]
         return ids
 
@@ -598,14 +616,7 @@ class Recorder:
             if node is None:
                 out.register_hook(partial(self._on_out_grad, key, step))
             elif out._backward_hooks is None:
-                # What Tensor.register_hook does, minus its RemovableHandle (~6 µs of the
-                # ~7 µs it costs): the tensor's hook dict registered on the node that made
-                # `out`. Like a tensor hook it sees the gradient w.r.t. this output, also when
-                # a later op changes `out` in place; the tensor dies with the step.
-                hooks: OrderedDict[int, Any] = OrderedDict()  # (a later register_hook's
-                hooks[-1] = partial(self._on_out_grad, key, step)  # handle weak-refs it)
-                out._backward_hooks = hooks
-                node._register_hook_dict(out)
+                hook_output_grad(out, partial(self._on_out_grad, key, step))
             else:  # the caller's own tensor hooks are there: join them through the node
                 node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
 
@@ -637,29 +648,16 @@ class Recorder:
         # unless |mean| > 1000·std. (A two-pass std costs an extra temporary and pass per
         # layer; torch.std_mean's Welford kernel is ~20x slower than both on CPU.)
         n = x.numel()
-        total = x.sum()
-        norm = torch.linalg.vector_norm(x)
+        units = x.shape[1] if x.ndim >= 2 else n  # ReLU units: channels (or each value)
+        specs += [(step, sp) for sp in _act_specs(key, act, n, units)]
         lo, hi = torch.aminmax(x)
-        specs += (
-            (step, ("act_mean", key, "mean", n)),
-            (step, ("act_std", key, "msq", n)),
-            (step, ("act_min", key, "set", 0)),
-            (step, ("act_max", key, "set", 0)),
-        )
-        values += (total, norm, lo, hi)
-        if act == "relu":
-            if x.ndim >= 2:  # a unit is a channel: dead if ≤ 0 for every sample and position
-                units = x.shape[1]
-                peak = x.amax(dim=[d for d in range(x.ndim) if d != 1])
-            else:
-                units, peak = x.numel(), x
-            specs.append((step, ("dead_frac", key, "dead", units)))
+        values += (x.sum(), torch.linalg.vector_norm(x), lo, hi)
+        if act == "relu":  # a unit is dead if ≤ 0 for every sample and position
+            peak = x.amax(dim=[d for d in range(x.ndim) if d != 1]) if x.ndim >= 2 else x
             values.append(torch.count_nonzero(peak))  # ≥ 0
         elif act is not None:
             centre, half = (0.5, _SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, _SAT_HIGH)
-            sat = torch.count_nonzero(x.sub(centre).abs_().gt_(half))  # one temporary
-            specs.append((step, ("saturated_frac", key, "frac", x.numel())))
-            values.append(sat)
+            values.append(torch.count_nonzero(x.sub(centre).abs_().gt_(half)))  # one temporary
 
     def _on_node_grad(self, key: str, step: int, nr: int, grads: tuple[Tensor | None, ...]) -> None:
         grad = grads[nr]
@@ -690,22 +688,20 @@ class Recorder:
             for (_, p), i in zip(self._flat_params, self._param_ids, strict=True):
                 if p.grad is not None:
                     todo.append((p.grad, step, i))
-        rows: list[list[int]] = []  # for the kernel
+        rows: list[list[int]] = []  # for the kernel (todo keeps the tensors alive)
         row_steps: list[int] = []
         row_ids: list[int] = []
-        keep: list[Tensor] = []  # alive until the kernel has read them
         specs: list[tuple[int, _Spec]] = []  # for torch
         values: list[Tensor] = []
         dense: list[Tensor] = []
         dense_specs: list[tuple[int, _Spec]] = []
         fused = self._fused
         for g, st, i in todo:
-            row = _sumsq_row(g) if fused else None
+            row = _flat_row(g, _SUMSQ) if fused else None
             if row is not None:
                 rows.append(row)
                 row_steps.append(st)
                 row_ids.append(i)
-                keep.append(g)
             elif g.is_sparse or g.dtype not in _FLOATS:
                 specs.append((st, self._specs[i]))
                 values.append(_norm(g))
@@ -737,7 +733,7 @@ class Recorder:
             if id(p) not in ids:
                 continue
             p = p.detach()
-            row = _fused_row(p, _SNAPSHOT) if self._fused else None
+            row = _flat_row(p, _SNAPSHOT) if self._fused else None
             if row is None:
                 plan.names.append(n)
                 plan.params.append(p)
@@ -753,6 +749,7 @@ class Recorder:
             plan.delta = plan.snap.copy()
             plan.delta[:, 3] = _DELTA
             plan.ptrs = [int(r[0]) for r in rows]
+            plan.before, plan.after = np.zeros((len(rows), 5)), np.zeros((len(rows), 5))
             plan.bufs = tuple(
                 np.empty(sizes[is64], np.float64 if is64 else np.float32) for is64 in (False, True)
             )
@@ -773,7 +770,7 @@ class Recorder:
                 weights = _foreach_norms(plan.params)
                 olds = [p.clone() for p in plan.params]
         if plan.snap is not None:
-            _fused_kernel()(plan.snap, plan.out_for(), *plan.bufs)
+            _fused_kernel()(plan.snap, plan.before, *plan.bufs)
         self._snapshot = (plan, olds, weights)
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -793,14 +790,13 @@ class Recorder:
             specs += [(step, ("weight_sq", name, "sq", 0)) for name in plan.names]
             self._emit(specs, [*updates, *weights])
         if plan.snap is not None and plan.valid():  # (not when the step swapped p.data)
-            w_sq = plan.out_for()[:, 1].copy()
-            res = plan.out_for()
-            _fused_kernel()(plan.delta, res, *plan.bufs)
+            _fused_kernel()(plan.delta, plan.after, *plan.bufs)
             if not plan.ids:
                 names = plan.fused_names
                 plan.ids = [self._id(("update_sq", n, "sq", 0)) for n in names]
                 plan.ids += [self._id(("weight_sq", n, "sq", 0)) for n in names]
-            self._put_ids(step, plan.ids, np.sqrt(np.concatenate([res[:, 1], w_sq])).tolist())
+            sq = np.concatenate([plan.after[:, 1], plan.before[:, 1]])
+            self._put_ids(step, plan.ids, np.sqrt(sq).tolist())
 
     # ----------------------------------------------------------------------- reading
 

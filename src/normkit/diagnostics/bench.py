@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from torch.autograd import Variable
 
 from normkit.diagnostics._modules import leaf_modules
-from normkit.diagnostics._recorder import Recorder, watch
+from normkit.diagnostics._recorder import Recorder, hook_output_grad, watch
 from normkit.diagnostics.examples import deep_mlp, digits, digits_cnn
 
 __all__ = ["CASES", "run_diagnostics_bench"]
@@ -78,10 +77,7 @@ class _NoOpHooks:
 
     def _leaf(self, module: nn.Module, args: Any, out: Any) -> None:
         if isinstance(out, Tensor) and out.grad_fn is not None and out._backward_hooks is None:
-            hooks: OrderedDict[int, Any] = OrderedDict()
-            hooks[-1] = self._grad
-            out._backward_hooks = hooks
-            out.grad_fn._register_hook_dict(out)
+            hook_output_grad(out, self._grad)
 
     def _grad(self, grad: Tensor) -> None:
         if not self._queued:
