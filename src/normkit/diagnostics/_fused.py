@@ -30,10 +30,11 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from normkit.diagnostics._modules import SAT_HIGH, SAT_LOW
+
 __all__ = ["DELTA", "MOMENTS", "RELU", "SIGMOID", "SNAPSHOT", "SUMSQ", "TANH", "tensor_stats"]
 
 MOMENTS, RELU, SIGMOID, TANH, SUMSQ, SNAPSHOT, DELTA = range(7)
-_SAT_LOW, _SAT_HIGH = 0.01, 0.99
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 
 
@@ -133,10 +134,10 @@ def _one(x, bits, mode, channels, inner, snap, off, row):  # pragma: no cover - 
             count = _alive_channels(bits, channels, inner)
         elif mode == SIGMOID:
             for i in range(n):
-                count += (x[i] < _SAT_LOW) | (x[i] > _SAT_HIGH)
+                count += (x[i] < SAT_LOW) | (x[i] > SAT_HIGH)
         elif mode == TANH:
             for i in range(n):
-                count += abs(x[i]) > _SAT_HIGH
+                count += abs(x[i]) > SAT_HIGH
         row[4] = count
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 from torch import nn
 
 __all__ = [
+    "SAT_HIGH",
+    "SAT_LOW",
     "ActivationKind",
     "activation_kind",
     "is_bn_like",
@@ -16,6 +18,9 @@ __all__ = [
 ]
 
 ActivationKind = Literal["relu", "sigmoid", "tanh"]
+
+#: A sigmoid output is saturated outside [SAT_LOW, SAT_HIGH], a tanh output when |y| > SAT_HIGH.
+SAT_LOW, SAT_HIGH = 0.01, 0.99
 
 _BN_ATTRS = ("running_mean", "running_var", "momentum", "num_batches_tracked")
 

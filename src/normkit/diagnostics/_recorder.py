@@ -44,6 +44,7 @@ from torch.utils.hooks import RemovableHandle
 from normkit._stats import accumulation_dtype
 from normkit.diagnostics._findings import Finding
 from normkit.diagnostics._modules import (
+    SAT_HIGH,
     ActivationKind,
     activation_kind,
     is_depth_layer,
@@ -76,7 +77,6 @@ fraction of saturated outputs (sigmoid outside [0.01, 0.99], tanh with |y| > 0.9
 the gradient w.r.t. the layer's output; L2 norm of the gradient of the layer's own parameters;
 L2 norm of those parameters before the optimizer step and ‖Δw‖/‖w‖ of that step."""
 
-_SAT_LOW, _SAT_HIGH = 0.01, 0.99
 # A pending value: (metric, layer, mode, arg). mode "set" stores the value, "sq" adds its square
 # (per-parameter norms of one layer), "dead" stores 1 − value/arg (alive units of arg), "frac"
 # stores value/arg (count of saturated outputs among arg), "mean" value/arg (Σx → mean), "msq"
@@ -656,7 +656,7 @@ class Recorder:
             peak = x.amax(dim=[d for d in range(x.ndim) if d != 1]) if x.ndim >= 2 else x
             values.append(torch.count_nonzero(peak))  # ≥ 0
         elif act is not None:
-            centre, half = (0.5, _SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, _SAT_HIGH)
+            centre, half = (0.5, SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, SAT_HIGH)
             values.append(torch.count_nonzero(x.sub(centre).abs_().gt_(half)))  # one temporary
 
     def _on_node_grad(self, key: str, step: int, nr: int, grads: tuple[Tensor | None, ...]) -> None:
