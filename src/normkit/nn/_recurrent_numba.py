@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from normkit.backends import numba_backend  # (imported first: sets the kernel cache dir)
+from normkit.backends.numba_backend import _np
 from normkit.nn import _recurrent_numba_kernels as K
 
 __all__ = ["numba_gru_direction", "numba_lstm_direction", "supports", "warm_up"]
@@ -70,10 +71,6 @@ def _parts(rows: int) -> int:
 def supports(x: Tensor) -> bool:
     """Whether the kernels can run the loop for input ``x``: a CPU float32/float64 tensor."""
     return x.device.type == "cpu" and x.dtype in _DTYPES
-
-
-def _np(t: Tensor) -> Any:
-    return t.detach().numpy()
 
 
 def _opt(t: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
