@@ -294,3 +294,66 @@ def test_record_picks_the_metric_groups_and_their_hooks() -> None:
         watch(nn.Linear(2, 2), record=("activation",))
     with pytest.raises(ValueError, match="record must name one or more of"):
         watch(nn.Linear(2, 2), record=())
+
+
+class _Shifting(nn.Module):
+    """conv → bn → relu → [conv2 → sigmoid, skipped when ``skip``] → pool → fc; the caller also
+    changes the batch size: the recorder's plans stop matching and must be rebuilt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.sig = nn.Sigmoid()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 10)
+        self.skip = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn(self.conv(x)))
+        if not self.skip:
+            h = self.sig(self.conv2(h))
+        return self.fc(self.pool(h).flatten(1))
+
+
+def test_replayed_steps_and_steps_that_leave_the_plan_record_what_the_torch_path_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    replays = []
+    run = R._Plan.run
+    monkeypatch.setattr(R._Plan, "run", lambda self, ts: replays.append(len(ts)) or run(self, ts))
+    batches = [5, 5, 5, 7, 7, 5, 5, 5, 5, 5]
+    skips = {5, 6}  # conv2 and sigmoid not called: the forward leaves its plan midway
+    torch.manual_seed(0)
+    base = _Shifting()
+    recs = []
+    for fused in (True, False):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(5)
+        with watch(model) as rec:
+            rec._fused = fused
+            for step, n in enumerate(batches):
+                model.skip = step in skips
+                x = torch.randn(n, 3, 5, 5, generator=g)
+                loss = F.cross_entropy(model(x), torch.arange(n) % 10)
+                opt.zero_grad()  # (set to None: conv2 has no gradient when skipped)
+                loss.backward()
+                opt.step()
+        recs.append(rec)
+    fast, slow = recs
+    # The forward's plan (7 outputs) is made at step 0, left at steps 3 (batch), 5 (layers) and
+    # 7 (layers), made again by the step after each and replayed at 1, 2 and 9. The backward's
+    # (7 output gradients + 8 parameter gradients) is made at the end of its step: replayed at
+    # 1, 2, 4, 8 and 9; not made at 5 and 6 (conv2 has no gradient).
+    assert replays == [7, 15, 7, 15, 15, 15, 7, 15], replays
+    assert fast.layers == slow.layers and fast.steps == slow.steps == list(range(len(batches)))
+    for metric in METRICS:
+        a, b = fast.series(metric), slow.series(metric)
+        assert a.keys() == b.keys(), metric
+        for layer in a:
+            np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
+    grads = fast.series("grad_norm")
+    assert math.isnan(grads["conv2"][5]) and not math.isnan(grads["conv2"][7])

@@ -261,10 +261,52 @@ class _OptPlan:
         self.bufs: tuple[Any, Any] = _EMPTY
         self.before: Any = None  # kernel results of snap (Σw² in column 1) and of delta
         self.after: Any = None
-        self.ids: list[int] = []  # spec ids of (update_sq…, weight_sq…) of fused_names
+        self.ids = array("q")  # spec ids of (update_sq…, weight_sq…) of fused_names
 
     def valid(self) -> bool:
         return [p.data_ptr() for p in self.fused_params] == self.ptrs
+
+
+def _signature(ts: list[Tensor]) -> list[tuple[Any, ...]] | None:
+    """What a plan's kernel table assumes of each tensor: shape, strides, dtype and that it is
+    on the CPU (equal signatures: the same table row but the address). None when one is not a
+    dense tensor (sparse, nested: no strides) or missing (a parameter without a gradient)."""
+    try:
+        return [(t.shape, t.stride(), t.dtype, t.is_cpu) for t in ts]
+    except (AttributeError, RuntimeError):
+        return None
+
+
+class _Plan:
+    """A recorded phase's structure, kept to replay it. ``keys``: the layers in order (leaf
+    calls of a forward, output gradients as a backward delivers them); ``sigs``: the
+    :func:`_signature` of the tensors the kernel reads (rows of ``meta``, whose address column
+    is refilled per step; results in ``out``); ``ids``/``take``: the spec ids of the values and
+    where they are in ``out`` (flat index). A forward's plan also keeps the leaf ``names`` (the
+    hooks' own strings: compared by identity) and activation ``acts``; a backward's the
+    ``params`` whose gradients follow the output gradients in ``meta``."""
+
+    __slots__ = ("acts", "ids", "keys", "meta", "names", "out", "params", "sigs", "take")
+
+    def __init__(self, keys: list[str], sigs: list[tuple[Any, ...]], rows: list[list[int]]) -> None:
+        self.keys = keys
+        self.sigs = sigs
+        self.meta: Any = np.array(rows, dtype=np.int64) if rows else None
+        self.out: Any = np.empty((len(rows), 5)) if rows else None
+        self.ids = array("q")
+        self.take: Any = None
+        self.names: list[str] = []
+        self.acts: list[ActivationKind | None] = []
+        self.params: list[Tensor] = []
+
+    def run(self, ts: list[Tensor]) -> Any:
+        """The kernel's ``(Σx, ‖x‖, min, max, count)`` rows for ``ts`` (the plan's tensors of
+        this step, held by the caller)."""
+        self.meta[:, 0] = [t.data_ptr() for t in ts]
+        out = self.out
+        _fused_kernel()(self.meta, out, *_EMPTY)
+        np.sqrt(out[:, 1], out=out[:, 1])
+        return out
 
 
 def _foreach_norms(ts: list[Tensor]) -> list[Tensor]:
@@ -367,8 +409,12 @@ class Recorder:
         # this step's activation statistics, read at once at the end of the forward
         self._act_specs: list[tuple[int, _Spec]] = []
         self._act_values: list[Tensor] = []
-        # this backward's output gradients, normed in one pass when the backward ends
-        self._grad_outs: list[tuple[str, int, Tensor, int]] = []
+        # this backward's output gradients (layer, step, gradient, its version when handed
+        # over), normed in one pass when the backward ends
+        self._go_keys: list[str] = []
+        self._go_steps: list[int] = []
+        self._go_grads: list[Tensor] = []
+        self._go_vers: list[int] = []
         self._values: dict[str, dict[str, dict[int, float]]] = defaultdict(
             lambda: defaultdict(dict)
         )
@@ -387,6 +433,16 @@ class Recorder:
         self._act_ids: dict[tuple[str, int, int, int], list[int]] = {}
         self._grad_out_ids: dict[str, int] = {}
         self._param_ids: list[int] = []
+        # Replayed steps: once a recorded forward (backward) ran with every output (gradient)
+        # on the kernel path, its structure is kept as a plan; a later step that follows it
+        # (same leaf calls, same shapes, nothing changed in place) only refills the addresses.
+        # A forward that leaves the plan midway goes back to the per-layer path from there.
+        self._fplan: _Plan | None = None
+        self._fast: _Plan | None = None  # the plan this forward follows
+        self._outs: list[Tensor] = []  # its outputs so far, and their versions at the hooks
+        self._vers: list[int] = []
+        self._log: list[tuple[str, str, Tensor, list[int] | None]] | None = []
+        self._bplan: _Plan | None = None
         # Switched on for the recorded steps only (with every=1 they stay on: cheaper than
         # switching each step); the root's pre-hook, always on, counts the steps.
         self._step_hooks = [
@@ -503,6 +559,12 @@ class Recorder:
         self._col_id.extend(ids)
         self._col_val.extend(values)
 
+    def _put_block(self, step: int, ids: array[int], values: Any) -> None:
+        """A replayed phase's values (a float64 NumPy vector, in the order of ``ids``)."""
+        self._col_val.frombytes(values.tobytes())
+        self._col_step.extend(array("q", (step,)) * len(ids))
+        self._col_id.extend(ids)
+
     def _store(self, step: int, spec: _Spec, v: float) -> None:
         metric, key, mode, arg = spec
         cell = self._values[metric][key]
@@ -540,7 +602,11 @@ class Recorder:
         self._params_read = False
         self._act_specs, self._act_values = [], []
         self._probes, self._deferred = [], []  # left by a forward that failed
-        self._grad_outs = []  # left by a backward that failed before its end
+        self._outs.clear()
+        self._vers.clear()
+        self._fast = None if self._hist_now else self._fplan
+        self._log = [] if self._fast is None else None
+        self._clear_grad_outs()  # left by a backward that failed before its end
         self._in_forward = True
         if not self._persistent:
             self._install_step_hooks()
@@ -550,6 +616,8 @@ class Recorder:
     def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._in_forward = False
         self._drop_step_hooks()
+        if self._fast is not None:
+            self._finish_fast()
         specs, values = self._act_specs, self._act_values
         self._act_specs, self._act_values = [], []
         self._emit(specs, values)
@@ -558,6 +626,74 @@ class Recorder:
         self._probes = []
         if self._deferred:
             self._measure_deferred()
+        log, self._log = self._log, None
+        if log:
+            self._fplan = self._forward_plan(log)
+
+    def _forward_plan(self, log: list[tuple[str, str, Tensor, list[int] | None]]) -> _Plan | None:
+        """The plan of the forward just logged, or None when a later one could not replay it:
+        an output the kernel cannot read, or one changed in place after its layer."""
+        rows: list[list[int]] = []
+        if self._rec_act:
+            for _, key, _, row in log:
+                if row is None or key not in self._deferrable:
+                    return None
+                rows.append(row)
+        plan = _Plan([key for _, key, _, _ in log], [], rows)
+        plan.names = [name for name, _, _, _ in log]
+        plan.acts = [self._info[name].activation for name in plan.names]
+        if rows:
+            sigs = _signature([out for _, _, out, _ in log])
+            if sigs is None:
+                return None
+            plan.sigs = sigs
+            take: list[int] = []
+            for r, (key, row) in enumerate(zip(plan.keys, rows, strict=True)):
+                ids = self._act_spec_ids(key, row[1], row[3], row[4])
+                plan.ids.extend(ids)
+                take += range(5 * r, 5 * r + len(ids))
+            plan.take = np.array(take, dtype=np.intp)
+        return plan
+
+    def _finish_fast(self) -> None:
+        """End of a forward that followed the plan: its outputs measured in one kernel call,
+        unless they no longer match the plan (fewer calls, other shapes, changed in place)."""
+        fast, outs = self._fast, self._outs
+        assert fast is not None
+        ok = len(outs) == len(fast.keys) and [t._version for t in outs] == self._vers
+        if ok and fast.meta is not None:
+            ok = _signature(outs) == fast.sigs
+        if not ok:
+            self._leave_fast()
+            return
+        self._fast = None
+        if fast.meta is not None:
+            out = fast.run(outs)
+            self._put_block(self._step, fast.ids, out.ravel()[fast.take])
+        outs.clear()
+        self._vers.clear()
+
+    def _leave_fast(self) -> None:
+        """Back to the per-layer path midway through a forward (or at its end): the outputs
+        followed so far are measured now if nothing changed them in place since their hook,
+        else dropped (their layer is measured in its hook from now on); a later step makes a
+        new plan."""
+        fast, self._fast, self._fplan, self._log = self._fast, None, None, None
+        assert fast is not None
+        step = self._step
+        for name, key, act, out, version in zip(
+            fast.names, fast.keys, fast.acts, self._outs, self._vers, strict=False
+        ):
+            self._calls[name] = self._calls.get(name, 0) + 1
+            if not self._rec_act:
+                continue
+            if out._version == version:
+                self._measure_output(key, step, act, out)
+            else:
+                self._deferrable.discard(key)
+                self._mutated.add(key)
+        self._outs.clear()
+        self._vers.clear()
 
     def _measure_deferred(self) -> None:
         """This forward's kept outputs, measured in one kernel call. An output changed in place
@@ -596,8 +732,25 @@ class Recorder:
     def _on_leaf(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         if not self._in_forward:
             return
+        fast = self._fast
+        if fast is not None:  # the plan's next call? (then only kept, measured at the end)
+            pos = len(self._outs)
+            if (
+                pos < len(fast.names)
+                and fast.names[pos] is name
+                and type(output) is Tensor
+                and output.is_floating_point()
+                and output.numel()
+            ):
+                self._outs.append(output)
+                self._vers.append(output._version)
+                if output.requires_grad and self._rec_grad:
+                    self._hook_grad(fast.keys[pos], output)
+                return
+            self._leave_fast()
         out = output if type(output) is Tensor else _first_tensor(output)
         if out is None or not out.is_floating_point() or out.numel() == 0:
+            self._log = None  # (a call the plan could not replay)
             return
         calls = self._calls.get(name, 0) + 1
         self._calls[name] = calls
@@ -608,21 +761,36 @@ class Recorder:
             if calls > 1:
                 base = self._info[name]
                 self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation)
-        step = self._step
+        row = None
         if self._rec_act:
-            self._measure_output(key, step, self._info[name].activation, out)
+            row = self._measure_output(key, self._step, self._info[name].activation, out)
+        if self._log is not None:
+            if type(output) is Tensor:
+                self._log.append((name, key, out, row))
+            else:
+                self._log = None
         if out.requires_grad and self._rec_grad:
-            node = out.grad_fn
-            if node is None:
-                out.register_hook(partial(self._on_out_grad, key, step))
-            elif out._backward_hooks is None:
-                hook_output_grad(out, partial(self._on_out_grad, key, step))
-            else:  # the caller's own tensor hooks are there: join them through the node
-                node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
+            self._hook_grad(key, out)
 
-    def _measure_output(self, key: str, step: int, act: ActivationKind | None, out: Tensor) -> None:
+    def _hook_grad(self, key: str, out: Tensor) -> None:
+        """Have the gradient w.r.t. ``out`` (the output of layer ``key``) handed over."""
+        step = self._step
+        node = out.grad_fn
+        if node is None:
+            out.register_hook(partial(self._on_out_grad, key, step))
+        elif out._backward_hooks is None:
+            hook_output_grad(out, partial(self._on_out_grad, key, step))
+        else:  # the caller's own tensor hooks are there: join them through the node
+            node.register_prehook(partial(self._on_node_grad, key, step, out.output_nr))
+
+    def _measure_output(
+        self, key: str, step: int, act: ActivationKind | None, out: Tensor
+    ) -> list[int] | None:
+        """Measure ``out`` now, or keep it for the kernel at the end of the forward; returns its
+        kernel row (None: not for the kernel)."""
         x = out if out.dtype in _FLOATS else out.float()  # (read only: no detach needed)
         deferred = False
+        row = None
         if self._fused and key not in self._mutated:
             row = _fused_row(x, _MODES[act])
             if row is not None:
@@ -639,6 +807,7 @@ class Recorder:
             hists = self._hists.setdefault(key, [])
             hists[1:] = []  # keep the first and the latest only
             hists.append((step, sample))
+        return row
 
     def _measure_now(self, key: str, step: int, act: ActivationKind | None, x: Tensor) -> None:
         specs, values = self._act_specs, self._act_values
@@ -665,29 +834,54 @@ class Recorder:
             self._on_out_grad(key, step, grad)
 
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
-        if not self._grad_outs:
+        if not self._go_keys:
             # runs once the whole backward pass is done, when every .grad is accumulated
             Variable._execution_engine.queue_callback(partial(self._on_backward_end, step))
         # only kept here; normed together with the parameter gradients when the backward ends
-        self._grad_outs.append((key, step, grad, grad._version))
+        self._go_keys.append(key)
+        self._go_steps.append(step)
+        self._go_grads.append(grad)
+        self._go_vers.append(grad._version)
+
+    def _clear_grad_outs(self) -> None:
+        self._go_keys, self._go_steps, self._go_grads, self._go_vers = [], [], [], []
 
     def _on_backward_end(self, step: int) -> None:
+        keys, steps, grads, vers = self._go_keys, self._go_steps, self._go_grads, self._go_vers
+        self._clear_grad_outs()
+        plan = self._bplan
+        if (
+            plan is not None
+            and not self._params_read
+            and keys == plan.keys
+            and steps.count(step) == len(steps)
+            and [g._version for g in grads] == vers
+        ):
+            ts = grads + [p.grad for p in plan.params]  # type: ignore[misc]
+            if _signature(ts) == plan.sigs:  # the backward the plan was made from, replayed
+                self._params_read = True
+                self._put_block(step, plan.ids, plan.run(ts).ravel()[plan.take])
+                return
         todo: list[tuple[Tensor, int, int]] = []  # (gradient, step, spec id)
         gid = self._grad_out_ids
-        grad_outs, self._grad_outs = self._grad_outs, []
-        for key, st, g, version in grad_outs:
+        for key, st, g, version in zip(keys, steps, grads, vers, strict=True):
             if g._version == version:  # else changed in place after the hook: not the gradient
                 i = gid.get(key)
                 if i is None:
                     i = gid[key] = self._id(("grad_out_norm", key, "set", 0))
                 todo.append((g, st, i))
-        if not self._params_read:  # parameter gradients once per recorded step
+        replayable = len(todo) == len(keys) and steps.count(step) == len(steps)
+        if self._params_read:
+            replayable = False
+        else:  # parameter gradients once per recorded step
             self._params_read = True
             if len(self._param_ids) != len(self._flat_params):
                 self._param_ids = [self._id(("grad_sq", n, "sq", 0)) for n, _ in self._flat_params]
             for (_, p), i in zip(self._flat_params, self._param_ids, strict=True):
                 if p.grad is not None:
                     todo.append((p.grad, step, i))
+                else:
+                    replayable = False
         rows: list[list[int]] = []  # for the kernel (todo keeps the tensors alive)
         row_steps: list[int] = []
         row_ids: list[int] = []
@@ -716,6 +910,14 @@ class Recorder:
             self._col_step.extend(row_steps)
             self._col_id.extend(row_ids)
             self._col_val.extend(np.sqrt(_run_fused(rows)[:, 1]).tolist())
+        self._bplan = None
+        if replayable and rows and len(rows) == len(todo):
+            sigs = _signature([g for g, _, _ in todo])
+            if sigs is not None:
+                self._bplan = plan = _Plan(keys, sigs, rows)
+                plan.params = [p for _, p in self._flat_params]
+                plan.ids.extend(row_ids)
+                plan.take = np.arange(1, 5 * len(rows), 5)
 
     def _opt_plan(self, opt: torch.optim.Optimizer) -> _OptPlan:
         """Which watched parameters ``opt`` steps, split into those the kernel snapshots (with
@@ -793,10 +995,10 @@ class Recorder:
             _fused_kernel()(plan.delta, plan.after, *plan.bufs)
             if not plan.ids:
                 names = plan.fused_names
-                plan.ids = [self._id(("update_sq", n, "sq", 0)) for n in names]
-                plan.ids += [self._id(("weight_sq", n, "sq", 0)) for n in names]
+                plan.ids.extend(self._id(("update_sq", n, "sq", 0)) for n in names)
+                plan.ids.extend(self._id(("weight_sq", n, "sq", 0)) for n in names)
             sq = np.concatenate([plan.after[:, 1], plan.before[:, 1]])
-            self._put_ids(step, plan.ids, np.sqrt(sq).tolist())
+            self._put_block(step, plan.ids, np.sqrt(sq, out=sq))
 
     # ----------------------------------------------------------------------- reading
 
