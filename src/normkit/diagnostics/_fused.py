@@ -17,7 +17,11 @@ A row of the int64 table ``meta`` describes one contiguous CPU tensor:
 * :data:`SIGMOID` / :data:`TANH` — and ``count`` = values outside [0.01, 0.99] / |y| > 0.99;
 * :data:`SUMSQ` — Σx² only (gradient norms);
 * :data:`SNAPSHOT` — Σx², and the values copied into ``snap32``/``snap64`` at ``offset``;
-* :data:`DELTA` — Σ(x − snapshot)² (the optimizer step's ‖Δw‖², snapshot taken before).
+* :data:`DELTA` — Σ(x − snapshot)² (the optimizer step's ‖Δw‖², snapshot taken before), in
+  column 0: a row's snapshot and delta share one ``out`` row, whose column 1 keeps Σw².
+
+:func:`replay_stats` is the call of a replayed recorder phase: it also writes the addresses of
+this step's tensors into ``meta`` and gathers the results the recorder keeps into one vector.
 
 Sums accumulate in float64. ``fastmath`` allows reassociation only (no ``nnan``/``ninf``), so
 NaN and Inf propagate. The tensors must stay alive during the call: the caller holds them.
@@ -32,7 +36,17 @@ from numba.extending import intrinsic
 
 from normkit.diagnostics._modules import SAT_HIGH, SAT_LOW
 
-__all__ = ["DELTA", "MOMENTS", "RELU", "SIGMOID", "SNAPSHOT", "SUMSQ", "TANH", "tensor_stats"]
+__all__ = [
+    "DELTA",
+    "MOMENTS",
+    "RELU",
+    "SIGMOID",
+    "SNAPSHOT",
+    "SUMSQ",
+    "TANH",
+    "replay_stats",
+    "tensor_stats",
+]
 
 MOMENTS, RELU, SIGMOID, TANH, SUMSQ, SNAPSHOT, DELTA = range(7)
 _FM = {"reassoc", "contract", "nsz", "arcp"}
@@ -126,7 +140,7 @@ def _one(x, bits, mode, channels, inner, snap, off, row):  # pragma: no cover - 
         for i in range(n):
             d = np.float64(x[i]) - np.float64(snap[off + i])
             q += d * d
-        row[1] = q
+        row[0] = q
     else:
         _moments(x, bits, row)
         count = 0
@@ -153,3 +167,17 @@ def tensor_stats(meta, out, snap32, snap64):  # pragma: no cover - jitted
         else:
             x32 = carray(_address(addr), (n,), np.float32)
             _one(x32, x32.view(np.int32), mode, channels, inner, snap32, off, row)
+
+
+@njit(cache=True, nogil=True)
+def replay_stats(ptrs, meta, out, take, root, vals, snap32, snap64):  # pragma: no cover - jitted
+    """:func:`tensor_stats` with this step's addresses ``ptrs`` put into ``meta`` first (none:
+    keep those in it), then ``vals[j] = out.flat[take[j]]``, its square root where ``root[j]``
+    (‖x‖ from Σx²). ``ptrs``/``vals`` may be any int64/float64 buffer (``array.array``)."""
+    for k in range(len(ptrs)):
+        meta[k, 0] = ptrs[k]
+    tensor_stats(meta, out, snap32, snap64)
+    flat = out.ravel()
+    for j in range(len(vals)):
+        v = flat[take[j]]
+        vals[j] = np.sqrt(v) if root[j] else v

@@ -140,15 +140,21 @@ def _histogram(sample: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 
 @functools.cache
-def _fused_kernel() -> Any:
-    """The one-call statistics kernel (:mod:`normkit.diagnostics._fused`), or None without
+def _fused_module() -> Any:
+    """:mod:`normkit.diagnostics._fused` (the one-call statistics kernels), or None without
     numba."""
     if importlib.util.find_spec("numba") is None:
         return None
     import normkit.backends  # noqa: F401  (sets numba's on-disk cache before the first jit)
-    from normkit.diagnostics._fused import tensor_stats
+    from normkit.diagnostics import _fused
 
-    return tensor_stats
+    return _fused
+
+
+def _fused_kernel() -> Any:
+    """``tensor_stats`` of :mod:`normkit.diagnostics._fused`, or None without numba."""
+    fused = _fused_module()
+    return None if fused is None else fused.tensor_stats
 
 
 def _act_specs(key: str, act: ActivationKind | None, n: int, units: int) -> list[_Spec]:
@@ -223,6 +229,7 @@ def _run_fused(rows: list[list[int]], snap32: Any = None, snap64: Any = None) ->
 
 
 _EMPTY = (np.zeros(0, np.float32), np.zeros(0, np.float64))
+_NO_PTRS = array("q")  # (replay_stats: keep the addresses in the table)
 
 
 class _Switch:
@@ -246,8 +253,9 @@ class _Switch:
 
 class _OptPlan:
     """An optimizer's watched parameters: ``names``/``params`` measured with torch ops,
-    ``fused_*`` by the kernel from the tables ``snap`` (copy into ``bufs`` + Σw²) and ``delta``
-    (Σ(w − copy)²) at the storage addresses ``ptrs``."""
+    ``fused_*`` by the kernel from the tables ``snap`` (copy into ``bufs`` + Σw², in column 1 of
+    ``out``) and ``delta`` (Σ(w − copy)², column 0) at the storage addresses ``ptrs``; the
+    update and weight norms are gathered into ``vals`` (spec ids ``ids``)."""
 
     def __init__(self, sig: tuple[tuple[int, int], ...]) -> None:
         self.sig = sig
@@ -259,8 +267,10 @@ class _OptPlan:
         self.snap: Any = None
         self.delta: Any = None
         self.bufs: tuple[Any, Any] = _EMPTY
-        self.before: Any = None  # kernel results of snap (Σw² in column 1) and of delta
-        self.after: Any = None
+        self.out: Any = None
+        self.take: Any = None
+        self.root: Any = None
+        self.vals = array("d")
         self.ids = array("q")  # spec ids of (update_sq…, weight_sq…) of fused_names
 
     def valid(self) -> bool:
@@ -281,32 +291,51 @@ class _Plan:
     """A recorded phase's structure, kept to replay it. ``keys``: the layers in order (leaf
     calls of a forward, output gradients as a backward delivers them); ``sigs``: the
     :func:`_signature` of the tensors the kernel reads (rows of ``meta``, whose address column
-    is refilled per step; results in ``out``); ``ids``/``take``: the spec ids of the values and
-    where they are in ``out`` (flat index). A forward's plan also keeps the leaf ``names`` (the
-    hooks' own strings: compared by identity) and activation ``acts``; a backward's the
-    ``params`` whose gradients follow the output gradients in ``meta``."""
+    is refilled per step; results in ``out``); ``ids``: the spec ids of the values the kernel
+    gathers into ``vals`` (from ``take``, square-rooted where ``root``). A forward's plan also
+    keeps the leaf ``names`` (the hooks' own strings: compared by identity) and activation
+    ``acts``; a backward's the ``params`` whose gradients follow the output gradients."""
 
-    __slots__ = ("acts", "ids", "keys", "meta", "names", "out", "params", "sigs", "take")
+    __slots__ = (
+        "acts",
+        "ids",
+        "keys",
+        "meta",
+        "names",
+        "out",
+        "params",
+        "root",
+        "sigs",
+        "take",
+        "vals",
+    )
 
     def __init__(self, keys: list[str], sigs: list[tuple[Any, ...]], rows: list[list[int]]) -> None:
         self.keys = keys
         self.sigs = sigs
         self.meta: Any = np.array(rows, dtype=np.int64) if rows else None
-        self.out: Any = np.empty((len(rows), 5)) if rows else None
+        self.out: Any = np.zeros((len(rows), 5))
         self.ids = array("q")
         self.take: Any = None
+        self.root: Any = None
+        self.vals = array("d")
         self.names: list[str] = []
         self.acts: list[ActivationKind | None] = []
         self.params: list[Tensor] = []
 
-    def run(self, ts: list[Tensor]) -> Any:
-        """The kernel's ``(Σx, ‖x‖, min, max, count)`` rows for ``ts`` (the plan's tensors of
-        this step, held by the caller)."""
-        self.meta[:, 0] = [t.data_ptr() for t in ts]
-        out = self.out
-        _fused_kernel()(self.meta, out, *_EMPTY)
-        np.sqrt(out[:, 1], out=out[:, 1])
-        return out
+    def gather(self, take: list[int]) -> None:
+        """Keep the values at flat indices ``take`` of ``out`` (column 1, Σx², as its root)."""
+        self.take = np.array(take, dtype=np.int64)
+        self.root = self.take % 5 == 1
+        self.vals = array("d", bytes(8 * len(take)))
+
+    def run(self, ts: list[Tensor]) -> array[float]:
+        """The kept values for ``ts``, this step's tensors of the plan (held by the caller)."""
+        ptrs = array("q", [t.data_ptr() for t in ts])
+        _fused_module().replay_stats(
+            ptrs, self.meta, self.out, self.take, self.root, self.vals, *_EMPTY
+        )
+        return self.vals
 
 
 def _foreach_norms(ts: list[Tensor]) -> list[Tensor]:
@@ -559,9 +588,9 @@ class Recorder:
         self._col_id.extend(ids)
         self._col_val.extend(values)
 
-    def _put_block(self, step: int, ids: array[int], values: Any) -> None:
-        """A replayed phase's values (a float64 NumPy vector, in the order of ``ids``)."""
-        self._col_val.frombytes(values.tobytes())
+    def _put_block(self, step: int, ids: array[int], values: array[float]) -> None:
+        """A replayed phase's values, in the order of ``ids``."""
+        self._col_val.extend(values)
         self._col_step.extend(array("q", (step,)) * len(ids))
         self._col_id.extend(ids)
 
@@ -652,7 +681,7 @@ class Recorder:
                 ids = self._act_spec_ids(key, row[1], row[3], row[4])
                 plan.ids.extend(ids)
                 take += range(5 * r, 5 * r + len(ids))
-            plan.take = np.array(take, dtype=np.intp)
+            plan.gather(take)
         return plan
 
     def _finish_fast(self) -> None:
@@ -668,8 +697,7 @@ class Recorder:
             return
         self._fast = None
         if fast.meta is not None:
-            out = fast.run(outs)
-            self._put_block(self._step, fast.ids, out.ravel()[fast.take])
+            self._put_block(self._step, fast.ids, fast.run(outs))
         outs.clear()
         self._vers.clear()
 
@@ -745,7 +773,14 @@ class Recorder:
                 self._outs.append(output)
                 self._vers.append(output._version)
                 if output.requires_grad and self._rec_grad:
-                    self._hook_grad(fast.keys[pos], output)
+                    node = output.grad_fn
+                    if node is not None and output._backward_hooks is None:  # (hook_output_grad)
+                        hooks: OrderedDict[int, Any] = OrderedDict()
+                        hooks[-1] = partial(self._on_out_grad, fast.keys[pos], self._step)
+                        output._backward_hooks = hooks
+                        node._register_hook_dict(output)
+                    else:
+                        self._hook_grad(fast.keys[pos], output)
                 return
             self._leave_fast()
         out = output if type(output) is Tensor else _first_tensor(output)
@@ -860,7 +895,7 @@ class Recorder:
             ts = grads + [p.grad for p in plan.params]  # type: ignore[misc]
             if _signature(ts) == plan.sigs:  # the backward the plan was made from, replayed
                 self._params_read = True
-                self._put_block(step, plan.ids, plan.run(ts).ravel()[plan.take])
+                self._put_block(step, plan.ids, plan.run(ts))
                 return
         todo: list[tuple[Tensor, int, int]] = []  # (gradient, step, spec id)
         gid = self._grad_out_ids
@@ -917,13 +952,13 @@ class Recorder:
                 self._bplan = plan = _Plan(keys, sigs, rows)
                 plan.params = [p for _, p in self._flat_params]
                 plan.ids.extend(row_ids)
-                plan.take = np.arange(1, 5 * len(rows), 5)
+                plan.gather(list(range(1, 5 * len(rows), 5)))
 
     def _opt_plan(self, opt: torch.optim.Optimizer) -> _OptPlan:
         """Which watched parameters ``opt`` steps, split into those the kernel snapshots (with
         their table rows) and the rest; cached while the groups' parameter lists and the
         parameters' storage stay the same."""
-        sig = tuple((id(g["params"]), len(g["params"])) for g in opt.param_groups)
+        sig = tuple([(id(g["params"]), len(g["params"])) for g in opt.param_groups])
         plan = self._opt_plans.get(id(opt))
         if plan is not None and plan.sig == sig and plan.valid():
             return plan
@@ -951,7 +986,11 @@ class Recorder:
             plan.delta = plan.snap.copy()
             plan.delta[:, 3] = _DELTA
             plan.ptrs = [int(r[0]) for r in rows]
-            plan.before, plan.after = np.zeros((len(rows), 5)), np.zeros((len(rows), 5))
+            n = len(rows)
+            plan.out = np.zeros((n, 5))
+            plan.take = np.concatenate([np.arange(0, 5 * n, 5), np.arange(1, 5 * n, 5)])
+            plan.root = np.ones(2 * n, dtype=np.bool_)
+            plan.vals = array("d", bytes(16 * n))
             plan.bufs = tuple(
                 np.empty(sizes[is64], np.float64 if is64 else np.float32) for is64 in (False, True)
             )
@@ -972,7 +1011,7 @@ class Recorder:
                 weights = _foreach_norms(plan.params)
                 olds = [p.clone() for p in plan.params]
         if plan.snap is not None:
-            _fused_kernel()(plan.snap, plan.before, *plan.bufs)
+            _fused_kernel()(plan.snap, plan.out, *plan.bufs)
         self._snapshot = (plan, olds, weights)
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -992,13 +1031,14 @@ class Recorder:
             specs += [(step, ("weight_sq", name, "sq", 0)) for name in plan.names]
             self._emit(specs, [*updates, *weights])
         if plan.snap is not None and plan.valid():  # (not when the step swapped p.data)
-            _fused_kernel()(plan.delta, plan.after, *plan.bufs)
             if not plan.ids:
                 names = plan.fused_names
                 plan.ids.extend(self._id(("update_sq", n, "sq", 0)) for n in names)
                 plan.ids.extend(self._id(("weight_sq", n, "sq", 0)) for n in names)
-            sq = np.concatenate([plan.after[:, 1], plan.before[:, 1]])
-            self._put_block(step, plan.ids, np.sqrt(sq, out=sq))
+            _fused_module().replay_stats(
+                _NO_PTRS, plan.delta, plan.out, plan.take, plan.root, plan.vals, *plan.bufs
+            )
+            self._put_block(step, plan.ids, plan.vals)
 
     # ----------------------------------------------------------------------- reading
 
