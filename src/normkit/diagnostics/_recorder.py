@@ -696,16 +696,35 @@ class Recorder:
             self._leave_fast()
             return
         self._fast = None
+        if self._rec_grad:
+            self._hook_grads(fast.keys, outs)
         if fast.meta is not None:
             self._put_block(self._step, fast.ids, fast.run(outs))
         outs.clear()
         self._vers.clear()
 
+    def _hook_grads(self, keys: list[str], outs: list[Tensor]) -> None:
+        """:meth:`_hook_grad` for the outputs of a replayed forward, at its end and in one loop
+        (cheaper than in each leaf hook: the loop's code and data stay in cache). Only outputs
+        that nothing changed in place since their layer: their ``grad_fn`` is still the one
+        that made them."""
+        step, on_grad = self._step, self._on_out_grad
+        for key, out in zip(keys, outs, strict=False):
+            if out.requires_grad:
+                node = out.grad_fn
+                if node is not None and out._backward_hooks is None:  # (hook_output_grad)
+                    hooks: OrderedDict[int, Any] = OrderedDict()
+                    hooks[-1] = partial(on_grad, key, step)
+                    out._backward_hooks = hooks
+                    node._register_hook_dict(out)
+                else:
+                    self._hook_grad(key, out)
+
     def _leave_fast(self) -> None:
         """Back to the per-layer path midway through a forward (or at its end): the outputs
-        followed so far are measured now if nothing changed them in place since their hook,
-        else dropped (their layer is measured in its hook from now on); a later step makes a
-        new plan."""
+        followed so far are measured and their gradients hooked now if nothing changed them
+        in place since their hook, else dropped for this step (their layer is measured in its
+        hook from now on); a later step makes a new plan."""
         fast, self._fast, self._fplan, self._log = self._fast, None, None, None
         assert fast is not None
         step = self._step
@@ -713,11 +732,12 @@ class Recorder:
             fast.names, fast.keys, fast.acts, self._outs, self._vers, strict=False
         ):
             self._calls[name] = self._calls.get(name, 0) + 1
-            if not self._rec_act:
-                continue
             if out._version == version:
-                self._measure_output(key, step, act, out)
-            else:
+                if self._rec_act:
+                    self._measure_output(key, step, act, out)
+                if self._rec_grad and out.requires_grad:
+                    self._hook_grad(key, out)
+            else:  # (its gradient too: its grad_fn is now the in-place op's)
                 self._deferrable.discard(key)
                 self._mutated.add(key)
         self._outs.clear()
@@ -761,7 +781,7 @@ class Recorder:
         if not self._in_forward:
             return
         fast = self._fast
-        if fast is not None:  # the plan's next call? (then only kept, measured at the end)
+        if fast is not None:  # the plan's next call? (then only kept, handled at the end)
             pos = len(self._outs)
             if (
                 pos < len(fast.names)
@@ -772,15 +792,6 @@ class Recorder:
             ):
                 self._outs.append(output)
                 self._vers.append(output._version)
-                if output.requires_grad and self._rec_grad:
-                    node = output.grad_fn
-                    if node is not None and output._backward_hooks is None:  # (hook_output_grad)
-                        hooks: OrderedDict[int, Any] = OrderedDict()
-                        hooks[-1] = partial(self._on_out_grad, fast.keys[pos], self._step)
-                        output._backward_hooks = hooks
-                        node._register_hook_dict(output)
-                    else:
-                        self._hook_grad(fast.keys[pos], output)
                 return
             self._leave_fast()
         out = output if type(output) is Tensor else _first_tensor(output)
