@@ -73,6 +73,31 @@ def test_kernel_matches_float64_numpy(shape, dtype, mode, channels_last, special
     assert got[4] == want[4]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [-3.0, -0.5, -2.0],  # all negative: the max is the one nearest 0
+        [0.5, 2.0, 3.0],  # all positive
+        [-0.0, 1.0],
+        [0.0, -0.0],
+        [-0.0],
+        [-math.inf, math.inf],  # Σx is NaN without a NaN value
+        [-math.inf, -1.0],
+        [1.0, math.inf],
+        [-1e-45, 1e-45],  # subnormals (float32's smallest)
+        [2.0, math.nan, -1.0],
+        [-math.nan, -1.0],  # a NaN with the sign bit set
+    ],
+)
+def test_kernel_min_max_of_sign_and_special_cases_match_torch_aminmax(values, dtype) -> None:
+    x = torch.tensor(values, dtype=dtype)
+    got = R._run_fused([R._fused_row(x, 0)])[0]
+    lo, hi = torch.aminmax(x)
+    for g, w in ((got[2], lo.item()), (got[3], hi.item())):  # (±0 equal: torch picks either)
+        assert (math.isnan(g) and math.isnan(w)) or g == w
+
+
 def test_rows_decline_what_the_kernel_cannot_read() -> None:
     assert R._fused_row(torch.randn(4, 4).t(), 0) is None  # not dense in a known layout
     assert R._fused_row(torch.randn(4, 4, dtype=torch.float16), 0) is None

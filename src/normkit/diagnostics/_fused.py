@@ -74,33 +74,36 @@ def _sumsq(x):  # pragma: no cover - jitted
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _moments(x, bits, row):  # pragma: no cover - jitted
-    """Σx, Σx², min, max. Min/max run on the integer keys of the float bit patterns
-    (``k ^ ((k >> (w−1)) & max_int)`` orders like the floats; integer min/max reductions
-    vectorise, float ones do not without ``nnan``), then map back; NaN as torch.aminmax."""
-    sign = bits.dtype.type(np.iinfo(bits.dtype).max)
-    shift = bits.dtype.type(bits.itemsize * 8 - 1)
+def _moments(x, bits, ubits, row):  # pragma: no cover - jitted
+    """Σx, Σx², min, max. Min/max come from the float bit patterns as integers (integer
+    min/max reductions vectorise, float ones do not without ``nnan``): as signed integers the
+    non-negative floats are ordered like the floats, the negative ones reversed, and as
+    unsigned integers the negative ones come last, ordered by magnitude. So the signed max is
+    the max when some value is ≥ +0 (else the signed min is: the negative value nearest 0), and
+    the unsigned max is the min when some value is ≤ −0 (else the signed min is). NaN as
+    ``torch.aminmax``: both NaN. ``bits``/``ubits``: ``x`` viewed as signed/unsigned ints."""
     s = 0.0
     q = 0.0
-    lo = np.iinfo(bits.dtype).max
-    hi = np.iinfo(bits.dtype).min
+    smax = np.iinfo(bits.dtype).min
+    smin = np.iinfo(bits.dtype).max
+    umax = ubits.dtype.type(0)
     for i in range(x.size):
         v = np.float64(x[i])
         s += v
         q += v * v
         k = bits[i]
-        k = k ^ ((k >> shift) & sign)
-        lo = min(lo, k)
-        hi = max(hi, k)
+        smax = max(smax, k)
+        smin = min(smin, k)
+        umax = max(umax, ubits[i])
     ends = np.empty(2, bits.dtype)
-    ends[0] = lo ^ ((lo >> shift) & sign)
-    ends[1] = hi ^ ((hi >> shift) & sign)
+    ends[0] = smin if smin >= 0 else bits.dtype.type(umax)  # (the same bits, reinterpreted)
+    ends[1] = smax if smax >= 0 else smin
     fl = ends.view(x.dtype)
     row[0] = s
     row[1] = q
     row[2] = fl[0]
     row[3] = fl[1]
-    if np.isnan(s):  # the keys put NaN beyond ±inf; torch.aminmax returns NaN for both
+    if np.isnan(s):  # NaN bit patterns sort beyond ±inf; torch.aminmax returns NaN for both
         for i in range(x.size):
             if np.isnan(x[i]):
                 row[2] = np.nan
@@ -127,7 +130,7 @@ def _alive_channels(bits, channels, inner):  # pragma: no cover - jitted
 
 
 @njit(fastmath=_FM, cache=True, nogil=True)
-def _one(x, bits, mode, channels, inner, snap, off, row):  # pragma: no cover - jitted
+def _one(x, bits, ubits, mode, channels, inner, snap, off, row):  # pragma: no cover - jitted
     n = x.size
     if mode == SUMSQ:
         row[1] = _sumsq(x)
@@ -142,7 +145,7 @@ def _one(x, bits, mode, channels, inner, snap, off, row):  # pragma: no cover - 
             q += d * d
         row[0] = q
     else:
-        _moments(x, bits, row)
+        _moments(x, bits, ubits, row)
         count = 0
         if mode == RELU:
             count = _alive_channels(bits, channels, inner)
@@ -163,10 +166,12 @@ def tensor_stats(meta, out, snap32, snap64):  # pragma: no cover - jitted
         row = out[k]
         if is64:
             x64 = carray(_address(addr), (n,), np.float64)
-            _one(x64, x64.view(np.int64), mode, channels, inner, snap64, off, row)
+            bits64 = x64.view(np.int64)
+            _one(x64, bits64, bits64.view(np.uint64), mode, channels, inner, snap64, off, row)
         else:
             x32 = carray(_address(addr), (n,), np.float32)
-            _one(x32, x32.view(np.int32), mode, channels, inner, snap32, off, row)
+            bits32 = x32.view(np.int32)
+            _one(x32, bits32, bits32.view(np.uint32), mode, channels, inner, snap32, off, row)
 
 
 @njit(cache=True, nogil=True)
