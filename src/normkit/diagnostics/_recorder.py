@@ -645,8 +645,8 @@ class Recorder:
     def _on_root_post(self, module: nn.Module, args: Any, output: Any) -> None:
         self._in_forward = False
         self._drop_step_hooks()
-        if self._fast is not None:
-            self._finish_fast()
+        if self._fast is not None and self._finish_fast():
+            return  # (a replayed forward leaves nothing else to do)
         specs, values = self._act_specs, self._act_values
         self._act_specs, self._act_values = [], []
         self._emit(specs, values)
@@ -684,9 +684,10 @@ class Recorder:
             plan.gather(take)
         return plan
 
-    def _finish_fast(self) -> None:
+    def _finish_fast(self) -> bool:
         """End of a forward that followed the plan: its outputs measured in one kernel call,
-        unless they no longer match the plan (fewer calls, other shapes, changed in place)."""
+        unless they no longer match the plan (fewer calls, other shapes, changed in place:
+        then handed to the per-layer path, and False)."""
         fast, outs = self._fast, self._outs
         assert fast is not None
         ok = len(outs) == len(fast.keys) and [t._version for t in outs] == self._vers
@@ -694,7 +695,7 @@ class Recorder:
             ok = _signature(outs) == fast.sigs
         if not ok:
             self._leave_fast()
-            return
+            return False
         self._fast = None
         if self._rec_grad:
             self._hook_grads(fast.keys, outs)
@@ -702,6 +703,7 @@ class Recorder:
             self._put_block(self._step, fast.ids, fast.run(outs))
         outs.clear()
         self._vers.clear()
+        return True
 
     def _hook_grads(self, keys: list[str], outs: list[Tensor]) -> None:
         """:meth:`_hook_grad` for the outputs of a replayed forward, at its end and in one loop
