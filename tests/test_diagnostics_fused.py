@@ -382,3 +382,53 @@ def test_replayed_steps_and_steps_that_leave_the_plan_record_what_the_torch_path
             np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
     grads = fast.series("grad_norm")
     assert math.isnan(grads["conv2"][5]) and not math.isnan(grads["conv2"][7])
+
+
+class _Shared(nn.Module):
+    """One Linear called twice per forward (layers ``lin`` and ``lin#2``), a tanh between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.tanh = nn.Tanh()
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tanh(self.lin(self.tanh(self.lin(x)))))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("factory", [_Shared, _Net])
+def test_replayed_steps_with_a_shared_layer_or_every_k_match_the_torch_path(
+    factory, every, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replays = []
+    run = R._Plan.run
+    monkeypatch.setattr(R._Plan, "run", lambda self, ts: replays.append(len(ts)) or run(self, ts))
+    torch.manual_seed(0)
+    base = factory()
+    recs = []
+    for fused in (True, False):
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(4)
+        with watch(model, every=every) as rec:
+            rec._fused = fused
+            for _ in range(10):
+                shape = (5, 6) if factory is _Shared else (5, 3, 6, 6)
+                loss = model(torch.randn(*shape, generator=g)).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        recs.append(rec)
+    fast, slow = recs
+    recorded = len(range(0, 10, every))
+    assert len(replays) == 2 * (recorded - 1)  # every recorded step after the first, both phases
+    assert fast.layers == slow.layers and fast.steps == slow.steps == list(range(0, 10, every))
+    if factory is _Shared:
+        assert fast.layers[:3] == ["lin", "tanh", "lin#2"]
+    for metric in METRICS:
+        a, b = fast.series(metric), slow.series(metric)
+        assert a.keys() == b.keys(), metric
+        for layer in a:
+            np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
