@@ -634,7 +634,7 @@ class Recorder:
         self._outs.clear()
         self._vers.clear()
         self._fast = None if self._hist_now else self._fplan
-        self._log = [] if self._fast is None else None
+        self._log = [] if self._fplan is None else None  # (a histogram step keeps the plan)
         self._clear_grad_outs()  # left by a backward that failed before its end
         self._in_forward = True
         if not self._persistent:
