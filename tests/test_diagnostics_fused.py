@@ -432,3 +432,34 @@ def test_replayed_steps_with_a_shared_layer_or_every_k_match_the_torch_path(
         assert a.keys() == b.keys(), metric
         for layer in a:
             np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
+
+
+def test_values_sorted_into_storage_mid_run_read_back_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Values are sorted into per-spec NumPy chunks now and then during training (here every
+    step); what is read back does not depend on when that happened."""
+    torch.manual_seed(0)
+    base = _Shifting()
+    recs = []
+    for flush_at in (R._FLUSH_AT, 10):
+        monkeypatch.setattr(R, "_FLUSH_AT", flush_at)
+        model = copy.deepcopy(base)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        g = torch.Generator().manual_seed(5)
+        with watch(model) as rec:
+            for step in range(6):
+                model.skip = step == 3
+                loss = F.cross_entropy(model(torch.randn(4, 3, 5, 5, generator=g)), torch.arange(4))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if step == 2:
+                    assert rec.series("act_std")  # a read midway sorts what is there
+        recs.append(rec)
+    assert len(recs[1]._groups[0]) > 1  # (sorted in several chunks)
+    for metric in METRICS:
+        a, b = recs[0].series(metric), recs[1].series(metric)
+        assert a.keys() == b.keys(), metric
+        for layer in a:  # (NaN where not recorded)
+            np.testing.assert_array_equal(a[layer], b[layer], err_msg=metric)

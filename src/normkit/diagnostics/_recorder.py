@@ -426,15 +426,18 @@ class Recorder:
         self._snapshot: tuple[_OptPlan, list[Tensor], list[Tensor]] | None = None
         self._pending_specs: list[tuple[int, _Spec]] = []
         self._pending_values: list[Tensor] = []
-        # Read but not yet sorted into _values: one (step, spec id, value) per entry, in typed
-        # arrays. Nothing a recorded step keeps is a Python object the garbage collector tracks:
-        # kept tuples would make it run full collections (~0.2 s with torch's ~400k objects
-        # loaded) every few hundred steps.
+        # Recorded values: one (step, spec id, value) per entry, in typed arrays; now and then
+        # (and when read) sorted by spec id into NumPy chunks (_groups: 16 bytes a value). Nothing
+        # a recorded step keeps is a Python object the garbage collector tracks: kept tuples
+        # made it run full collections (~0.2 s with torch's ~400k objects loaded) every few
+        # hundred steps, and per-value dict entries cost ~0.3 µs and ~100 bytes each.
         self._col_step = array("q")
         self._col_id = array("q")
         self._col_val = array("d")
+        self._groups: dict[int, list[tuple[Any, Any]]] = {}  # spec id → [(steps, values)]
         self._specs: list[_Spec] = []
         self._spec_ids: dict[_Spec, int] = {}
+        self._ids_of: dict[tuple[str, str], list[int]] = {}  # (metric, layer) → spec ids
         # this step's activation statistics, read at once at the end of the forward
         self._act_specs: list[tuple[int, _Spec]] = []
         self._act_values: list[Tensor] = []
@@ -444,9 +447,6 @@ class Recorder:
         self._go_steps: list[int] = []
         self._go_grads: list[Tensor] = []
         self._go_vers: list[int] = []
-        self._values: dict[str, dict[str, dict[int, float]]] = defaultdict(
-            lambda: defaultdict(dict)
-        )
         self._hists: dict[str, list[tuple[int, Tensor]]] = {}
         # The CPU fast path: small float32/float64 outputs are only kept by the leaf hooks and
         # measured all at once by one numba call when the forward ends (gradients when the
@@ -575,6 +575,7 @@ class Recorder:
         if i is None:
             i = self._spec_ids[spec] = len(self._specs)
             self._specs.append(spec)
+            self._ids_of.setdefault((spec[0], spec[1]), []).append(i)
         return i
 
     def _put(self, specs: list[tuple[int, _Spec]], values: list[float]) -> None:
@@ -593,21 +594,6 @@ class Recorder:
         self._col_val.extend(values)
         self._col_step.extend(array("q", (step,)) * len(ids))
         self._col_id.extend(ids)
-
-    def _store(self, step: int, spec: _Spec, v: float) -> None:
-        metric, key, mode, arg = spec
-        cell = self._values[metric][key]
-        if mode == "sq":
-            cell[step] = cell.get(step, 0.0) + v * v
-        elif mode == "dead":
-            cell[step] = 1.0 - v / arg
-        elif mode == "frac" or mode == "mean":
-            cell[step] = v / arg
-        elif mode == "msq":  # ‖x‖ → std, using the mean stored just before it
-            mean = self._values["act_mean"][key][step]
-            cell[step] = math.sqrt(max(v * v / arg - mean * mean, 0.0))
-        else:
-            cell[step] = v
 
     # ----------------------------------------------------------------------- hooks
 
@@ -1056,24 +1042,79 @@ class Recorder:
     # ----------------------------------------------------------------------- reading
 
     def _flush(self) -> None:
-        store, specs = self._store, self._specs
-        for step, i, v in zip(self._col_step, self._col_id, self._col_val, strict=True):
-            store(step, specs[i], v)
-        del self._col_step[:], self._col_id[:], self._col_val[:]
-        if not self._pending_values:
+        """Sort the values recorded since the last call into :attr:`_groups` (accelerator
+        values first read, in one transfer per device)."""
+        if self._pending_values:
+            specs, self._pending_specs = self._pending_specs, []
+            values, self._pending_values = self._pending_values, []
+            by_device: dict[torch.device, list[int]] = defaultdict(list)
+            for i, t in enumerate(values):
+                by_device[t.device].append(i)
+            flat: list[float] = [0.0] * len(values)
+            for idx in by_device.values():
+                vals = torch.stack([values[i] for i in idx]).tolist()  # promotes int counts
+                for i, v in zip(idx, vals, strict=True):
+                    flat[i] = v
+            self._put(specs, flat)
+        if not self._col_val:
             return
-        specs, self._pending_specs = self._pending_specs, []
-        values, self._pending_values = self._pending_values, []
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
-        for i, t in enumerate(values):
-            by_device[t.device].append(i)
-        flat: list[float] = [0.0] * len(values)
-        for idx in by_device.values():
-            vals = torch.stack([values[i] for i in idx]).tolist()  # promotes int counts
-            for i, v in zip(idx, vals, strict=True):
-                flat[i] = v
-        for (step, spec), v in zip(specs, flat, strict=True):
-            self._store(step, spec, v)
+        ids = np.array(self._col_id, dtype=np.int64)
+        order = np.argsort(ids, kind="stable")  # (keeps each id's values in recorded order)
+        ids = ids[order]
+        steps = np.array(self._col_step, dtype=np.int64)[order]
+        vals = np.array(self._col_val, dtype=np.float64)[order]
+        del self._col_step[:], self._col_id[:], self._col_val[:]
+        cuts = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(ids)].tolist(), strict=True):
+            self._groups.setdefault(int(ids[a]), []).append((steps[a:b], vals[a:b]))
+
+    def _spec_values(self, i: int) -> tuple[Any, Any]:
+        """All ``(steps, values)`` recorded for spec id ``i`` (after :meth:`_flush`)."""
+        chunks = self._groups.get(i)
+        if not chunks:
+            return np.zeros(0, np.int64), np.zeros(0)
+        if len(chunks) > 1:
+            chunks[:] = [
+                (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+            ]
+        return chunks[0]
+
+    def _stored(self, metric: str, key: str) -> tuple[Any, Any]:
+        """One stored metric of one layer as ``(steps, values)``, sorted by step, one value per
+        step: each spec's raw values turned into the metric by its mode (see :data:`_Spec`),
+        squares summed per step for "sq" (per-parameter norms of a layer in quadrature), the
+        std from ‖x‖ and that step's mean for "msq", the latest value where a step has two."""
+        parts_s, parts_v = [], []
+        mode = "set"
+        for i in self._ids_of.get((metric, key), ()):
+            _, _, mode, arg = self._specs[i]
+            st, v = self._spec_values(i)
+            if mode == "sq":
+                v = v * v
+            elif mode == "dead":
+                v = 1.0 - v / arg
+            elif mode in ("frac", "mean"):
+                v = v / arg
+            elif mode == "msq":
+                v = v * v / arg
+            parts_s.append(st)
+            parts_v.append(v)
+        if not parts_s:
+            return np.zeros(0, np.int64), np.zeros(0)
+        st, v = np.concatenate(parts_s), np.concatenate(parts_v)
+        if mode == "sq":
+            st, inv = np.unique(st, return_inverse=True)
+            return st, np.bincount(inv, weights=v, minlength=len(st))
+        order = np.argsort(st, kind="stable")
+        st, v = st[order], v[order]
+        last = np.r_[st[1:] != st[:-1], True]
+        st, v = st[last], v[last]
+        if mode == "msq":  # E[x²] − mean² of the same step
+            ms, mv = self._stored("act_mean", key)
+            at = np.clip(np.searchsorted(ms, st), 0, max(len(ms) - 1, 0))
+            has = (at < len(ms)) & (ms[at] == st) if len(ms) else np.zeros(len(st), bool)
+            st, v = st[has], np.sqrt(np.maximum(v[has] - mv[at[has]] ** 2, 0.0))
+        return st, v
 
     @property
     def steps(self) -> list[int]:
@@ -1123,18 +1164,18 @@ class Recorder:
         return self._metric_values(metric, layer)
 
     def _metric_values(self, metric: str, layer: str) -> dict[int, float]:
-        v = self._values
-        if metric == "grad_norm":
-            return {s: math.sqrt(x) for s, x in v["grad_sq"].get(layer, {}).items()}
-        if metric == "weight_norm":
-            return {s: math.sqrt(x) for s, x in v["weight_sq"].get(layer, {}).items()}
+        if metric in ("grad_norm", "weight_norm"):
+            st, v = self._stored("grad_sq" if metric == "grad_norm" else "weight_sq", layer)
+            return dict(zip(st.tolist(), np.sqrt(v).tolist(), strict=True))
         if metric == "update_ratio":
-            w = v["weight_sq"].get(layer, {})
+            us, uv = self._stored("update_sq", layer)
+            w = dict(zip(*(a.tolist() for a in self._stored("weight_sq", layer)), strict=True))
             return {
                 s: math.sqrt(u) / math.sqrt(w[s]) if w.get(s, 0) > 0 else math.inf
-                for s, u in v["update_sq"].get(layer, {}).items()
+                for s, u in zip(us.tolist(), uv.tolist(), strict=True)
             }
-        return dict(v[metric].get(layer, {}))
+        st, v = self._stored(metric, layer)
+        return dict(zip(st.tolist(), v.tolist(), strict=True))
 
     def grad_norms(self, layers: Iterable[str] | None = None) -> dict[str, list[float]]:
         """Per-layer parameter-gradient L2 norm at each recorded step (the gradient-flow data);
