@@ -654,14 +654,13 @@ class Recorder:
                 if row is None or key not in self._deferrable:
                     return None
                 rows.append(row)
-        plan = _Plan([key for _, key, _, _ in log], [], rows)
+        sigs = _signature([out for _, _, out, _ in log])
+        if sigs is None:
+            return None
+        plan = _Plan([key for _, key, _, _ in log], sigs, rows)
         plan.names = [name for name, _, _, _ in log]
         plan.acts = [self._info[name].activation for name in plan.names]
         if rows:
-            sigs = _signature([out for _, _, out, _ in log])
-            if sigs is None:
-                return None
-            plan.sigs = sigs
             take: list[int] = []
             for r, (key, row) in enumerate(zip(plan.keys, rows, strict=True)):
                 ids = self._act_spec_ids(key, row[1], row[3], row[4])
@@ -677,7 +676,7 @@ class Recorder:
         fast, outs = self._fast, self._outs
         assert fast is not None
         ok = len(outs) == len(fast.keys) and [t._version for t in outs] == self._vers
-        if ok and fast.meta is not None:
+        if ok:  # (the plan's outputs are float and non-empty, as the per-layer path measures)
             ok = _signature(outs) == fast.sigs
         if not ok:
             self._leave_fast()
@@ -719,6 +718,8 @@ class Recorder:
         for name, key, act, out, version in zip(
             fast.names, fast.keys, fast.acts, self._outs, self._vers, strict=False
         ):
+            if not out.is_floating_point() or out.numel() == 0:
+                continue  # (not counted, measured nor hooked, as in the per-layer path)
             self._calls[name] = self._calls.get(name, 0) + 1
             if out._version == version:
                 if self._rec_act:
@@ -771,14 +772,10 @@ class Recorder:
         fast = self._fast
         if fast is not None:  # the plan's next call? (then only kept, handled at the end)
             pos = len(self._outs)
-            if (
-                pos < len(fast.names)
-                and fast.names[pos] is name
-                and type(output) is Tensor
-                and output.is_floating_point()
-                and output.numel()
-            ):
-                self._outs.append(output)
+            if pos < len(fast.names) and fast.names[pos] is name and type(output) is Tensor:
+                self._outs.append(
+                    output
+                )  # (dtype and shape: checked against the plan's at the end)
                 self._vers.append(output._version)
                 return
             self._leave_fast()
