@@ -287,6 +287,14 @@ def _signature(ts: list[Tensor]) -> list[tuple[Any, ...]] | None:
         return None
 
 
+def _strides(ts: list[Tensor]) -> list[tuple[int, ...]] | None:
+    """The strides of dense tensors (None when one has none: sparse, nested)."""
+    try:
+        return [t.stride() for t in ts]
+    except RuntimeError:
+        return None
+
+
 class _Plan:
     """A recorded phase's structure, kept to replay it. ``keys``: the layers in order (leaf
     calls of a forward, output gradients as a backward delivers them); ``sigs``: the
@@ -294,10 +302,12 @@ class _Plan:
     is refilled per step; results in ``out``); ``ids``: the spec ids of the values the kernel
     gathers into ``vals`` (from ``take``, square-rooted where ``root``). A forward's plan also
     keeps the leaf ``names`` (the hooks' own strings: compared by identity) and activation
-    ``acts``; a backward's the ``params`` whose gradients follow the output gradients."""
+    ``acts``; a backward's the ``params`` whose gradients follow the output gradients, and the
+    forward plan ``fplan`` its step followed (see :meth:`Recorder._on_backward_end`)."""
 
     __slots__ = (
         "acts",
+        "fplan",
         "ids",
         "keys",
         "meta",
@@ -322,6 +332,7 @@ class _Plan:
         self.names: list[str] = []
         self.acts: list[ActivationKind | None] = []
         self.params: list[Tensor] = []
+        self.fplan: _Plan | None = None  # (a backward's: the forward plan its step followed)
 
     def gather(self, take: list[int]) -> None:
         """Keep the values at flat indices ``take`` of ``out`` (column 1, Σx², as its root)."""
@@ -329,9 +340,14 @@ class _Plan:
         self.root = self.take % 5 == 1
         self.vals = array("d", bytes(8 * len(take)))
 
-    def run(self, ts: list[Tensor]) -> array[float]:
-        """The kept values for ``ts``, this step's tensors of the plan (held by the caller)."""
-        ptrs = array("q", [t.data_ptr() for t in ts])
+    def run(self, ts: list[Tensor]) -> array[float] | None:
+        """The kept values for ``ts``, this step's tensors of the plan (held by the caller);
+        None when one has no storage to read (e.g. a sparse tensor whose shape and all-zero
+        strides equal those of an expanded 1-element tensor the plan was made with)."""
+        try:
+            ptrs = array("q", [t.data_ptr() for t in ts])
+        except RuntimeError:
+            return None
         _fused_module().replay_stats(
             ptrs, self.meta, self.out, self.take, self.root, self.vals, *_EMPTY
         )
@@ -472,6 +488,7 @@ class Recorder:
         self._vers: list[int] = []
         self._log: list[tuple[str, str, Tensor, list[int] | None]] | None = []
         self._bplan: _Plan | None = None
+        self._followed: tuple[int, _Plan | None] = (-1, None)  # (step, forward plan it matched)
         # Switched on for the recorded steps only (with every=1 they stay on: cheaper than
         # switching each step); the root's pre-hook, always on, counts the steps.
         self._step_hooks = [
@@ -644,6 +661,7 @@ class Recorder:
         log, self._log = self._log, None
         if log:
             self._fplan = self._forward_plan(log)
+            self._followed = (self._step, self._fplan)
 
     def _forward_plan(self, log: list[tuple[str, str, Tensor, list[int] | None]]) -> _Plan | None:
         """The plan of the forward just logged, or None when a later one could not replay it:
@@ -678,14 +696,18 @@ class Recorder:
         ok = len(outs) == len(fast.keys) and [t._version for t in outs] == self._vers
         if ok:  # (the plan's outputs are float and non-empty, as the per-layer path measures)
             ok = _signature(outs) == fast.sigs
+        if ok and fast.meta is not None:
+            vals = fast.run(outs)
+            if vals is not None:
+                self._put_block(self._step, fast.ids, vals)
+            ok = vals is not None
         if not ok:
             self._leave_fast()
             return False
         self._fast = None
+        self._followed = (self._step, fast)
         if self._rec_grad:
             self._hook_grads(fast.keys, outs)
-        if fast.meta is not None:
-            self._put_block(self._step, fast.ids, fast.run(outs))
         outs.clear()
         self._vers.clear()
         return True
@@ -888,10 +910,20 @@ class Recorder:
             and steps.count(step) == len(steps)
             and [g._version for g in grads] == vers
         ):
-            ts = grads + [p.grad for p in plan.params]  # type: ignore[misc]
-            if _signature(ts) == plan.sigs:  # the backward the plan was made from, replayed
+            pgrads = [p.grad for p in plan.params]
+            n = len(grads)
+            if plan.fplan is not None and self._followed == (step, plan.fplan):
+                # This step's forward matched the plan the backward plan's forward did, so its
+                # outputs have the same shapes, dtypes and devices, and autograd hands over
+                # gradients of exactly those (validate_outputs): only their strides can differ.
+                same = _strides(grads) == [sig[1] for sig in plan.sigs[:n]]
+                same = same and _signature(pgrads) == plan.sigs[n:]  # type: ignore[arg-type]
+            else:
+                same = _signature(grads + pgrads) == plan.sigs  # type: ignore[operator]
+            vals = plan.run(grads + pgrads) if same else None  # type: ignore[operator]
+            if vals is not None:  # the backward the plan was made from, replayed
                 self._params_read = True
-                self._put_block(step, plan.ids, plan.run(ts))
+                self._put_block(step, plan.ids, vals)
                 return
         todo: list[tuple[Tensor, int, int]] = []  # (gradient, step, spec id)
         gid = self._grad_out_ids
@@ -947,6 +979,8 @@ class Recorder:
             if sigs is not None:
                 self._bplan = plan = _Plan(keys, sigs, rows)
                 plan.params = [p for _, p in self._flat_params]
+                if self._followed[0] == step:
+                    plan.fplan = self._followed[1]
                 plan.ids.extend(row_ids)
                 plan.gather(list(range(1, 5 * len(rows), 5)))
 
