@@ -16,8 +16,18 @@ ends, all gradients when the backward ends, the parameters before and after the 
 once one step measured in the hook showed that nothing changes it in place later in the
 forward. Everything else (accelerators, other dtypes, big tensors) is measured with torch
 reductions; accelerator values stay 0-d tensors until read, then copied in one transfer (no
-sync per layer and step). The values go into typed arrays (no per-value Python objects the
-garbage collector would scan) and are sorted into tables when read.
+sync per layer and step).
+
+Replaying. A recorded forward (backward) whose outputs (gradients) all went to the kernel leaves
+a :class:`_Plan` (leaf calls in order, tensor signatures, the kernel's table). A later step that
+follows it only keeps each output in its hook; the end of the forward checks the calls, the
+versions and the signatures against the plan, refills the table's addresses and measures in one
+call; the output-gradient hooks are registered there, in one loop. Anything else (another batch
+size, a skipped layer, an output changed in place) hands the step to the per-layer path.
+
+Storing. The values go into typed arrays (no per-value Python objects the garbage collector
+would scan), are sorted into per-spec NumPy chunks now and then and when read, and the metrics
+are computed from those vectorised.
 """
 
 from __future__ import annotations
