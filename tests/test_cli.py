@@ -29,3 +29,9 @@ def test_compare_runs_and_agrees_with_torch_nn(capsys):
 
     rows = [compare_pair(p, train=t, reps=1) for p in PAIRS[:3] for t in (True, False)]
     assert all(max(r.out_diff, r.grad_diff, r.buffer_diff) < 1e-4 for r in rows)
+
+
+def test_lab_with_an_unknown_experiment_id_exits_2_with_the_known_ids(capsys):
+    assert cli.main(["lab", "--only", "gradient_flow", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment id(s) ['gradient_flow']" in err and "gradient-flow" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -37,9 +38,14 @@ def _main(args: argparse.Namespace) -> int:
 
     from normkit.lab.config import LabConfig
     from normkit.lab.report import write_report
-    from normkit.lab.runner import run_lab
+    from normkit.lab.runner import run_lab, select
 
     only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else ()
+    try:
+        select(only)
+    except ValueError as e:  # a typo in --only: say so, no traceback
+        print(f"normkit lab: {e} (see `normkit lab list`)", file=sys.stderr)
+        return 2
     cfg = LabConfig(
         quick=args.quick,
         only=only,
