@@ -287,6 +287,14 @@ class _OptPlan:
         return [p.data_ptr() for p in self.fused_params] == self.ptrs
 
 
+def _gathering(take: Any, root: Any = None) -> tuple[Any, Any, array[float]]:
+    """What ``replay_stats`` gathers into: flat indices ``take`` of a ``(rows, 5)`` result table,
+    which of them to square-root (default: column 1, Σx² → ‖x‖) and the value buffer."""
+    if root is None:
+        root = take % 5 == 1
+    return take, root, array("d", bytes(8 * len(take)))
+
+
 def _signature(ts: list[Tensor]) -> list[tuple[Any, ...]] | None:
     """What a plan's kernel table assumes of each tensor: shape, strides, dtype and that it is
     on the CPU (equal signatures: the same table row but the address). None when one is not a
@@ -346,9 +354,7 @@ class _Plan:
 
     def gather(self, take: list[int]) -> None:
         """Keep the values at flat indices ``take`` of ``out`` (column 1, Σx², as its root)."""
-        self.take = np.array(take, dtype=np.int64)
-        self.root = self.take % 5 == 1
-        self.vals = array("d", bytes(8 * len(take)))
+        self.take, self.root, self.vals = _gathering(np.array(take, dtype=np.int64))
 
     def run(self, ts: list[Tensor]) -> array[float] | None:
         """The kept values for ``ts``, this step's tensors of the plan (held by the caller);
@@ -611,13 +617,10 @@ class Recorder:
             self._col_id.append(self._id(spec))
         self._col_val.extend(values)
 
-    def _put_ids(self, step: int, ids: list[int], values: list[float]) -> None:
-        self._col_step.extend([step] * len(ids))
-        self._col_id.extend(ids)
-        self._col_val.extend(values)
-
-    def _put_block(self, step: int, ids: array[int], values: array[float]) -> None:
-        """A replayed phase's values, in the order of ``ids``."""
+    def _put_block(
+        self, step: int, ids: array[int] | list[int], values: array[float] | list[float]
+    ) -> None:
+        """Values of one step, in the order of their spec ``ids``."""
         self._col_val.extend(values)
         self._col_step.extend(array("q", (step,)) * len(ids))
         self._col_id.extend(ids)
@@ -716,28 +719,15 @@ class Recorder:
             return False
         self._fast = None
         self._followed = (self._step, fast)
-        if self._rec_grad:
-            self._hook_grads(fast.keys, outs)
+        if self._rec_grad:  # (here, in one loop: cheaper than in each leaf hook, the loop's
+            # code stays in cache; nothing changed the outputs in place, so each grad_fn is
+            # still the node that made it)
+            for key, out in zip(fast.keys, outs, strict=True):
+                if out.requires_grad:
+                    self._hook_grad(key, out)
         outs.clear()
         self._vers.clear()
         return True
-
-    def _hook_grads(self, keys: list[str], outs: list[Tensor]) -> None:
-        """:meth:`_hook_grad` for the outputs of a replayed forward, at its end and in one loop
-        (cheaper than in each leaf hook: the loop's code and data stay in cache). Only outputs
-        that nothing changed in place since their layer: their ``grad_fn`` is still the one
-        that made them."""
-        step, on_grad = self._step, self._on_out_grad
-        for key, out in zip(keys, outs, strict=False):
-            if out.requires_grad:
-                node = out.grad_fn
-                if node is not None and out._backward_hooks is None:  # (hook_output_grad)
-                    hooks: OrderedDict[int, Any] = OrderedDict()
-                    hooks[-1] = partial(on_grad, key, step)
-                    out._backward_hooks = hooks
-                    node._register_hook_dict(out)
-                else:
-                    self._hook_grad(key, out)
 
     def _leave_fast(self) -> None:
         """Back to the per-layer path midway through a forward (or at its end): the outputs
@@ -790,7 +780,7 @@ class Recorder:
         vals: list[float] = []
         for r, k in zip(res.tolist(), counts, strict=True):
             vals += r[:k]
-        self._put_ids(step, ids, vals)
+        self._put_block(step, ids, vals)
 
     def _act_spec_ids(self, key: str, n: int, mode: int, channels: int) -> list[int]:
         """Spec ids of a kernel result row ``(Σx, ‖x‖, min, max, count)`` of layer ``key``."""
@@ -1028,9 +1018,9 @@ class Recorder:
             plan.ptrs = [int(r[0]) for r in rows]
             n = len(rows)
             plan.out = np.zeros((n, 5))
-            plan.take = np.concatenate([np.arange(0, 5 * n, 5), np.arange(1, 5 * n, 5)])
-            plan.root = np.ones(2 * n, dtype=np.bool_)
-            plan.vals = array("d", bytes(16 * n))
+            plan.take, plan.root, plan.vals = _gathering(  # ‖Δw‖ (column 0), then ‖w‖
+                np.r_[np.arange(0, 5 * n, 5), np.arange(1, 5 * n, 5)], np.ones(2 * n, np.bool_)
+            )
             plan.bufs = tuple(
                 np.empty(sizes[is64], np.float64 if is64 else np.float32) for is64 in (False, True)
             )
@@ -1153,7 +1143,7 @@ class Recorder:
         if mode == "msq":  # E[x²] − mean² of the same step
             ms, mv = self._stored("act_mean", key)
             at = np.clip(np.searchsorted(ms, st), 0, max(len(ms) - 1, 0))
-            has = (at < len(ms)) & (ms[at] == st) if len(ms) else np.zeros(len(st), bool)
+            has = ms[at] == st if len(ms) else np.zeros(len(st), bool)
             st, v = st[has], np.sqrt(np.maximum(v[has] - mv[at[has]] ** 2, 0.0))
         return st, v
 
