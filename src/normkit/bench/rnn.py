@@ -27,9 +27,6 @@ the median over the ``nn.*`` row's, ``vs python loop`` the python-loop median ov
 
 from __future__ import annotations
 
-import gc
-import statistics
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +36,7 @@ from torch import Tensor, nn
 
 import normkit.nn as nkn
 from normkit.bench._registry import register_suite
+from normkit.bench.timing import measure_interleaved
 from normkit.nn import _recurrent_core as core
 
 __all__ = ["run_rnn_bench"]
@@ -101,27 +99,6 @@ def _fwd_bwd(run: Callable[[], Tensor], params: list[Tensor]) -> Callable[[], No
         sync()
 
     return step
-
-
-def _interleaved(fns: dict[str, Callable[[], None]], reps: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, round-robin (one call of each per round) after two
-    warm-up rounds, so that load changes on a shared machine hit every row alike."""
-    for _ in range(2):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        for _ in range(reps):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
 
 
 def run_rnn_bench(
@@ -201,19 +178,19 @@ def run_rnn_bench(
         ),
     ]
     for model, impls in (("LSTM", lstm_rows), ("GRU", gru_rows)):
-        times = _interleaved({name: _fwd_bwd(run, [x, *ps]) for name, run, ps in impls}, reps)
-        base = statistics.median(next(iter(times.values())))
+        calls = {name: (_fwd_bwd(run, [x, *ps]), None) for name, run, ps in impls}
+        times = measure_interleaved(calls, reps=reps, warmup=2)
+        base = next(iter(times.values())).median
         loop = times.get("python-loop LN-LSTM")
-        for name, ts in times.items():
-            med = statistics.median(ts)
+        for name, t in times.items():
             rows.append(
                 {
                     "case": f"{model} {case}",
                     "impl": name,
-                    "ms": round(med * 1e3, 2),
-                    "min ms": round(min(ts) * 1e3, 2),
-                    "vs torch": round(med / base, 2),
-                    "vs python loop": round(statistics.median(loop) / med, 2) if loop else "",
+                    "ms": round(t.median * 1e3, 2),
+                    "min ms": round(t.min * 1e3, 2),
+                    "vs torch": round(t.median / base, 2),
+                    "vs python loop": round(loop.median / t.median, 2) if loop else "",
                     "device": device if device != "cpu" else f"cpu×{torch.get_num_threads()}",
                 }
             )
