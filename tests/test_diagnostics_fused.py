@@ -127,6 +127,24 @@ class _Net(nn.Module):
         return self.tanh(self.fc(self.flat(self.sig(self.conv2(h)))))
 
 
+def _assert_same_series(a: R.Recorder, b: R.Recorder, *, rtol: float, atol: float) -> None:
+    """Both recorders hold the same layers and values (NaN equal to NaN) for every metric."""
+    for metric in METRICS:
+        sa, sb = a.series(metric), b.series(metric)
+        assert sa.keys() == sb.keys(), metric
+        for layer in sa:
+            np.testing.assert_allclose(sa[layer], sb[layer], rtol=rtol, atol=atol, err_msg=metric)
+
+
+@pytest.fixture
+def replays(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of tensors of each replayed phase (each ``_Plan.run``), in order."""
+    seen: list[int] = []
+    run = R._Plan.run
+    monkeypatch.setattr(R._Plan, "run", lambda self, ts: seen.append(len(ts)) or run(self, ts))
+    return seen
+
+
 def _train(model: nn.Module, fused: bool, steps: int, channels_last: bool, dtype: torch.dtype):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     g = torch.Generator().manual_seed(3)
@@ -157,11 +175,7 @@ def test_fast_path_records_what_the_torch_path_records(channels_last, dtype) -> 
     slow = _train(twin, False, 4, channels_last, dtype)
     assert fast._deferrable  # later steps did go through the kernel
     assert fast.layers == slow.layers and fast.steps == slow.steps
-    for metric in METRICS:
-        a, b = fast.series(metric), slow.series(metric)
-        assert a.keys() == b.keys(), metric
-        for layer in a:
-            np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
+    _assert_same_series(fast, slow, rtol=2e-5, atol=1e-6)
 
 
 def test_fast_path_values_of_a_later_step_match_oracles() -> None:
@@ -344,11 +358,8 @@ class _Shifting(nn.Module):
 
 
 def test_replayed_steps_and_steps_that_leave_the_plan_record_what_the_torch_path_records(
-    monkeypatch: pytest.MonkeyPatch,
+    replays: list[int],
 ) -> None:
-    replays = []
-    run = R._Plan.run
-    monkeypatch.setattr(R._Plan, "run", lambda self, ts: replays.append(len(ts)) or run(self, ts))
     batches = [5, 5, 5, 7, 7, 5, 5, 5, 5, 5]
     skips = {5, 6}  # conv2 and sigmoid not called: the forward leaves its plan midway
     torch.manual_seed(0)
@@ -375,11 +386,7 @@ def test_replayed_steps_and_steps_that_leave_the_plan_record_what_the_torch_path
     # 1, 2, 4, 8 and 9; not made at 5 and 6 (conv2 has no gradient).
     assert replays == [7, 15, 7, 15, 15, 15, 7, 15], replays
     assert fast.layers == slow.layers and fast.steps == slow.steps == list(range(len(batches)))
-    for metric in METRICS:
-        a, b = fast.series(metric), slow.series(metric)
-        assert a.keys() == b.keys(), metric
-        for layer in a:
-            np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
+    _assert_same_series(fast, slow, rtol=2e-5, atol=1e-6)
     grads = fast.series("grad_norm")
     assert math.isnan(grads["conv2"][5]) and not math.isnan(grads["conv2"][7])
 
@@ -400,11 +407,8 @@ class _Shared(nn.Module):
 @pytest.mark.parametrize("every", [1, 3])
 @pytest.mark.parametrize("factory", [_Shared, _Net])
 def test_replayed_steps_with_a_shared_layer_or_every_k_match_the_torch_path(
-    factory, every, monkeypatch: pytest.MonkeyPatch
+    factory, every, replays: list[int]
 ) -> None:
-    replays = []
-    run = R._Plan.run
-    monkeypatch.setattr(R._Plan, "run", lambda self, ts: replays.append(len(ts)) or run(self, ts))
     torch.manual_seed(0)
     base = factory()
     recs = []
@@ -427,11 +431,7 @@ def test_replayed_steps_with_a_shared_layer_or_every_k_match_the_torch_path(
     assert fast.layers == slow.layers and fast.steps == slow.steps == list(range(0, 10, every))
     if factory is _Shared:
         assert fast.layers[:3] == ["lin", "tanh", "lin#2"]
-    for metric in METRICS:
-        a, b = fast.series(metric), slow.series(metric)
-        assert a.keys() == b.keys(), metric
-        for layer in a:
-            np.testing.assert_allclose(a[layer], b[layer], rtol=2e-5, atol=1e-6, err_msg=metric)
+    _assert_same_series(fast, slow, rtol=2e-5, atol=1e-6)
 
 
 def test_values_sorted_into_storage_mid_run_read_back_the_same(
@@ -458,8 +458,4 @@ def test_values_sorted_into_storage_mid_run_read_back_the_same(
                     assert rec.series("act_std")  # a read midway sorts what is there
         recs.append(rec)
     assert len(recs[1]._groups[0]) > 1  # (sorted in several chunks)
-    for metric in METRICS:
-        a, b = recs[0].series(metric), recs[1].series(metric)
-        assert a.keys() == b.keys(), metric
-        for layer in a:  # (NaN where not recorded)
-            np.testing.assert_array_equal(a[layer], b[layer], err_msg=metric)
+    _assert_same_series(recs[0], recs[1], rtol=0, atol=0)  # (NaN where not recorded)
