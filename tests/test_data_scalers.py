@@ -215,7 +215,7 @@ def test_errors_say_expected_and_got():
         nd.MinMaxScaler(feature_range=(1, 0)).fit(X)
     with pytest.raises(ValueError, match="quantile range"):
         nd.RobustScaler(quantile_range=(80.0, 20.0)).fit(X)
-    with pytest.raises(ValueError, match="norm must be one of"):
+    with pytest.raises(ValueError, match="The 'norm' parameter of normalize must be a str among"):
         nd.normalize(X, "l3")
 
 

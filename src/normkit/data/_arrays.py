@@ -23,12 +23,15 @@ __all__ = [
     "as_output",
     "check_input",
     "check_inverse_input",
+    "check_sample_weight",
     "from_numpy",
     "promoted",
     "reject_sparse",
     "to_attr",
     "to_tensor",
 ]
+
+_F64 = torch.float64
 
 ArrayLike = np.ndarray | Tensor | Any
 """numpy array (or anything :func:`numpy.asarray` accepts) or a :class:`torch.Tensor`."""
@@ -39,12 +42,15 @@ class Batch:
     """A validated 2-D floating input as a tensor, and whether the caller gave a tensor.
 
     ``finite`` is True when the data holds no NaN (and, after validation, no inf): the fast
-    paths skip the NaN masks then.
+    paths skip the NaN masks then. ``writable`` is True when ``x`` may be written in place for a
+    ``copy=False`` transform: a numpy array that numpy lets us write, or a tensor outside
+    autograd.
     """
 
     x: Tensor
     is_tensor: bool
     finite: bool
+    writable: bool = False
 
 
 def reject_sparse(X: Any, who: str) -> None:
@@ -102,7 +108,10 @@ def _check_tensor(
         )
     if check_features:
         validate_data(est, x, reset=reset, skip_check_array=True)
-    return Batch(x, True, _check_finite(x, who, allow_nan))
+    # in place only outside autograd, and not on an inference tensor outside inference mode
+    inference = torch.is_inference(x) and not torch.is_inference_mode_enabled()
+    writable = not (x.requires_grad or inference)
+    return Batch(x, True, _check_finite(x, who, allow_nan), writable)
 
 
 def _check_finite(x: Tensor, who: str, allow_nan: bool) -> bool:
@@ -153,7 +162,40 @@ def check_input(
     kwargs: dict[str, Any] = {"dtype": FLOAT_DTYPES, "ensure_all_finite": False}
     X = validate_data(est, X, reset=reset, **kwargs) if check_features else check_array(X, **kwargs)
     x = from_numpy(X)
-    return Batch(x, False, _check_finite(x, type(est).__name__, allow_nan))
+    return Batch(x, False, _check_finite(x, type(est).__name__, allow_nan), X.flags.writeable)
+
+
+def check_sample_weight(sample_weight: Any, batch: Batch) -> Tensor | None:
+    """``sample_weight`` as a float64 ``(n_samples,)`` tensor on the batch's device.
+
+    None stays None; a scalar is repeated for every sample. As scikit-learn does, the weights of
+    a numpy batch are first rounded to the batch's dtype; a tensor's weights are kept as given.
+    Weights must be finite; scikit-learn's messages for the wrong shape.
+    """
+    if sample_weight is None:
+        return None
+    x = batch.x
+    n = x.shape[0]
+    if isinstance(sample_weight, Tensor):
+        w = sample_weight.detach().to(device=x.device, dtype=_F64)
+    else:
+        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), device=x.device)
+        if not batch.is_tensor:
+            w = w.to(x.dtype).to(_F64)
+    if w.ndim == 0:
+        w = w.expand(n).clone()
+    if w.ndim != 1:
+        raise ValueError(
+            f"Sample weights must be 1D array or scalar, got {w.ndim}D array. Expected either "
+            f"a scalar value or a 1D array of length {n}."
+        )
+    if w.shape[0] != n:
+        raise ValueError(f"sample_weight.shape == {tuple(w.shape)}, expected ({n},)!")
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("Input sample_weight contains NaN or infinity; weights must be finite")
+    if not bool((w != 0).any()):
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return w
 
 
 def check_inverse_input(est: Any, X: ArrayLike) -> Batch:
@@ -186,11 +228,15 @@ def to_attr(t: Tensor, device: torch.device | None) -> np.ndarray | Tensor:
     return t.cpu().numpy() if device is None else t.to(device)
 
 
-def promoted(x: Tensor, op: Any, value: Tensor) -> Tensor:
+def promoted(x: Tensor, op: Any, value: Tensor, *, inplace: bool = False) -> Tensor:
     """``op(x, value)`` computed in the promoted dtype and rounded back to ``x.dtype``.
 
     This is numpy's in-place ``X op= value`` (what scikit-learn's transforms do), so a float32
     input with float64 statistics is computed in float64 and rounded once, as scikit-learn does.
+    ``inplace=True`` writes the result into ``x`` (``copy=False``) and returns it.
     """
     wide = torch.promote_types(x.dtype, value.dtype)
-    return op(x.to(wide), value.to(device=x.device, dtype=wide)).to(x.dtype)
+    value = value.to(device=x.device, dtype=wide)
+    if inplace:
+        return op(x, value, out=x)
+    return op(x.to(wide), value).to(x.dtype)

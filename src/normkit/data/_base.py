@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
-from normkit.data._arrays import ArrayLike, Batch, check_input
+from normkit.data._arrays import ArrayLike, Batch, check_input, check_sample_weight
 
 __all__ = ["State", "StreamingScaler", "all_gather_rows"]
 
@@ -84,9 +84,12 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     # -- hooks ---------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        """Raise ValueError on invalid hyper-parameters (checked at fit time, as sklearn does)."""
+        """Validate the hyper-parameters as scikit-learn does: ``_parameter_constraints``
+        (:class:`~sklearn.utils._param_validation.InvalidParameterError`, scikit-learn's
+        messages), then the checks between parameters that constraints cannot express."""
+        self._validate_params()
 
-    def _batch_state(self, batch: Batch) -> State:
+    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
         raise NotImplementedError
 
     def _read_state(self, est: Any, device: torch.device) -> State:
@@ -105,23 +108,24 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if name in self.__dict__:
                 delattr(self, name)
 
-    def fit(self, X: ArrayLike, y: Any = None) -> StreamingScaler:
-        """Compute the statistics of ``X`` (n_samples, n_features); forgets earlier fits."""
+    def _fit(self, X: ArrayLike, sample_weight: Any = None) -> StreamingScaler:
+        """``fit``: forget earlier fits, then one ``partial_fit``."""
         self._reset()
-        return self.partial_fit(X, y)
+        return self._partial_fit(X, sample_weight)
 
-    def partial_fit(self, X: ArrayLike, y: Any = None) -> StreamingScaler:
-        """Add the batch ``X`` to the statistics (exactly: chunked = one :meth:`fit`).
+    def _partial_fit(self, X: ArrayLike, sample_weight: Any = None) -> StreamingScaler:
+        """``partial_fit``: the batch's state combined with what is known (exact merge).
 
         A batch in which a feature is all NaN leaves that feature's statistics as they were
         (scikit-learn's ``partial_fit`` turns them into NaN for good), so every chunking of the
-        data gives the statistics of one :meth:`fit`.
+        data gives the statistics of one ``fit``.
         """
         self._check_params()
         first = not hasattr(self, "n_samples_seen_")
         batch = check_input(self, X, reset=first)
+        weight = check_sample_weight(sample_weight, batch)
         with torch.no_grad():
-            state = self._batch_state(batch)
+            state = self._batch_state(batch, weight)
             if first:
                 self._state_device = batch.x.device if batch.is_tensor else None
             else:
@@ -176,7 +180,7 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self._check_params()
         batch = check_input(self, X, reset=True)
         with torch.no_grad():
-            local = self._batch_state(batch)
+            local = self._batch_state(batch, None)
             packed = torch.stack([t.to(torch.float64) for t in local])
             parts = all_gather_rows(packed, group)
             states = [

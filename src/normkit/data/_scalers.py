@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import functools
 import statistics
-from typing import Any
+from numbers import Integral
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.utils._param_validation import Options, StrOptions, validate_parameter_constraints
 from sklearn.utils.validation import FLOAT_DTYPES, check_array, check_is_fitted
 from torch import Tensor
 
@@ -42,9 +44,11 @@ __all__ = [
 _F64 = torch.float64
 
 
-def _stats_dtype(x: Tensor) -> torch.dtype:
-    """dtype of exact statistics (min, max, quantiles): the input's, float32 for 16-bit."""
-    return accumulation_dtype(x.dtype)
+def _in_place(est: Any, copy: bool | None, batch: Batch) -> bool:
+    """Whether a transform writes into its input: ``copy`` (the call's, else the estimator's)
+    is False and the input may be written (:attr:`Batch.writable`)."""
+    copy = est.copy if copy is None else copy
+    return not copy and batch.writable
 
 
 def _counts(n: Any, n_features: int, device: torch.device) -> Tensor:
@@ -105,29 +109,84 @@ def _numba_moments(x: Tensor) -> Moments | None:
     return Moments(torch.full((x.shape[1],), n, dtype=_F64), t(mean), t(total_m2))
 
 
-def _batch_moments(batch: Batch) -> Moments:
-    """Count, mean and sum of squared deviations per column of a batch, in float64.
+def _weighted_moments(x: Tensor, w: Tensor, keep: Tensor | None) -> Moments:
+    """Weighted count (sum of weights), mean and sum of weighted squared deviations per column,
+    two passes in float64; ``keep`` masks out NaNs (None when there are none)."""
+    xa = x.to(_F64)
+    zero = torch.zeros((), dtype=_F64, device=x.device)
+    if keep is None:
+        count = w.sum().expand(x.shape[1])
+    else:
+        xa = torch.where(keep, xa, zero)
+        count = w @ keep.to(_F64)
+    mean = torch.where(count != 0, (w @ xa) / count, zero)
+    dev = xa - mean
+    if keep is not None:
+        dev = torch.where(keep, dev, zero)
+    return Moments(count, mean, w @ dev.square_())
+
+
+def _exact_constants(x: Tensor, m: Moments, keep: Tensor | None, w: Tensor | None) -> Moments:
+    """Moments with exactly ``m2 = 0`` and ``mean`` = the value for constant columns.
+
+    Rounding leaves a column of identical values ``c`` with a mean an ulp away from ``c`` and a
+    variance of ~1e-34 (scikit-learn's corrected two-pass estimate gives exactly 0). Columns
+    whose ``m2`` is within the two-pass rounding bound ``count·(n·ε·|mean|)²`` are candidates;
+    they are checked exactly (min == max of the values that count) and fixed. The fix survives
+    every merge: Chan's update of two parts with the same exact mean adds exactly 0.
+    """
+    eps = torch.finfo(_F64).eps
+    bound = m.count * (x.shape[0] * eps * m.mean.abs()).square()
+    idx = torch.nonzero((m.m2 <= bound) & (m.count != 0)).flatten()
+    if idx.numel() == 0:
+        return m
+    sub = x[:, idx]
+    valid = None if keep is None else keep[:, idx]
+    if w is not None:
+        nz = (w != 0)[:, None]
+        valid = nz if valid is None else valid & nz
+    lo, hi = sub, sub
+    if valid is not None:
+        lo = torch.where(valid, sub, torch.full((), float("inf"), dtype=x.dtype, device=x.device))
+        hi = torch.where(valid, sub, torch.full((), -float("inf"), dtype=x.dtype, device=x.device))
+    lo, hi = lo.amin(0), hi.amax(0)
+    const = lo == hi
+    cols = idx[const]
+    mean, m2 = m.mean.clone(), m.m2.clone()
+    mean[cols] = lo[const].to(_F64)
+    m2[cols] = 0.0
+    return Moments(m.count, mean, m2)
+
+
+def _batch_moments(batch: Batch, weight: Tensor | None = None) -> Moments:
+    """Count, mean and sum of squared deviations per column of a batch, in float64; with
+    ``weight``, the weighted ones (count = sum of the weights).
 
     The two-pass estimator of :func:`normkit._stats.moments` (mean first, then the squared
-    deviations from it). Without NaNs, a large CPU batch goes to the numba backend's kernel
-    when numba is installed (:func:`_numba_moments`), anything else runs in place on one
+    deviations from it). Without NaNs or weights, a large CPU batch goes to the numba backend's
+    kernel when numba is installed (:func:`_numba_moments`), anything else runs in place on one
     float64 copy of the batch (three passes instead of five); with NaNs, the masked
-    :meth:`Moments.of`.
+    :meth:`Moments.of`. Constant columns get exactly ``m2 = 0`` (:func:`_exact_constants`).
     """
     x = batch.x
-    if batch.finite:
+    keep = None if batch.finite else ~torch.isnan(x)
+    if weight is not None:
+        m = _weighted_moments(x, weight, keep)
+    elif keep is None:
         fast = _numba_moments(x)
         if fast is not None:
-            return fast
-        xa = x.to(_F64, copy=True)
-        n = x.shape[0]
-        mean = xa.sum(0) / n
-        m2 = xa.sub_(mean).square_().sum(0)
-        return Moments(torch.full_like(mean, n), mean, m2)
-    keep = ~torch.isnan(x)
-    filled = torch.where(keep, x.to(_F64), torch.zeros((), dtype=_F64, device=x.device))
-    m = Moments.of(filled, [0], mask=keep)
-    return Moments(m.count[0], m.mean[0], m.m2[0])
+            m = fast
+        else:
+            xa = x.to(_F64, copy=True)
+            n = x.shape[0]
+            mean = xa.sum(0) / n
+            m2 = xa.sub_(mean).square_().sum(0)
+            m = Moments(torch.full_like(mean, n), mean, m2)
+    else:
+        filled = torch.where(keep, x.to(_F64), torch.zeros((), dtype=_F64, device=x.device))
+        mk = Moments.of(filled, [0], mask=keep)
+        m = Moments(mk.count[0], mk.mean[0], mk.m2[0])
+    return _exact_constants(x, m, keep, weight)
 
 
 class StandardScaler(StreamingScaler):
@@ -139,10 +198,13 @@ class StandardScaler(StreamingScaler):
     Statistics are accumulated in float64 and merged exactly across :meth:`partial_fit` chunks,
     :meth:`merge` d scalers and :meth:`fit_distributed` ranks (Chan, Golub & LeVeque, "Updating
     formulae and a pairwise algorithm for computing sample variances", 1979): any chunking gives
-    the statistics of one :meth:`fit` up to float64 rounding. NaNs are ignored in fit (counted
-    per feature in ``n_samples_seen_``) and kept in transform; a feature whose variance is
+    the statistics of one :meth:`fit` up to float64 rounding. ``sample_weight`` gives the
+    weighted mean and variance (``n_samples_seen_`` is then the sum of the weights), merged as
+    exactly. NaNs are ignored in fit (counted per feature in ``n_samples_seen_``) and kept in
+    transform; a constant feature has ``var_`` exactly 0, and a feature whose variance is
     indistinguishable from 0 gets ``scale_ = 1`` (scikit-learn's rule,
-    :func:`normkit.nn.normalization.std_scale`).
+    :func:`normkit.nn.normalization.std_scale`). ``copy=False`` scales in place where the
+    input allows it.
 
     Output type follows the input: numpy → numpy (float32 stays float32), tensor → tensor on
     the same device and dtype (float16/bfloat16 computed in float32), differentiable.
@@ -159,13 +221,36 @@ class StandardScaler(StreamingScaler):
     """
 
     _fitted = ("mean_", "var_", "scale_")
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "copy": ["boolean"],
+        "with_mean": ["boolean"],
+        "with_std": ["boolean"],
+    }
 
-    def __init__(self, *, with_mean: bool = True, with_std: bool = True) -> None:
+    def __init__(self, *, copy: bool = True, with_mean: bool = True, with_std: bool = True) -> None:
+        self.copy = copy
         self.with_mean = with_mean
         self.with_std = with_std
 
-    def _batch_state(self, batch: Batch) -> State:
-        m = _batch_moments(batch)
+    def fit(
+        self, X: ArrayLike, y: Any = None, sample_weight: ArrayLike | None = None
+    ) -> StandardScaler:
+        """Compute the mean and variance of ``X`` (n_samples, n_features); forgets earlier fits.
+
+        ``sample_weight`` (n_samples,): one weight per sample (None: all 1); the statistics
+        are then the weighted mean and variance, and ``n_samples_seen_`` the sum of the weights.
+        """
+        return self._fit(X, sample_weight)
+
+    def partial_fit(
+        self, X: ArrayLike, y: Any = None, sample_weight: ArrayLike | None = None
+    ) -> StandardScaler:
+        """Add the batch ``X`` (with its ``sample_weight``) to the statistics, exactly: any
+        chunking, weighted or not, gives the statistics of one :meth:`fit`."""
+        return self._partial_fit(X, sample_weight)
+
+    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
+        m = _batch_moments(batch, weight)
         return (m.count, m.mean, m.m2)
 
     def _read_state(self, est: Any, device: torch.device) -> State:
@@ -200,33 +285,38 @@ class StandardScaler(StreamingScaler):
         self.var_ = to_attr(var, dev) if self.with_std else None
         self.scale_ = to_attr(std_scale(var, mean, count), dev) if self.with_std else None
 
-    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
-        """Standardize ``X``: ``(X − mean_) / scale_`` (new array/tensor, NaNs kept)."""
+    def transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
+        """Standardize ``X``: ``(X − mean_) / scale_`` (NaNs kept). ``copy=False`` (or the
+        scaler's ``copy=False``) writes the result into ``X`` where it can: a writable numpy
+        float array, or a tensor outside autograd; otherwise a new array/tensor is returned."""
         check_is_fitted(self)
         batch = check_input(self, X, reset=False)
+        inplace = _in_place(self, copy, batch)
         x = batch.x
         cd = accumulation_dtype(x.dtype)
-        y = x.to(cd)
+        y = x if inplace and cd == x.dtype else x.to(cd, copy=True)
         if self.with_mean:
-            y = y - to_tensor(self.mean_, x.device, cd)
+            y.sub_(to_tensor(self.mean_, x.device, cd))
         if self.with_std:
-            s = to_tensor(self.scale_, x.device, cd)
-            y = y.div_(s) if y is not x else y / s  # in place on our own fresh tensor
-        y = x.clone() if y is x else y.to(x.dtype)
+            y.div_(to_tensor(self.scale_, x.device, cd))
+        if y is not x:
+            y = x.copy_(y) if inplace else y.to(x.dtype)
         return as_output(y, batch)
 
-    def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
-        """Undo :meth:`transform`: ``X · scale_ + mean_``."""
+    def inverse_transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
+        """Undo :meth:`transform`: ``X · scale_ + mean_`` (``copy`` as in :meth:`transform`)."""
         check_is_fitted(self)
         batch = check_inverse_input(self, X)
+        inplace = _in_place(self, copy, batch)
         x = batch.x
         cd = accumulation_dtype(x.dtype)
-        y = x.to(cd)
+        y = x if inplace and cd == x.dtype else x.to(cd, copy=True)
         if self.with_std:
-            y = y * to_tensor(self.scale_, x.device, cd)
+            y.mul_(to_tensor(self.scale_, x.device, cd))
         if self.with_mean:
-            y = y + to_tensor(self.mean_, x.device, cd)
-        y = x.clone() if y is x else y.to(x.dtype)
+            y.add_(to_tensor(self.mean_, x.device, cd))
+        if y is not x:
+            y = x.copy_(y) if inplace else y.to(x.dtype)
         return as_output(y, batch)
 
 
@@ -244,9 +334,20 @@ def _nan_extreme(x: Tensor, finite: bool, *, largest: bool) -> Tensor:
     return torch.where(nan.all(0), torch.full_like(r, float("nan")), r)
 
 
-def _check_clip(est: Any) -> None:
-    if not isinstance(est.clip, bool):
-        raise ValueError(f"{type(est).__name__}: clip must be a bool (got {est.clip!r})")
+def _affine(batch: Batch, copy: bool, *steps: tuple[Any, Any]) -> Tensor:
+    """``x op₁ v₁ op₂ v₂ …`` for fitted attributes ``vᵢ`` (None skips a step), each step
+    computed in the promoted dtype and rounded to the input's dtype as scikit-learn's in-place
+    numpy ops do; in the input's memory when ``copy`` is False and it may be written, else in
+    a new tensor (also when every step is skipped)."""
+    x = batch.x
+    inplace = not copy and batch.writable
+    y = x
+    for op, value in steps:
+        if value is None:
+            continue
+        own = inplace or (y is not x and not y.requires_grad)  # our own fresh tensor
+        y = promoted(y, op, to_tensor(value, x.device), inplace=own)
+    return x.clone() if y is x and not inplace else y
 
 
 class MinMaxScaler(StreamingScaler):
@@ -272,22 +373,38 @@ class MinMaxScaler(StreamingScaler):
     """
 
     _fitted = ("data_min_", "data_max_", "data_range_", "scale_", "min_")
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "feature_range": [tuple],
+        "copy": ["boolean"],
+        "clip": ["boolean"],
+    }
 
-    def __init__(self, feature_range: tuple[float, float] = (0, 1), *, clip: bool = False) -> None:
+    def __init__(
+        self, feature_range: tuple[float, float] = (0, 1), *, copy: bool = True, clip: bool = False
+    ) -> None:
         self.feature_range = feature_range
+        self.copy = copy
         self.clip = clip
 
     def _check_params(self) -> None:
-        _check_clip(self)
+        self._validate_params()
         fr = self.feature_range
-        if not (isinstance(fr, (tuple, list)) and len(fr) == 2) or not fr[0] < fr[1]:
+        if len(fr) != 2 or not fr[0] < fr[1]:
             raise ValueError(
                 "Minimum of desired feature range must be smaller than maximum. Got "
                 f"{fr!r} (expected a pair (min, max) with min < max, e.g. (0, 1))"
             )
 
-    def _batch_state(self, batch: Batch) -> State:
-        x = batch.x.to(_stats_dtype(batch.x))
+    def fit(self, X: ArrayLike, y: Any = None) -> MinMaxScaler:
+        """Compute the per-feature minimum and maximum of ``X``; forgets earlier fits."""
+        return self._fit(X)
+
+    def partial_fit(self, X: ArrayLike, y: Any = None) -> MinMaxScaler:
+        """Add the batch ``X`` to the minimum and maximum (exact: chunked = one :meth:`fit`)."""
+        return self._partial_fit(X)
+
+    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
+        x = batch.x
         lo = _nan_extreme(x, batch.finite, largest=False)
         hi = _nan_extreme(x, batch.finite, largest=True)
         return (torch.full(lo.shape, float(x.shape[0]), dtype=_F64, device=x.device), lo, hi)
@@ -320,23 +437,20 @@ class MinMaxScaler(StreamingScaler):
         self.min_ = to_attr(a - lo * scale, dev)
 
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
-        """``X · scale_ + min_`` (clamped to ``feature_range`` when ``clip``)."""
+        """``X · scale_ + min_`` (clamped to ``feature_range`` when ``clip``); in place in
+        ``X`` when ``copy=False`` and ``X`` may be written."""
         check_is_fitted(self)
         batch = check_input(self, X, reset=False)
-        x = batch.x
-        y = promoted(x, torch.mul, to_tensor(self.scale_, x.device))
-        y = promoted(y, torch.add, to_tensor(self.min_, x.device))
+        y = _affine(batch, self.copy, (torch.mul, self.scale_), (torch.add, self.min_))
         if self.clip:
-            y = y.clamp(float(self.feature_range[0]), float(self.feature_range[1]))
+            y = y.clamp_(float(self.feature_range[0]), float(self.feature_range[1]))
         return as_output(y, batch)
 
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``(X − min_) / scale_``."""
         check_is_fitted(self)
         batch = check_inverse_input(self, X)
-        x = batch.x
-        y = promoted(x, torch.sub, to_tensor(self.min_, x.device))
-        y = promoted(y, torch.div, to_tensor(self.scale_, x.device))
+        y = _affine(batch, self.copy, (torch.sub, self.min_), (torch.div, self.scale_))
         return as_output(y, batch)
 
 
@@ -359,15 +473,25 @@ class MaxAbsScaler(StreamingScaler):
     """
 
     _fitted = ("max_abs_", "scale_")
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "copy": ["boolean"],
+        "clip": ["boolean"],
+    }
 
-    def __init__(self, *, clip: bool = False) -> None:
+    def __init__(self, *, copy: bool = True, clip: bool = False) -> None:
+        self.copy = copy
         self.clip = clip
 
-    def _check_params(self) -> None:
-        _check_clip(self)
+    def fit(self, X: ArrayLike, y: Any = None) -> MaxAbsScaler:
+        """Compute the per-feature maximum absolute value of ``X``; forgets earlier fits."""
+        return self._fit(X)
 
-    def _batch_state(self, batch: Batch) -> State:
-        x = batch.x.to(_stats_dtype(batch.x))
+    def partial_fit(self, X: ArrayLike, y: Any = None) -> MaxAbsScaler:
+        """Add the batch ``X`` to the maximum absolute values (exact)."""
+        return self._partial_fit(X)
+
+    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
+        x = batch.x
         m = _nan_extreme(x.abs(), batch.finite, largest=True)
         return (torch.full(m.shape, float(x.shape[0]), dtype=_F64, device=x.device), m)
 
@@ -390,17 +514,16 @@ class MaxAbsScaler(StreamingScaler):
         """``X / scale_`` (clamped to ``[-1, 1]`` when ``clip``)."""
         check_is_fitted(self)
         batch = check_input(self, X, reset=False)
-        y = promoted(batch.x, torch.div, to_tensor(self.scale_, batch.x.device))
+        y = _affine(batch, self.copy, (torch.div, self.scale_))
         if self.clip:
-            y = y.clamp(-1.0, 1.0)
+            y = y.clamp_(-1.0, 1.0)
         return as_output(y, batch)
 
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_``."""
         check_is_fitted(self)
         batch = check_inverse_input(self, X)
-        y = promoted(batch.x, torch.mul, to_tensor(self.scale_, batch.x.device))
-        return as_output(y, batch)
+        return as_output(_affine(batch, self.copy, (torch.mul, self.scale_)), batch)
 
 
 # ============================================================================ RobustScaler
@@ -428,7 +551,9 @@ def _nan_quantiles(x: Tensor, qs: list[float]) -> tuple[Tensor, list[Tensor]]:
         return a, b, pos - lo
 
     a, b, _ = neighbours(0.5)
-    median = torch.where(none, float("nan"), (a + b) / 2)
+    acc = accumulation_dtype(x.dtype)  # numpy's mean of two float16 values runs in float32
+    mid = ((a.to(acc) + b.to(acc)) / 2).to(x.dtype)
+    median = torch.where(none, float("nan"), mid)
     out = []
     for q in qs:
         a, b, t = neighbours(q)
@@ -462,29 +587,39 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     array([2.5])
     """
 
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "with_centering": ["boolean"],
+        "with_scaling": ["boolean"],
+        "quantile_range": [tuple],
+        "copy": ["boolean"],
+        "unit_variance": ["boolean"],
+    }
+
     def __init__(
         self,
         *,
         with_centering: bool = True,
         with_scaling: bool = True,
         quantile_range: tuple[float, float] = (25.0, 75.0),
+        copy: bool = True,
         unit_variance: bool = False,
     ) -> None:
         self.with_centering = with_centering
         self.with_scaling = with_scaling
         self.quantile_range = quantile_range
+        self.copy = copy
         self.unit_variance = unit_variance
 
     def _check_params(self) -> None:
+        self._validate_params()
         qr = self.quantile_range
-        if not (isinstance(qr, (tuple, list)) and len(qr) == 2 and 0 <= qr[0] <= qr[1] <= 100):
+        if not (len(qr) == 2 and 0 <= qr[0] <= qr[1] <= 100):
             raise ValueError(
                 f"Invalid quantile range: {qr!r} (expected (q_min, q_max) with "
                 "0 <= q_min <= q_max <= 100, e.g. (25.0, 75.0))"
             )
 
     def _fit_rows(self, x: Tensor, device: torch.device | None) -> RobustScaler:
-        x = x.to(_stats_dtype(x))
         q_lo, q_hi = (float(q) / 100.0 for q in self.quantile_range)
         with torch.no_grad():
             med, (lo, hi) = _nan_quantiles(x, [q_lo, q_hi])
@@ -517,30 +652,22 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Collective: call it on every rank of ``group``."""
         self._check_params()
         batch = check_input(self, X, reset=True)
-        rows = torch.cat(all_gather_rows(batch.x.to(_stats_dtype(batch.x)), group))
+        rows = torch.cat(all_gather_rows(batch.x, group))
         return self._fit_rows(rows, batch.x.device if batch.is_tensor else None)
 
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``(X − center_) / scale_``."""
         check_is_fitted(self)
         batch = check_input(self, X, reset=False)
-        y = batch.x
-        if self.with_centering:
-            y = promoted(y, torch.sub, to_tensor(self.center_, y.device))
-        if self.with_scaling:
-            y = promoted(y, torch.div, to_tensor(self.scale_, y.device))
-        return as_output(y.clone() if y is batch.x else y, batch)
+        y = _affine(batch, self.copy, (torch.sub, self.center_), (torch.div, self.scale_))
+        return as_output(y, batch)
 
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_ + center_``."""
         check_is_fitted(self)
         batch = check_inverse_input(self, X)
-        y = batch.x
-        if self.with_scaling:
-            y = promoted(y, torch.mul, to_tensor(self.scale_, y.device))
-        if self.with_centering:
-            y = promoted(y, torch.add, to_tensor(self.center_, y.device))
-        return as_output(y.clone() if y is batch.x else y, batch)
+        y = _affine(batch, self.copy, (torch.mul, self.scale_), (torch.add, self.center_))
+        return as_output(y, batch)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -552,15 +679,12 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
 # ============================================================================ Normalizer
 
-_NORMS = ("l1", "l2", "max")
+_NORM_CONSTRAINT = StrOptions({"l1", "l2", "max"})
 
 
-def _check_norm(norm: Any) -> None:
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS} (got {norm!r})")
-
-
-def _normalize_tensor(x: Tensor, norm: str, axis: int) -> tuple[Tensor, Tensor]:
+def _normalize_tensor(x: Tensor, norm: str, axis: int, inplace: bool) -> tuple[Tensor, Tensor]:
+    """``x`` divided by its ``norm`` along ``axis`` (in ``x``'s memory when ``inplace``), and
+    the norms (1 where a vector's norm is below ``10·eps``)."""
     cd = accumulation_dtype(x.dtype)
     xc = x.to(cd)
     if norm == "l1":
@@ -570,10 +694,21 @@ def _normalize_tensor(x: Tensor, norm: str, axis: int) -> tuple[Tensor, Tensor]:
     else:
         n = xc.abs().amax(axis, keepdim=True)
     n = handle_zeros_in_scale(n.to(x.dtype)).to(cd)
-    return (xc / n).to(x.dtype), n.squeeze(axis).to(x.dtype)
+    if inplace:
+        y = torch.div(xc, n, out=x) if xc is x else x.copy_(xc.div_(n))
+    else:
+        y = (xc / n).to(x.dtype)
+    return y, n.squeeze(axis).to(x.dtype)
 
 
-def normalize(x: ArrayLike, norm: str = "l2", *, axis: int = 1, return_norm: bool = False) -> Any:
+def normalize(
+    x: ArrayLike,
+    norm: str = "l2",
+    *,
+    axis: int = 1,
+    copy: bool = True,
+    return_norm: bool = False,
+) -> Any:
     """Scale vectors to unit norm along ``axis`` (scikit-learn's ``normalize``; numpy or torch).
 
     .. math:: y = x / \\lVert x \\rVert_p, \\qquad p \\in \\{1, 2, \\infty\\} \\text{ for }
@@ -583,24 +718,39 @@ def normalize(x: ArrayLike, norm: str = "l2", *, axis: int = 1, return_norm: boo
     as in scikit-learn — no epsilon is added (``torch.nn.functional.normalize`` clamps instead).
     numpy input must be 2-D with ``axis`` 0 (columns) or 1 (rows) and finite, as scikit-learn
     requires; a tensor may have any shape and ``axis``, keeps its device and dtype, is not
-    checked for NaN (they propagate) and is differentiable. ``return_norm=True`` also returns
-    the norms (1 where the vector was zero).
+    checked for NaN (they propagate) and is differentiable. ``copy=False`` writes the result
+    into ``x`` where it can (a writable float array, a tensor outside autograd).
+    ``return_norm=True`` also returns the norms (1 where the vector was zero).
 
     >>> normalize(np.array([[3.0, 4.0], [0.0, 0.0]]))
     array([[0.6, 0.8],
            [0. , 0. ]])
     """
-    _check_norm(norm)
-    reject_sparse(x, "normalize")
     if isinstance(x, Tensor):
+        validate_parameter_constraints(
+            {"norm": [_NORM_CONSTRAINT], "copy": ["boolean"], "return_norm": ["boolean"]},
+            {"norm": norm, "copy": copy, "return_norm": return_norm},
+            caller_name="normalize",
+        )
+        reject_sparse(x, "normalize")
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
-        y, n = _normalize_tensor(x, norm, axis)
+        inplace = not copy and not x.requires_grad
+        y, n = _normalize_tensor(x, norm, axis, inplace)
         return (y, n) if return_norm else y
-    if axis not in (0, 1):
-        raise ValueError(f"normalize: axis must be 0 or 1 for numpy input (got {axis})")
+    validate_parameter_constraints(
+        {
+            "norm": [_NORM_CONSTRAINT],
+            "axis": [Options(Integral, {0, 1})],
+            "copy": ["boolean"],
+            "return_norm": ["boolean"],
+        },
+        {"norm": norm, "axis": axis, "copy": copy, "return_norm": return_norm},
+        caller_name="normalize",
+    )
+    reject_sparse(x, "normalize")
     arr = check_array(x, dtype=FLOAT_DTYPES, estimator="the normalize function")
-    y, n = _normalize_tensor(from_numpy(arr), norm, axis)
+    y, n = _normalize_tensor(from_numpy(arr), norm, axis, not copy and arr.flags.writeable)
     return (y.numpy(), n.numpy()) if return_norm else y.numpy()
 
 
@@ -617,20 +767,26 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     array([[0.25, 0.75]])
     """
 
-    def __init__(self, norm: str = "l2") -> None:
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "norm": [_NORM_CONSTRAINT],
+        "copy": ["boolean"],
+    }
+
+    def __init__(self, norm: str = "l2", *, copy: bool = True) -> None:
         self.norm = norm
+        self.copy = copy
 
     def fit(self, X: ArrayLike, y: Any = None) -> Normalizer:
         """Check ``X`` and the parameters; nothing is learned."""
-        _check_norm(self.norm)
+        self._validate_params()
         check_input(self, X, reset=True, allow_nan=False)
         return self
 
-    def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
-        """Each row divided by its ``norm``."""
-        _check_norm(self.norm)
+    def transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
+        """Each row divided by its ``norm`` (in ``X`` when ``copy=False`` and it may be written)."""
+        self._validate_params()
         batch = check_input(self, X, reset=False, allow_nan=False)
-        y, _ = _normalize_tensor(batch.x, self.norm, 1)
+        y, _ = _normalize_tensor(batch.x, self.norm, 1, _in_place(self, copy, batch))
         return as_output(y, batch)
 
     def __sklearn_tags__(self) -> Any:
