@@ -62,6 +62,12 @@ class NormSpec:
     channels_last: bool = False
     # twin state_dict keys differ (adaptors): normkit key -> twin key
     key_map: tuple[tuple[str, str], ...] = ()
+    # the backend op the layer dispatches, when some backends decline some inputs of it (the
+    # suite then skips with the backend's reason instead of failing)
+    op: str | None = None
+    # the module is converted to the input dtype (as models using the parity presets run);
+    # otherwise its parameters stay float32 for low-precision inputs
+    params_in_input_dtype: bool = False
 
     def input(self, dtype: torch.dtype, seed: int = 0) -> Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -131,6 +137,47 @@ SPECS: list[NormSpec] = [
         _bn(nkn.RMSNorm, (5, 8), eps=1e-6),
         lambda: nn.RMSNorm((5, 8), eps=1e-6),
         (3, 5, 8),
+    ),
+    # parity presets (bit-exactness against transformers: tests/test_presets.py)
+    NormSpec(
+        "rms-llama",
+        _bn(nkn.RMSNorm, 8, eps=1e-6, casting="llama"),
+        None,
+        (4, 5, 8),
+        op="rms_norm_cast",
+        params_in_input_dtype=True,
+    ),
+    NormSpec(
+        "rms-gemma",
+        _bn(nkn.RMSNorm, 8, casting="gemma"),
+        None,
+        (4, 5, 8),
+        op="rms_norm_cast",
+        params_in_input_dtype=True,
+    ),
+    NormSpec(
+        "rms-t5",
+        _bn(nkn.RMSNorm, 8, casting="t5"),
+        None,
+        (6, 8),
+        op="rms_norm_cast",
+        params_in_input_dtype=True,
+    ),
+    NormSpec(
+        "ln-llama",
+        _bn(nkn.LayerNorm, 8, casting="llama"),
+        None,
+        (4, 5, 8),
+        op="layer_norm_cast",
+        params_in_input_dtype=True,
+    ),
+    NormSpec(
+        "ln-gemma-zero-centered",
+        _bn(nkn.LayerNorm, 8, casting="gemma"),
+        None,
+        (6, 8),
+        op="layer_norm_cast",
+        params_in_input_dtype=True,
     ),
     NormSpec("gn", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (4, 6, 5, 5)),
     NormSpec("gn-cl", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (4, 6, 5, 5), True),

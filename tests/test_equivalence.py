@@ -64,7 +64,15 @@ def _run(m: nn.Module, spec: NormSpec, dtype: torch.dtype, train: bool, grad_see
     return outs
 
 
+def _skip_declined(spec: NormSpec, backend: str, dtype: torch.dtype) -> None:
+    if spec.op is not None:
+        reason = normkit.backends.get(backend).check(spec.op, spec.input(dtype))
+        if reason is not None:
+            pytest.skip(f"{backend} declines {spec.op}: {reason}")
+
+
 def _pair(spec: NormSpec, backend: str, dtype: torch.dtype, train: bool):
+    _skip_declined(spec, backend, dtype)
     m = spec.make(backend=backend)
     randomize_params(m)
     _randomize_buffers(m)
@@ -72,8 +80,8 @@ def _pair(spec: NormSpec, backend: str, dtype: torch.dtype, train: bool):
     for mod in ref.modules():
         if hasattr(mod, "backend"):
             mod.backend = "reference"
-    if dtype == torch.float64:
-        m = m.double()
+    if dtype == torch.float64 or spec.params_in_input_dtype:
+        m = m.to(dtype)
     return m, ref
 
 
@@ -169,6 +177,7 @@ def test_state_dict_round_trip_with_torch_nn(spec: NormSpec):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.id)
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_gradcheck_float64(spec: NormSpec, backend: str, train: bool):
+    _skip_declined(spec, backend, torch.float64)
     m = spec.make(backend=backend).double()
     randomize_params(m)
     _randomize_buffers(m)

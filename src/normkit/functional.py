@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from normkit import _reference, backends
+from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
 from normkit._stats import (
     MomentumConvention,
     NanPolicy,
@@ -335,17 +336,24 @@ def layer_norm(
     eps: float = 1e-5,
     *,
     mask: Tensor | None = None,
+    casting: str | None = None,
+    offset: float = 0.0,
     backend: str = "auto",
 ) -> Tensor:
     """Layer normalization (Ba, Kiros & Hinton 2016, arXiv:1607.06450) over the trailing dims.
 
-    .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
+    .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot (o + \\gamma) + \\beta
 
     Statistics per sample over the last ``len(normalized_shape)`` dims; ``weight``/``bias`` have
     shape ``normalized_shape``. ``mask`` (bool, as Flax's ``LayerNorm(mask=)``): only ``True``
     entries enter the statistics; useful when ``normalized_shape`` spans padded positions, e.g.
     ``(L, C)`` with a ``(N, L)`` mask. A mask equal to the input's leading dims is extended on the
     right; otherwise it must broadcast to the input. The masked path runs the reference math.
+
+    ``casting`` (``"torch"``, ``"llama"``, ``"gemma"``, ``"fp32"``) fixes where the computation
+    casts between dtypes, bit for bit as the named stack does (:mod:`normkit._casting`);
+    ``None`` is normkit's default (statistics in float32, one cast at the end, any summation
+    order). ``offset`` ``o`` scales by ``o + weight`` (zero-centred weights: ``o = 1``).
 
     >>> x = torch.randn(4, 10, 32)
     >>> y = layer_norm(x, (32,))
@@ -355,6 +363,24 @@ def layer_norm(
     shape = _check_normalized_shape(input, normalized_shape, op)
     _check_param(weight, "weight", shape, op)
     _check_param(bias, "bias", shape, op)
+    if casting is not None:
+        check_casting(casting, LAYER_NORM_CASTINGS, op)
+        if mask is not None:
+            raise ValueError(f"{op}: mask= and casting= cannot be combined; drop one of them")
+        y = backends.dispatch(
+            "layer_norm_cast",
+            input,
+            shape,
+            weight,
+            bias,
+            eps,
+            casting,
+            float(offset),
+            backend=backend,
+        )
+        return _keep_format(y, input)
+    if offset and weight is not None:
+        weight = weight + offset
     if mask is not None:
         m = _expand_mask(mask, input, op, insert_at=None)
         y = _reference.layer_norm(input, shape, weight, bias, eps, mask=m)
@@ -369,15 +395,24 @@ def rms_norm(
     weight: Tensor | None = None,
     eps: float | None = None,
     *,
+    casting: str | None = None,
+    offset: float = 0.0,
     backend: str = "auto",
 ) -> Tensor:
     """Root-mean-square normalization (Zhang & Sennrich 2019, arXiv:1910.07467).
 
-    .. math:: y = \\frac{x}{\\sqrt{\\frac1n\\sum_i x_i^2 + \\epsilon}} \\odot \\gamma
+    .. math:: y = \\frac{x}{\\sqrt{\\frac1n\\sum_i x_i^2 + \\epsilon}} \\odot (o + \\gamma)
 
     ``eps=None`` uses ``torch.finfo(input.dtype).eps`` as :func:`torch.nn.functional.rms_norm`.
+    ``casting`` (``"torch"``, ``"llama"``, ``"gemma"``, ``"t5"``, ``"fp32"``) fixes where the
+    computation casts between dtypes, bit for bit as the named implementation does (the
+    formulas: :mod:`normkit._casting`); ``None`` is normkit's default (statistics in float32,
+    one cast at the end, any summation order). ``offset`` ``o`` scales by ``o + weight``
+    (Gemma's zero-centred weights: ``o = 1``).
 
     >>> y = rms_norm(torch.randn(4, 32), (32,))
+    >>> w = torch.zeros(32)  # zero-centred: scale 1 + w
+    >>> y = rms_norm(torch.randn(4, 32).bfloat16(), (32,), w, 1e-6, casting="gemma", offset=1.0)
     """
     op = "rms_norm"
     _check_input(input, op)
@@ -385,6 +420,14 @@ def rms_norm(
     _check_param(weight, "weight", shape, op)
     if eps is None:
         eps = torch.finfo(input.dtype).eps
+    if casting is not None:
+        check_casting(casting, CASTINGS, op)
+        y = backends.dispatch(
+            "rms_norm_cast", input, shape, weight, eps, casting, float(offset), backend=backend
+        )
+        return _keep_format(y, input)
+    if offset and weight is not None:
+        weight = weight + offset
     y = backends.dispatch("rms_norm", input, shape, weight, eps, backend=backend)
     return _keep_format(y, input)
 

@@ -893,6 +893,8 @@ def supports(op: str, x: Tensor) -> str | None:
         return f"numba kernels take floating-point inputs (got {x.dtype})"
     if x.numel() == 0:
         return "the input is empty"
+    if op in _CAST_OPS:
+        return _tf.supports_cast(x)
     return None
 
 
@@ -928,6 +930,10 @@ def warm_up(dtypes: Sequence[torch.dtype] = _DTYPES) -> None:
             torch.autograd.backward([o.sum() for o in outs])
 
 
+from normkit.backends import _numba_transformer as _tf  # noqa: E402  (uses the helpers above)
+
+_CAST_OPS = ("rms_norm_cast",)
+
 BACKEND = Backend(
     name="numba",
     priority=20,
@@ -941,6 +947,7 @@ BACKEND = Backend(
         "instance_norm": _upcast(instance_norm),
         "add_layer_norm": _upcast(add_layer_norm),
         "add_rms_norm": _upcast(add_rms_norm),
+        "rms_norm_cast": _tf.rms_norm_cast,
     },
     supports=supports,
     prefers=prefers,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from normkit import _reference as ref
+from normkit._casting import layer_norm_cast, rms_norm_cast
 from normkit._stats import accumulation_dtype
 from normkit.backends.registry import Backend, register
 
@@ -68,6 +69,8 @@ BACKEND = Backend(
         "instance_norm": ref.instance_norm,
         "add_layer_norm": _add_layer_norm,
         "add_rms_norm": _add_rms_norm,
+        "rms_norm_cast": rms_norm_cast,
+        "layer_norm_cast": layer_norm_cast,
     },
 )
 register(BACKEND)

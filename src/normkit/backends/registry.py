@@ -15,9 +15,14 @@ layer_norm          x, normalized_shape, weight, bias, eps                 y
 rms_norm            x, normalized_shape, weight, eps                       y
 group_norm          x, num_groups, weight, bias, eps                       y
 instance_norm       x, weight, bias, eps                                   y
+rms_norm_cast       x, normalized_shape, weight, eps, casting, offset      y
+layer_norm_cast     x, normalized_shape, weight, bias, eps, casting,       y
+                    offset
 ==================  =====================================================  =====================
 
 ``var`` is the biased batch variance; ``mean``/``var`` are detached (they feed running stats).
+The ``*_cast`` ops are the parity presets of :mod:`normkit._casting`: a backend implements them
+bit for bit or not at all (``supports`` declines what it cannot match exactly).
 Later ops (``add_layer_norm``, ``add_rms_norm``, ...) join this table by name.
 
 **The auto rule.** ``backend="auto"`` walks the registered backends from highest to lowest
@@ -44,6 +49,8 @@ OPS: tuple[str, ...] = (
     "rms_norm",
     "group_norm",
     "instance_norm",
+    "rms_norm_cast",
+    "layer_norm_cast",
 )
 
 

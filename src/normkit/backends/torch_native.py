@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normkit._casting import layer_norm_cast, rms_norm_cast
 from normkit._stats import accumulation_dtype
 from normkit.backends.registry import Backend, register
 
@@ -129,6 +130,8 @@ BACKEND = Backend(
         "instance_norm": _instance_norm,
         "add_layer_norm": _add_layer_norm,
         "add_rms_norm": _add_rms_norm,
+        "rms_norm_cast": rms_norm_cast,
+        "layer_norm_cast": layer_norm_cast,
     },
 )
 register(BACKEND)

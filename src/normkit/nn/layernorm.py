@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from normkit import functional as NF
+from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
 
 __all__ = ["LayerNorm", "LayerNorm2d", "RMSNorm"]
 
@@ -20,13 +22,35 @@ def _shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def _preset(
+    casting: str | None, offset: float | None, zero_centered: bool, allowed: Sequence[str]
+) -> tuple[str | None, float]:
+    """Checked ``(casting, offset)``: ``zero_centered`` means offset 1; ``gemma`` implies it."""
+    if casting is not None:
+        check_casting(casting, allowed, "casting")
+    if zero_centered and offset not in (None, 1.0):
+        raise ValueError(
+            f"zero_centered=True means offset=1.0 (got offset={offset}); pass one of them"
+        )
+    if offset is None:
+        offset = 1.0 if zero_centered or casting == "gemma" else 0.0
+    return casting, float(offset)
+
+
+def _preset_repr(casting: str | None, offset: float) -> str:
+    return (f", casting={casting!r}" if casting else "") + (f", offset={offset}" if offset else "")
+
+
 class LayerNorm(nn.Module):
     """Layer normalization (Ba, Kiros & Hinton 2016, arXiv:1607.06450); twin of :class:`torch.nn.LayerNorm`.
 
     .. math:: y = \\frac{x - \\mathrm{E}[x]}{\\sqrt{\\mathrm{Var}[x] + \\epsilon}} \\odot \\gamma + \\beta
 
     Statistics per sample over the trailing ``normalized_shape`` dims, the same in train and
-    eval. ``bias=False`` drops β (as torch ≥ 2.1).
+    eval. ``bias=False`` drops β (as torch ≥ 2.1). ``casting`` (``"torch"``, ``"llama"``,
+    ``"gemma"``, ``"fp32"``) pins where low-precision inputs are cast, bit for bit (formulas in
+    :mod:`normkit._casting`); ``zero_centered=True`` (or ``offset=o``) scales by ``o + γ`` with
+    γ initialised to 0.
 
     >>> ln = LayerNorm(512)
     >>> y = ln(torch.randn(8, 20, 512))
@@ -41,6 +65,9 @@ class LayerNorm(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        casting: str | None = None,
+        offset: float | None = None,
+        zero_centered: bool = False,
         backend: str = "auto",
     ) -> None:
         super().__init__()
@@ -48,6 +75,7 @@ class LayerNorm(nn.Module):
         self.normalized_shape = _shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
+        self.casting, self.offset = _preset(casting, offset, zero_centered, LAYER_NORM_CASTINGS)
         self.backend = backend
         if elementwise_affine:
             self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
@@ -61,9 +89,9 @@ class LayerNorm(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``weight = 1``, ``bias = 0``."""
+        """Scale ``offset + weight = 1`` (``weight = 1``, or 0 when zero-centred), ``bias = 0``."""
         if self.weight is not None:
-            nn.init.ones_(self.weight)
+            nn.init.constant_(self.weight, 1.0 - self.offset)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
@@ -77,12 +105,15 @@ class LayerNorm(nn.Module):
             self.bias,
             self.eps,
             mask=mask,
+            casting=self.casting,
+            offset=self.offset,
             backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+            + _preset_repr(self.casting, self.offset)
         )
 
 
@@ -92,7 +123,11 @@ class RMSNorm(nn.Module):
     .. math:: y = \\frac{x}{\\sqrt{\\frac1n\\sum_i x_i^2 + \\epsilon}} \\odot \\gamma
 
     ``eps=None`` uses ``torch.finfo(x.dtype).eps`` (torch's default). bfloat16/float16 inputs
-    accumulate in float32.
+    accumulate in float32. ``casting`` (``"torch"``, ``"llama"``, ``"gemma"``, ``"t5"``,
+    ``"fp32"``) pins the cast points so the output is bit for bit that of the named
+    implementation (formulas in :mod:`normkit._casting`; :meth:`from_hf`/:meth:`to_hf` convert
+    Hugging Face modules); ``zero_centered=True`` (or ``offset=o``) scales by ``o + γ`` with γ
+    initialised to 0, as Gemma (``casting="gemma"`` implies it).
 
     >>> y = RMSNorm(4096)(torch.randn(2, 16, 4096))
     """
@@ -105,12 +140,16 @@ class RMSNorm(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        casting: str | None = None,
+        offset: float | None = None,
+        zero_centered: bool = False,
         backend: str = "auto",
     ) -> None:
         super().__init__()
         self.normalized_shape = _shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
+        self.casting, self.offset = _preset(casting, offset, zero_centered, CASTINGS)
         self.backend = backend
         if elementwise_affine:
             self.weight = nn.Parameter(
@@ -121,19 +160,105 @@ class RMSNorm(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """``weight = 1``."""
+        """Scale ``offset + weight = 1``: ``weight = 1``, or 0 when zero-centred."""
         if self.weight is not None:
-            nn.init.ones_(self.weight)
+            nn.init.constant_(self.weight, 1.0 - self.offset)
 
     def forward(self, input: Tensor) -> Tensor:
         return NF.rms_norm(
-            input, self.normalized_shape, self.weight, self.eps, backend=self.backend
+            input,
+            self.normalized_shape,
+            self.weight,
+            self.eps,
+            casting=self.casting,
+            offset=self.offset,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
             f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+            + _preset_repr(self.casting, self.offset)
         )
+
+    @classmethod
+    def from_hf(
+        cls, module: nn.Module, *, casting: str | None = None, backend: str = "auto"
+    ) -> RMSNorm:
+        """The twin of a Hugging Face transformers RMS norm, same weights, same bits.
+
+        The preset comes from the class name (``casting`` overrides it): ``Gemma*RMSNorm`` →
+        ``"gemma"`` (zero-centred), ``*T5LayerNorm`` → ``"t5"``, any other ``*RMSNorm`` with a
+        ``variance_epsilon`` (``LlamaRMSNorm`` and its copies: Mistral, Qwen2, ...) → ``"llama"``.
+        The weight is copied (same dtype and device).
+
+        >>> class LlamaRMSNorm(nn.Module):  # stands in for transformers' class
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight, self.variance_epsilon = nn.Parameter(torch.ones(8)), 1e-6
+        >>> RMSNorm.from_hf(LlamaRMSNorm())
+        RMSNorm((8,), eps=1e-06, elementwise_affine=True, casting='llama')
+        """
+        name = type(module).__name__
+        weight = getattr(module, "weight", None)
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
+        if casting is None:
+            if "Gemma" in name and name.endswith("RMSNorm"):
+                casting = "gemma"
+            elif name.endswith("T5LayerNorm"):
+                casting = "t5"
+            elif name.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
+                casting = "llama"
+        if casting is None or not isinstance(weight, Tensor) or eps is None:
+            raise ValueError(
+                f"RMSNorm.from_hf: cannot tell the casting preset of {name} (expected a "
+                "transformers RMS norm with weight and variance_epsilon/eps, e.g. LlamaRMSNorm, "
+                f"GemmaRMSNorm, T5LayerNorm); pass casting= one of {CASTINGS}"
+            )
+        norm = cls(
+            tuple(weight.shape),
+            eps=float(eps),
+            device=weight.device,
+            dtype=weight.dtype,
+            casting=casting,
+            backend=backend,
+        )
+        with torch.no_grad():
+            norm.weight.copy_(weight)
+        return norm
+
+    def to_hf(self) -> nn.Module:
+        """The Hugging Face transformers module this norm's preset mirrors, same weights.
+
+        ``"llama"`` → ``LlamaRMSNorm``, ``"gemma"`` → ``GemmaRMSNorm``, ``"t5"`` →
+        ``T5LayerNorm``; needs ``transformers`` installed and a 1-d ``normalized_shape``.
+        """
+        classes = {
+            ("llama", 0.0): ("llama", "LlamaRMSNorm"),
+            ("gemma", 1.0): ("gemma", "GemmaRMSNorm"),
+            ("t5", 0.0): ("t5", "T5LayerNorm"),
+        }
+        key = (self.casting, self.offset)
+        if key not in classes or self.weight is None or len(self.normalized_shape) != 1:
+            raise ValueError(
+                f"RMSNorm.to_hf: no transformers module has casting={self.casting!r}, "
+                f"offset={self.offset}, elementwise_affine={self.elementwise_affine}, "
+                f"normalized_shape={self.normalized_shape}; supported: 1-d weighted norms with "
+                "casting='llama', 'gemma' (offset 1) or 't5' (offset 0)"
+            )
+        family, cls_name = classes[key]
+        try:
+            module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        except ImportError as e:
+            raise ImportError(
+                "RMSNorm.to_hf needs Hugging Face transformers: pip install transformers"
+            ) from e
+        eps = self.eps if self.eps is not None else torch.finfo(self.weight.dtype).eps
+        hf = getattr(module, cls_name)(self.normalized_shape[0], eps=eps)
+        hf = hf.to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            hf.weight.copy_(self.weight)
+        return hf
 
 
 class LayerNorm2d(nn.Module):
