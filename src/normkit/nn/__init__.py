@@ -28,6 +28,7 @@ from normkit.nn.normact import (
     make_activation,
 )
 from normkit.nn.normalization import Normalization
+from normkit.nn.recalibrate import LayerRecalibration, RecalibrationReport, recalibrate_batchnorm
 from normkit.nn.recurrent import (
     LayerNormGRU,
     LayerNormGRUCell,
@@ -77,8 +78,10 @@ __all__ = [
     "LayerNormLSTMCell",
     "LayerNormRNN",
     "LayerNormRNNCell",
+    "LayerRecalibration",
     "Normalization",
     "RMSNorm",
+    "RecalibrationReport",
     "SyncBatchNorm",
     "SyncBatchNormAct2d",
     "convert_sync_batchnorm",
@@ -86,6 +89,7 @@ __all__ = [
     "get_norm",
     "make_activation",
     "norm_names",
+    "recalibrate_batchnorm",
     "register_norm",
     "unfreeze_batchnorm",
 ]
