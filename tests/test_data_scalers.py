@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,15 +183,6 @@ def test_works_in_sklearn_pipeline():
 
 
 # ----------------------------------------------------------------------------- errors
-
-
-@pytest.mark.parametrize("make", [p[0] for p in PAIRS[::3]] + [nd.Normalizer])
-def test_sparse_input_is_rejected_with_the_fix(make):
-    X = sp.random(20, 4, density=0.3, format="csr", random_state=0)
-    with pytest.raises(TypeError, match=r"sparse.*toarray"):
-        make().fit(X)
-    with pytest.raises(TypeError, match="sparse"):
-        make().fit(torch.eye(3).to_sparse())
 
 
 def test_errors_say_expected_and_got():

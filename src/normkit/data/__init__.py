@@ -9,7 +9,11 @@ Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``
   :class:`RobustScaler`, :class:`Normalizer`, :func:`normalize` — scikit-learn's parameters,
   fitted attributes, NaN and zero-variance rules; numpy in → numpy out, tensor in → tensor out
   (same device and dtype, differentiable).
-* ``partial_fit`` over chunks = one ``fit`` (exact float64 Chan merge); ``merge(other)`` for
+* scikit-learn's parameters (validated as scikit-learn does), ``copy=``, ``sample_weight`` and
+  metadata routing for ``StandardScaler``; scipy and torch sparse input for ``MaxAbsScaler``,
+  ``StandardScaler(with_mean=False)``, ``RobustScaler(with_centering=False)`` and
+  ``Normalizer``, kept sparse.
+* ``partial_fit`` over chunks = one ``fit`` (exact float64 Chan merge, weighted or not); ``merge(other)`` for
   parallel workers; ``fit_distributed(x)`` over ``torch.distributed`` (every rank gets the
   global scaler).
 * :class:`TargetScaler` — scaled regression targets, predictions back in original units.

@@ -21,6 +21,7 @@ __all__ = [
     "ArrayLike",
     "Batch",
     "as_output",
+    "check_finite",
     "check_input",
     "check_inverse_input",
     "check_sample_weight",
@@ -52,18 +53,31 @@ class Batch:
     finite: bool
     writable: bool = False
 
+    @property
+    def n_samples(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
 
 def reject_sparse(X: Any, who: str) -> None:
-    """Raise a TypeError naming the fix for scipy.sparse or torch sparse input."""
+    """Raise a TypeError naming the fix for scipy.sparse or torch sparse input where only dense
+    input is taken."""
     sparse = hasattr(X, "tocsr") and hasattr(X, "nnz")
     if isinstance(X, Tensor) and X.layout != torch.strided:
         sparse = True
     if sparse:
         raise TypeError(
-            f"{who} takes dense input (got sparse {type(X).__name__}); sparse data is not "
-            "supported by normkit.data. Densify it (X.toarray() / X.to_dense()) if it fits "
-            "in memory, or use sklearn.preprocessing.MaxAbsScaler or "
-            "StandardScaler(with_mean=False), which keep sparsity."
+            f"{who} takes dense input here (got sparse {type(X).__name__}). Densify it "
+            "(X.toarray() / X.to_dense()) if it fits in memory, or use "
+            "normkit.data.MaxAbsScaler, StandardScaler(with_mean=False), "
+            "RobustScaler(with_centering=False) or Normalizer, which keep sparsity."
         )
 
 
@@ -111,10 +125,10 @@ def _check_tensor(
     # in place only outside autograd, and not on an inference tensor outside inference mode
     inference = torch.is_inference(x) and not torch.is_inference_mode_enabled()
     writable = not (x.requires_grad or inference)
-    return Batch(x, True, _check_finite(x, who, allow_nan), writable)
+    return Batch(x, True, check_finite(x, who, allow_nan), writable)
 
 
-def _check_finite(x: Tensor, who: str, allow_nan: bool) -> bool:
+def check_finite(x: Tensor, who: str, allow_nan: bool) -> bool:
     """Raise on inf (and on NaN unless ``allow_nan``); return True when ``x`` has no NaN.
 
     One multi-threaded torch sum decides the common all-finite case (scikit-learn's own check
@@ -162,10 +176,10 @@ def check_input(
     kwargs: dict[str, Any] = {"dtype": FLOAT_DTYPES, "ensure_all_finite": False}
     X = validate_data(est, X, reset=reset, **kwargs) if check_features else check_array(X, **kwargs)
     x = from_numpy(X)
-    return Batch(x, False, _check_finite(x, type(est).__name__, allow_nan), X.flags.writeable)
+    return Batch(x, False, check_finite(x, type(est).__name__, allow_nan), X.flags.writeable)
 
 
-def check_sample_weight(sample_weight: Any, batch: Batch) -> Tensor | None:
+def check_sample_weight(sample_weight: Any, batch: Any) -> Tensor | None:
     """``sample_weight`` as a float64 ``(n_samples,)`` tensor on the batch's device.
 
     None stays None; a scalar is repeated for every sample. As scikit-learn does, the weights of
@@ -174,14 +188,13 @@ def check_sample_weight(sample_weight: Any, batch: Batch) -> Tensor | None:
     """
     if sample_weight is None:
         return None
-    x = batch.x
-    n = x.shape[0]
+    n = batch.n_samples
     if isinstance(sample_weight, Tensor):
-        w = sample_weight.detach().to(device=x.device, dtype=_F64)
+        w = sample_weight.detach().to(device=batch.device, dtype=_F64)
     else:
-        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), device=x.device)
+        w = torch.as_tensor(np.asarray(sample_weight, dtype=np.float64), device=batch.device)
         if not batch.is_tensor:
-            w = w.to(x.dtype).to(_F64)
+            w = w.to(batch.dtype).to(_F64)
     if w.ndim == 0:
         w = w.expand(n).clone()
     if w.ndim != 1:

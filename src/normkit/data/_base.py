@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from normkit.data._arrays import ArrayLike, Batch, check_input, check_sample_weight
+from normkit.data._sparse import SparseBatch, check_sparse_input, is_sparse
 
 __all__ = ["State", "StreamingScaler", "all_gather_rows"]
 
@@ -80,6 +81,7 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """
 
     _fitted: tuple[str, ...] = ()
+    _takes_sparse = False  # scipy/torch sparse input accepted (with the right parameters)
     _state_device: torch.device | None
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -89,7 +91,15 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         messages), then the checks between parameters that constraints cannot express."""
         self._validate_params()
 
-    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
+    def _check_sparse(self) -> None:
+        """Raise scikit-learn's error when sparse input cannot be handled (with these
+        parameters); scalers that keep sparsity override it."""
+        raise TypeError(
+            f"{type(self).__name__} does not support sparse input. Consider using "
+            "MaxAbsScaler instead."
+        )
+
+    def _batch_state(self, batch: Batch | SparseBatch, weight: Tensor | None) -> State:
         raise NotImplementedError
 
     def _read_state(self, est: Any, device: torch.device) -> State:
@@ -122,14 +132,18 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """
         self._check_params()
         first = not hasattr(self, "n_samples_seen_")
-        batch = check_input(self, X, reset=first)
+        if is_sparse(X):
+            self._check_sparse()
+            batch: Batch | SparseBatch = check_sparse_input(self, X, reset=first)
+        else:
+            batch = check_input(self, X, reset=first)
         weight = check_sample_weight(sample_weight, batch)
         with torch.no_grad():
             state = self._batch_state(batch, weight)
             if first:
-                self._state_device = batch.x.device if batch.is_tensor else None
+                self._state_device = batch.device if batch.is_tensor else None
             else:
-                state = self._combine(self._read_state(self, batch.x.device), state)
+                state = self._combine(self._read_state(self, batch.device), state)
             self._publish(state)
         return self
 
@@ -196,6 +210,6 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = self._takes_sparse
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags

@@ -25,11 +25,21 @@ from normkit.data._arrays import (
     check_inverse_input,
     from_numpy,
     promoted,
-    reject_sparse,
     to_attr,
     to_tensor,
 )
 from normkit.data._base import State, StreamingScaler, all_gather_rows
+from normkit.data._quantiles import interpolated_quantiles
+from normkit.data._sparse import (
+    SparseBatch,
+    check_sparse_input,
+    is_sparse,
+    sparse_apply,
+    sparse_max_abs,
+    sparse_moments,
+    sparse_quantiles,
+    sparse_vector_norms,
+)
 from normkit.nn.normalization import handle_zeros_in_scale, std_scale
 
 __all__ = [
@@ -49,6 +59,24 @@ def _in_place(est: Any, copy: bool | None, batch: Batch) -> bool:
     is False and the input may be written (:attr:`Batch.writable`)."""
     copy = est.copy if copy is None else copy
     return not copy and batch.writable
+
+
+def _sparse_scale(
+    sb: SparseBatch, copy: bool, scale: Any, *, invert: bool = False, clip: bool = False
+) -> Any:
+    """A sparse batch with every column multiplied by ``scale`` (by ``1 / scale`` when
+    ``invert``, the reciprocal taken in the scale's dtype: scikit-learn's
+    ``inplace_column_scale``), optionally clipped to [-1, 1]; in the input when ``copy`` is
+    False and it may be written. ``scale=None`` multiplies by 1."""
+    inplace = not copy
+    if scale is None:
+        values = sb.values if inplace and sb.writable else sb.values.clone()
+    else:
+        s = to_tensor(scale, sb.device)
+        values = sparse_apply(sb, torch.mul, 1.0 / s if invert else s, inplace=inplace)
+    if clip:
+        values = values.clamp_(-1.0, 1.0)
+    return sb.rebuild(values)
 
 
 def _counts(n: Any, n_features: int, device: torch.device) -> Tensor:
@@ -126,15 +154,25 @@ def _weighted_moments(x: Tensor, w: Tensor, keep: Tensor | None) -> Moments:
     return Moments(count, mean, w @ dev.square_())
 
 
-def _exact_constants(x: Tensor, m: Moments, keep: Tensor | None, w: Tensor | None) -> Moments:
-    """Moments with exactly ``m2 = 0`` and ``mean`` = the value for constant columns.
+def _settle_constants(m: Moments, lo: Tensor, hi: Tensor) -> Moments:
+    """``m`` with ``m2 = 0`` and ``mean = lo`` exactly where a column's smallest and largest
+    counted values are equal (``lo``/``hi`` may be NaN for columns not checked).
 
-    Rounding leaves a column of identical values ``c`` with a mean an ulp away from ``c`` and a
-    variance of ~1e-34 (scikit-learn's corrected two-pass estimate gives exactly 0). Columns
-    whose ``m2`` is within the two-pass rounding bound ``count·(n·ε·|mean|)²`` are candidates;
-    they are checked exactly (min == max of the values that count) and fixed. The fix survives
-    every merge: Chan's update of two parts with the same exact mean adds exactly 0.
+    Rounding leaves a column of identical values ``c`` with a mean an ulp away from ``c`` and
+    a variance of ~1e-34 (scikit-learn's corrected two-pass estimate gives exactly 0). The fix
+    survives every merge: Chan's update of two parts with the same exact mean adds exactly 0.
     """
+    const = (lo == hi) & (m.count != 0)
+    if not bool(const.any()):
+        return m
+    zero = torch.zeros((), dtype=_F64, device=m.m2.device)
+    return Moments(m.count, torch.where(const, lo.to(_F64), m.mean), torch.where(const, zero, m.m2))
+
+
+def _exact_constants(x: Tensor, m: Moments, keep: Tensor | None, w: Tensor | None) -> Moments:
+    """:func:`_settle_constants` for a dense batch. Only columns whose ``m2`` is within the
+    two-pass rounding bound ``count·(n·ε·|mean|)²`` are candidates; their min and max over the
+    values that count (not NaN, nonzero weight) are compared exactly."""
     eps = torch.finfo(_F64).eps
     bound = m.count * (x.shape[0] * eps * m.mean.abs()).square()
     idx = torch.nonzero((m.m2 <= bound) & (m.count != 0)).flatten()
@@ -149,13 +187,10 @@ def _exact_constants(x: Tensor, m: Moments, keep: Tensor | None, w: Tensor | Non
     if valid is not None:
         lo = torch.where(valid, sub, torch.full((), float("inf"), dtype=x.dtype, device=x.device))
         hi = torch.where(valid, sub, torch.full((), -float("inf"), dtype=x.dtype, device=x.device))
-    lo, hi = lo.amin(0), hi.amax(0)
-    const = lo == hi
-    cols = idx[const]
-    mean, m2 = m.mean.clone(), m.m2.clone()
-    mean[cols] = lo[const].to(_F64)
-    m2[cols] = 0.0
-    return Moments(m.count, mean, m2)
+    nan = torch.full_like(m.mean, float("nan"))
+    return _settle_constants(
+        m, nan.index_copy(0, idx, lo.amin(0).to(_F64)), nan.index_copy(0, idx, hi.amax(0).to(_F64))
+    )
 
 
 def _batch_moments(batch: Batch, weight: Tensor | None = None) -> Moments:
@@ -207,7 +242,9 @@ class StandardScaler(StreamingScaler):
     input allows it.
 
     Output type follows the input: numpy → numpy (float32 stays float32), tensor → tensor on
-    the same device and dtype (float16/bfloat16 computed in float32), differentiable.
+    the same device and dtype (float16/bfloat16 computed in float32), differentiable. Sparse
+    input (scipy CSR/CSC, torch sparse COO/CSR) needs ``with_mean=False`` and stays sparse;
+    its variance counts the implicit zeros without densifying.
 
     Shapes: ``X`` is ``(n_samples, n_features)``. Fitted attributes (scikit-learn's names, numpy
     float64 after a numpy fit, float64 tensors on the data's device after a tensor fit):
@@ -249,8 +286,22 @@ class StandardScaler(StreamingScaler):
         chunking, weighted or not, gives the statistics of one :meth:`fit`."""
         return self._partial_fit(X, sample_weight)
 
-    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
-        m = _batch_moments(batch, weight)
+    @property
+    def _takes_sparse(self) -> bool:  # type: ignore[override]
+        return not self.with_mean
+
+    def _check_sparse(self) -> None:
+        if self.with_mean:
+            raise ValueError(
+                "Cannot center sparse matrices: pass `with_mean=False` instead. See docstring "
+                "for motivation and alternatives."
+            )
+
+    def _batch_state(self, batch: Batch | SparseBatch, weight: Tensor | None) -> State:
+        if isinstance(batch, SparseBatch):
+            m = _settle_constants(*sparse_moments(batch, weight))
+        else:
+            m = _batch_moments(batch, weight)
         return (m.count, m.mean, m.m2)
 
     def _read_state(self, est: Any, device: torch.device) -> State:
@@ -290,6 +341,10 @@ class StandardScaler(StreamingScaler):
         scaler's ``copy=False``) writes the result into ``X`` where it can: a writable numpy
         float array, or a tensor outside autograd; otherwise a new array/tensor is returned."""
         check_is_fitted(self)
+        if is_sparse(X):
+            self._check_sparse()
+            sb = check_sparse_input(self, X, reset=False, accept=("csr",))
+            return _sparse_scale(sb, self.copy if copy is None else copy, self.scale_, invert=True)
         batch = check_input(self, X, reset=False)
         inplace = _in_place(self, copy, batch)
         x = batch.x
@@ -306,6 +361,10 @@ class StandardScaler(StreamingScaler):
     def inverse_transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
         """Undo :meth:`transform`: ``X · scale_ + mean_`` (``copy`` as in :meth:`transform`)."""
         check_is_fitted(self)
+        if is_sparse(X):
+            self._check_sparse()
+            sb = check_sparse_input(self, X, reset=False, accept=("csr",), check_features=False)
+            return _sparse_scale(sb, self.copy if copy is None else copy, self.scale_)
         batch = check_inverse_input(self, X)
         inplace = _in_place(self, copy, batch)
         x = batch.x
@@ -462,7 +521,7 @@ class MaxAbsScaler(StreamingScaler):
 
     A zero column keeps ``scale_ = 1``; NaNs are ignored in fit and kept in transform;
     ``clip=True`` clamps to ``[-1, 1]``. Exact under :meth:`partial_fit`, :meth:`merge` and
-    :meth:`fit_distributed`. Dense input only (scikit-learn's version also takes sparse).
+    :meth:`fit_distributed`. Sparse input (scipy CSR/CSC, torch sparse COO/CSR) stays sparse.
 
     Shapes: ``X`` is ``(n_samples, n_features)``. Fitted: ``max_abs_``, ``scale_``,
     ``n_samples_seen_``.
@@ -490,10 +549,17 @@ class MaxAbsScaler(StreamingScaler):
         """Add the batch ``X`` to the maximum absolute values (exact)."""
         return self._partial_fit(X)
 
-    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
-        x = batch.x
-        m = _nan_extreme(x.abs(), batch.finite, largest=True)
-        return (torch.full(m.shape, float(x.shape[0]), dtype=_F64, device=x.device), m)
+    _takes_sparse = True
+
+    def _check_sparse(self) -> None:
+        return None
+
+    def _batch_state(self, batch: Batch | SparseBatch, weight: Tensor | None) -> State:
+        if isinstance(batch, SparseBatch):
+            m = sparse_max_abs(batch)
+        else:
+            m = _nan_extreme(batch.x.abs(), batch.finite, largest=True)
+        return (torch.full(m.shape, float(batch.n_samples), dtype=_F64, device=m.device), m)
 
     def _read_state(self, est: Any, device: torch.device) -> State:
         m = to_tensor(est.max_abs_, device)
@@ -513,6 +579,9 @@ class MaxAbsScaler(StreamingScaler):
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X / scale_`` (clamped to ``[-1, 1]`` when ``clip``)."""
         check_is_fitted(self)
+        if is_sparse(X):
+            sb = check_sparse_input(self, X, reset=False)
+            return _sparse_scale(sb, self.copy, self.scale_, invert=True, clip=self.clip)
         batch = check_input(self, X, reset=False)
         y = _affine(batch, self.copy, (torch.div, self.scale_))
         if self.clip:
@@ -522,6 +591,9 @@ class MaxAbsScaler(StreamingScaler):
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_``."""
         check_is_fitted(self)
+        if is_sparse(X):
+            sb = check_sparse_input(self, X, reset=False, check_features=False)
+            return _sparse_scale(sb, self.copy, self.scale_)
         batch = check_inverse_input(self, X)
         return as_output(_affine(batch, self.copy, (torch.mul, self.scale_)), batch)
 
@@ -530,38 +602,13 @@ class MaxAbsScaler(StreamingScaler):
 
 
 def _nan_quantiles(x: Tensor, qs: list[float]) -> tuple[Tensor, list[Tensor]]:
-    """Column-wise median and quantiles ignoring NaNs, as numpy's ``nanmedian`` /
-    ``nanpercentile`` (default ``linear`` method).
-
-    One sort per column (NaNs sort last); for ``n`` valid values the quantile ``q`` sits at
-    ``(n − 1)·q`` and is interpolated in float64 between its neighbours with numpy's two-sided
-    lerp; the median is the mean of the two middle values in the data's dtype (numpy's
-    ``median``). A column with no valid value gives NaN. No size limit (unlike
-    ``torch.quantile``).
-    """
+    """Column-wise median and quantiles of ``x`` ignoring NaNs (numpy's ``nanmedian`` /
+    ``nanpercentile``): one sort per column (NaNs sort last), then
+    :func:`~normkit.data._quantiles.interpolated_quantiles`. No size limit (unlike
+    ``torch.quantile``)."""
     xs = x.sort(dim=0).values
     n = (~torch.isnan(x)).sum(0).to(_F64)
-    none = n == 0
-
-    def neighbours(q: float) -> tuple[Tensor, Tensor, Tensor]:
-        pos = (n - 1).clamp_min(0) * q
-        lo = pos.floor()
-        a = xs.gather(0, lo.to(torch.int64)[None])[0]
-        b = xs.gather(0, pos.ceil().to(torch.int64)[None])[0]
-        return a, b, pos - lo
-
-    a, b, _ = neighbours(0.5)
-    acc = accumulation_dtype(x.dtype)  # numpy's mean of two float16 values runs in float32
-    mid = ((a.to(acc) + b.to(acc)) / 2).to(x.dtype)
-    median = torch.where(none, float("nan"), mid)
-    out = []
-    for q in qs:
-        a, b, t = neighbours(q)
-        a, b = a.to(_F64), b.to(_F64)
-        d = b - a
-        v = torch.where(t >= 0.5, b - d * (1 - t), a + d * t)
-        out.append(torch.where(none, float("nan"), v))
-    return median, out
+    return interpolated_quantiles(lambda k: xs.gather(0, k[None])[0], n, x.dtype, qs)
 
 
 class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
@@ -624,27 +671,44 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         with torch.no_grad():
             med, (lo, hi) = _nan_quantiles(x, [q_lo, q_hi])
             self.center_ = to_attr(med, device) if self.with_centering else None
-            if self.with_scaling:
-                scale = handle_zeros_in_scale(hi - lo)
-                if self.unit_variance:
-                    nd = statistics.NormalDist()
-
-                    def ppf(p: float) -> float:
-                        return (
-                            nd.inv_cdf(p) if 0 < p < 1 else (float("inf") if p else -float("inf"))
-                        )
-
-                    scale = scale / (ppf(q_hi) - ppf(q_lo))
-                self.scale_ = to_attr(scale, device)
-            else:
-                self.scale_ = None
+            self.scale_ = to_attr(self._scale(lo, hi), device) if self.with_scaling else None
         return self
 
+    def _scale(self, lo: Tensor, hi: Tensor) -> Tensor:
+        """``scale_`` from the two quantiles: their range (1 where it is zero), divided by the
+        standard normal's range of the same quantiles when ``unit_variance``."""
+        scale = handle_zeros_in_scale(hi - lo)
+        if self.unit_variance:
+            nd = statistics.NormalDist()
+
+            def ppf(p: float) -> float:
+                return nd.inv_cdf(p) if 0 < p < 1 else (float("inf") if p else -float("inf"))
+
+            q_lo, q_hi = (float(q) / 100.0 for q in self.quantile_range)
+            scale = scale / (ppf(q_hi) - ppf(q_lo))
+        return scale
+
     def fit(self, X: ArrayLike, y: Any = None) -> RobustScaler:
-        """Compute the per-feature median and quantile range of ``X`` (exact)."""
+        """Compute the per-feature median and quantile range of ``X`` (exact). Sparse ``X``
+        needs ``with_centering=False``; its quantiles count the implicit zeros."""
         self._check_params()
-        batch = check_input(self, X, reset=True)
-        return self._fit_rows(batch.x, batch.x.device if batch.is_tensor else None)
+        if not is_sparse(X):
+            batch = check_input(self, X, reset=True)
+            return self._fit_rows(batch.x, batch.x.device if batch.is_tensor else None)
+        if self.with_centering:
+            raise ValueError(
+                "Cannot center sparse matrices: use `with_centering=False` instead. See "
+                "docstring for motivation and alternatives."
+            )
+        sb = check_sparse_input(self, X, reset=True)
+        self.center_ = None
+        self.scale_ = None
+        if self.with_scaling:
+            q_lo, q_hi = (float(q) / 100.0 for q in self.quantile_range)
+            with torch.no_grad():
+                lo, hi = sparse_quantiles(sb, [q_lo, q_hi])
+                self.scale_ = to_attr(self._scale(lo, hi), sb.device if sb.is_tensor else None)
+        return self
 
     def fit_distributed(self, X: ArrayLike, y: Any = None, *, group: Any = None) -> RobustScaler:
         """Exact fit on the union of every rank's ``X``: the rows are all-gathered (memory
@@ -658,6 +722,14 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``(X − center_) / scale_``."""
         check_is_fitted(self)
+        if is_sparse(X):
+            if self.center_ is not None:  # scikit-learn would skip the centering silently
+                raise ValueError(
+                    "Cannot center sparse matrices: this RobustScaler was fitted with "
+                    "with_centering=True; fit one with `with_centering=False` for sparse input."
+                )
+            sb = check_sparse_input(self, X, reset=False)
+            return _sparse_scale(sb, self.copy, self.scale_, invert=True)
         batch = check_input(self, X, reset=False)
         y = _affine(batch, self.copy, (torch.sub, self.center_), (torch.div, self.scale_))
         return as_output(y, batch)
@@ -665,6 +737,9 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_ + center_``."""
         check_is_fitted(self)
+        if is_sparse(X):
+            sb = check_sparse_input(self, X, reset=False, check_features=False)
+            return _sparse_scale(sb, self.copy, self.scale_)
         batch = check_inverse_input(self, X)
         y = _affine(batch, self.copy, (torch.mul, self.scale_), (torch.add, self.center_))
         return as_output(y, batch)
@@ -672,7 +747,7 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = not self.with_centering
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
@@ -699,6 +774,41 @@ def _normalize_tensor(x: Tensor, norm: str, axis: int, inplace: bool) -> tuple[T
     else:
         y = (xc / n).to(x.dtype)
     return y, n.squeeze(axis).to(x.dtype)
+
+
+class _Normalize:
+    """Stands for the ``normalize`` function where an estimator is expected (error messages)."""
+
+    def __repr__(self) -> str:
+        return "the normalize function"
+
+
+def _divide_by_norms(sb: SparseBatch, norm: str, axis: int, *, inplace: bool) -> tuple[Any, Tensor]:
+    """The sparse batch with every row (column for ``axis=0``) divided by its norm (all-zero
+    vectors unchanged) in the caller's format, and the norms."""
+    norms = sparse_vector_norms(sb, norm, axis)
+    safe = torch.where(norms == 0, torch.ones((), dtype=norms.dtype, device=norms.device), norms)
+    return sb.rebuild(sparse_apply(sb, torch.div, safe, inplace=inplace, axis=axis)), norms
+
+
+def _normalize_sparse(x: Any, norm: str, axis: int, copy: bool, return_norm: bool) -> Any:
+    """:func:`normalize` of sparse input: the stored values divided by their row's (column's for
+    ``axis=0``) norm; all-zero vectors unchanged. scipy input comes back in CSR (CSC for
+    ``axis=0``), as scikit-learn's does."""
+    if axis not in (0, 1):
+        raise ValueError(f"normalize: axis must be 0 or 1 for sparse input (got {axis})")
+    sb = check_sparse_input(
+        _Normalize(),
+        x,
+        reset=False,
+        accept=("csr",) if axis == 1 else ("csc",),
+        allow_nan=False,
+        check_features=False,
+    )
+    out, norms = _divide_by_norms(sb, norm, axis, inplace=not copy)
+    if return_norm:
+        return out, norms if sb.is_tensor else norms.numpy()
+    return out
 
 
 def normalize(
@@ -732,7 +842,8 @@ def normalize(
             {"norm": norm, "copy": copy, "return_norm": return_norm},
             caller_name="normalize",
         )
-        reject_sparse(x, "normalize")
+        if is_sparse(x):
+            return _normalize_sparse(x, norm, axis, copy, return_norm)
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
         inplace = not copy and not x.requires_grad
@@ -748,7 +859,8 @@ def normalize(
         {"norm": norm, "axis": axis, "copy": copy, "return_norm": return_norm},
         caller_name="normalize",
     )
-    reject_sparse(x, "normalize")
+    if is_sparse(x):
+        return _normalize_sparse(x, norm, axis, copy, return_norm)
     arr = check_array(x, dtype=FLOAT_DTYPES, estimator="the normalize function")
     y, n = _normalize_tensor(from_numpy(arr), norm, axis, not copy and arr.flags.writeable)
     return (y.numpy(), n.numpy()) if return_norm else y.numpy()
@@ -760,8 +872,8 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     .. math:: y_i = x_i / \\lVert x_i \\rVert_p
 
     Stateless: ``fit`` only checks the input and records ``n_features_in_``. Rows with zero
-    norm are left unchanged. Input must be finite (scikit-learn's rule; tensors too). See
-    :func:`normalize` for the functional form on any axis.
+    norm are left unchanged. Input must be finite (scikit-learn's rule; tensors too). Sparse
+    input stays sparse. See :func:`normalize` for the functional form on any axis.
 
     >>> Normalizer(norm="l1").transform(np.array([[1.0, 3.0]]))
     array([[0.25, 0.75]])
@@ -779,19 +891,26 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def fit(self, X: ArrayLike, y: Any = None) -> Normalizer:
         """Check ``X`` and the parameters; nothing is learned."""
         self._validate_params()
-        check_input(self, X, reset=True, allow_nan=False)
+        if is_sparse(X):
+            check_sparse_input(self, X, reset=True, accept=("csr",), allow_nan=False)
+        else:
+            check_input(self, X, reset=True, allow_nan=False)
         return self
 
     def transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
         """Each row divided by its ``norm`` (in ``X`` when ``copy=False`` and it may be written)."""
         self._validate_params()
+        if is_sparse(X):
+            sb = check_sparse_input(self, X, reset=False, accept=("csr",), allow_nan=False)
+            inplace = not (self.copy if copy is None else copy)
+            return _divide_by_norms(sb, self.norm, 1, inplace=inplace)[0]
         batch = check_input(self, X, reset=False, allow_nan=False)
         y, _ = _normalize_tensor(batch.x, self.norm, 1, _in_place(self, copy, batch))
         return as_output(y, batch)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
-        tags.input_tags.sparse = False
+        tags.input_tags.sparse = True
         tags.requires_fit = False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
