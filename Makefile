@@ -14,6 +14,9 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[test,lab]'
+	# timm is a test oracle for the CNN norm zoo; without its torchvision dependency (no CPU
+	# build of it matches torch 2.13 here), so it cannot sit in an extra.
+	$(PIP) install -q --no-deps -c constraints.txt 'timm==1.0.31'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -1,6 +1,14 @@
 """normkit layers: drop-in twins of the torch.nn norms, and the norms torch.nn lacks."""
 
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normkit.nn.cnn_norms import (
+    TLU,
+    EvoNorm2dB0,
+    EvoNorm2dS0,
+    FilterResponseNorm2d,
+    GlobalResponseNorm,
+    SplitBatchNorm2d,
+)
 from normkit.nn.frozen import (
     FrozenBatchNorm,
     FrozenBatchNorm1d,
@@ -41,8 +49,18 @@ from normkit.nn.registry import get_norm, norm_names, register_norm
 from normkit.nn.renorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from normkit.nn.residual import AddLayerNorm, AddRMSNorm
 from normkit.nn.sync import SyncBatchNorm, convert_sync_batchnorm
+from normkit.nn.weight import (
+    ScaledStdConv2d,
+    SpectralNormalization,
+    StdConv2d,
+    remove_spectral_norm,
+    remove_weight_norm,
+    spectral_norm,
+    weight_norm,
+)
 
 __all__ = [
+    "TLU",
     "AddLayerNorm",
     "AddRMSNorm",
     "BatchNorm",
@@ -56,6 +74,9 @@ __all__ = [
     "BatchRenorm2d",
     "BatchRenorm3d",
     "ChannelNorm",
+    "EvoNorm2dB0",
+    "EvoNorm2dS0",
+    "FilterResponseNorm2d",
     "FrozenBatchNorm",
     "FrozenBatchNorm1d",
     "FrozenBatchNorm2d",
@@ -64,6 +85,7 @@ __all__ = [
     "GhostBatchNorm",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
+    "GlobalResponseNorm",
     "GroupNorm",
     "GroupNormAct",
     "InstanceNorm1d",
@@ -82,6 +104,10 @@ __all__ = [
     "Normalization",
     "RMSNorm",
     "RecalibrationReport",
+    "ScaledStdConv2d",
+    "SpectralNormalization",
+    "SplitBatchNorm2d",
+    "StdConv2d",
     "SyncBatchNorm",
     "SyncBatchNormAct2d",
     "convert_sync_batchnorm",
@@ -91,5 +117,9 @@ __all__ = [
     "norm_names",
     "recalibrate_batchnorm",
     "register_norm",
+    "remove_spectral_norm",
+    "remove_weight_norm",
+    "spectral_norm",
     "unfreeze_batchnorm",
+    "weight_norm",
 ]
