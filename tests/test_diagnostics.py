@@ -348,7 +348,7 @@ def test_activation_drift_is_reported_and_not_when_a_norm_follows() -> None:
     x = torch.randn(32, 8)
 
     def run(model: nn.Module) -> list[Finding]:
-        with watch(model) as rec:
+        with watch(model, every=1) as rec:
             for i in range(3):
                 with torch.no_grad():  # the first layer's output scale grows ×100 in 3 steps
                     for p in model[0].parameters():

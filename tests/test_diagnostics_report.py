@@ -18,7 +18,7 @@ from torch import nn
 
 from normkit.cli import main
 from normkit.diagnostics import Finding, render_findings, watch
-from normkit.diagnostics._recorder import _histogram
+from normkit.diagnostics._data import histogram as _histogram
 from normkit.doctor import load_factory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -30,7 +30,7 @@ def recorded() -> tuple[object, dict[str, float]]:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4), nn.Sigmoid())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
-    with watch(model, hist_every=1) as rec:
+    with watch(model, every=1, hist_every=1) as rec:
         for _ in range(3):
             opt.zero_grad()
             model(x).sum().backward()
@@ -102,12 +102,17 @@ def test_rich_output_names_every_finding() -> None:
 def test_overhead_bench_rows() -> None:
     from normkit.diagnostics.bench import run_diagnostics_bench
 
-    tiny = {"tiny": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU())}
+    def data() -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(96, 64, generator=g), torch.randint(0, 10, (96,), generator=g)
+
+    tiny = {"tiny": (lambda: nn.Sequential(nn.Linear(64, 10), nn.ReLU()), data, 10)}
     rows = run_diagnostics_bench(True, reps=1, cases=tiny)
     assert len(rows) == 1
     r = rows[0]
     assert r["case"] == "tiny"
-    assert r["recorded_steps_every1"] == 2 * 20  # warm-up block + one timed block, 20 steps each
+    assert r["recorded_steps_every1"] == 2 * 10  # warm-up block + one timed block, 10 steps each
+    assert r["recorded_steps_every10"] == 2
     for k in ("ms_step_off", "ms_step_hooks_only", "ms_step_every1", "ms_step_every10"):
         assert r[k] > 0
     assert r["overhead_hooks_only_pct"] == pytest.approx(
@@ -122,7 +127,10 @@ def test_doctor_cli_default_model(tmp_path: Path) -> None:
     out = tmp_path / "rep"
     assert main(["doctor", "--steps", "3", "--out", str(out)]) == 0
     assert (out / "gradient_flow.png").read_bytes()[:8] == PNG_MAGIC
-    assert "data:image/png;base64," in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    for figure in ("Gradient flow", "Normalization health", "Gradient noise", "Curvature"):
+        assert f"<h2>{figure}</h2><img" in page, figure
+    assert "top Hessian eigenvalue" in page and "signal-to-noise" in page
     with (out / "stats.csv").open() as fh:
         assert {int(r["step"]) for r in csv.DictReader(fh)} == {0, 1, 2}
 

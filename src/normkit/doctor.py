@@ -5,9 +5,11 @@ run :func:`normkit.diagnostics.check_model`, print the findings and write a repo
 the digits CNN of :mod:`normkit.diagnostics.examples`). Data: scikit-learn's bundled 8×8 digits
 when the per-sample ``--input-shape`` holds 64 values (the default ``1,8,8``; ``64`` for MLPs),
 random normal inputs otherwise (or with ``--data random``). A 2-D output ``(N, K)`` is trained
-with cross-entropy (labels mod K), anything else with ``mean(output²)/2``. Files written under
-``--out``: ``stats.csv`` (every layer × recorded step), ``gradient_flow.png`` and a
-self-contained ``report.html``. Exit code 1 when a finding has severity "error".
+with cross-entropy (labels mod K), anything else with ``mean(output²)/2``. After training, the
+last batch measures the loss's top Hessian eigenvalue against the learning rate and the
+gradient noise (8 micro-batches). Files written under ``--out``: ``stats.csv`` (every layer ×
+recorded step), ``gradient_flow.png`` and a self-contained ``report.html`` (one figure per
+instrument). Exit code 1 when a finding has severity "error".
 
 ``normkit doctor --overhead [--quick]`` instead measures what leaving ``watch`` on costs (the
 ``diagnostics`` benchmark suite, also ``normkit bench --diagnostics``).
@@ -146,13 +148,27 @@ def run_doctor(args: argparse.Namespace) -> int:
             loss.backward()
             opt.step()
             bar.update(task, advance=1, description=f"training (loss {loss.item():.3g})")
+        with torch.no_grad():
+            out = model(xb)  # (under no_grad: not a training step)
+        if yb is None and out.ndim == 2 and out.shape[1] > 1:
+            g = torch.Generator().manual_seed(args.seed)
+            yb = torch.randint(0, out.shape[1], (out.shape[0],), generator=g)
+        batch = (xb, torch.zeros(len(xb)) if yb is None else yb)
+        seed = args.seed
+
+        def loss_fn(out: Tensor, labels: Tensor) -> Tensor:
+            return _loss(out, labels if out.ndim == 2 and out.shape[1] > 1 else None, seed)
+
+        rec.curvature(loss_fn, batch, iters=30, tol=1e-3)
+        if len(xb) >= 2:
+            rec.gradient_noise(loss_fn, batch, groups=min(8, len(xb)))
     findings = rec.verdict()
-    print_report(rec, findings, console=console)
+    print_report(rec.recording(), findings, console=console)
     render_findings(static, title="normkit doctor: model checks (check_model)", console=console)
     out = Path(args.out)
     csv_path = rec.to_csv(out / "stats.csv")
     png_path = rec.plot(out / "gradient_flow.png")
-    html_path = html_report(rec, out / "report.html", findings, extra=static)
+    html_path = html_report(rec.recording(), out / "report.html", findings, extra=static)
     console.print(f"wrote {csv_path}, {png_path}, {html_path}")
     return 1 if any(f.severity == "error" for f in [*findings, *static]) else 0
 

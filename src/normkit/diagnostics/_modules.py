@@ -15,6 +15,7 @@ __all__ = [
     "is_depth_layer",
     "is_norm_like",
     "leaf_modules",
+    "norm_kind",
 ]
 
 ActivationKind = Literal["relu", "sigmoid", "tanh"]
@@ -36,6 +37,14 @@ def is_norm_like(m: nn.Module) -> bool:
     """Any normalization layer: BN-like, or a class whose name contains "norm" (LayerNorm,
     GroupNorm, RMSNorm, InstanceNorm, BatchRenorm, ...)."""
     return is_bn_like(m) or "norm" in type(m).__name__.lower()
+
+
+def norm_kind(m: nn.Module) -> Literal["batch", "norm"] | None:
+    """``"batch"`` for BN-like layers (see :func:`is_bn_like`), ``"norm"`` for the other
+    normalization layers, None for anything else."""
+    if is_bn_like(m):
+        return "batch"
+    return "norm" if is_norm_like(m) else None
 
 
 def is_depth_layer(m: nn.Module) -> bool:

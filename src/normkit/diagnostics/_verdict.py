@@ -1,5 +1,6 @@
-"""``Recorder.verdict()``: read vanishing/exploding gradients, dead and saturated units and
-activation-scale drift off the recorded statistics."""
+"""``Recorder.verdict()``: read vanishing/exploding gradients, dead and saturated units,
+activation-scale drift, lagging batch-norm statistics, a learning rate above the curvature bound
+and a batch too small for the gradient noise off a :class:`~normkit.diagnostics.Recording`."""
 
 from __future__ import annotations
 
@@ -8,12 +9,9 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
 
+from normkit.diagnostics._data import HasRecording, Recording, as_recording
 from normkit.diagnostics._findings import Finding, Severity, sort_findings
-
-if TYPE_CHECKING:
-    from normkit.diagnostics._recorder import Recorder
 
 __all__ = ["Thresholds", "diagnose"]
 
@@ -30,7 +28,11 @@ class Thresholds:
     fraction of dead ReLU units / saturated sigmoid-tanh outputs (mean of the last 5 records);
     ``drift_steps``: change of a depth layer's activation std over the run; ``drift_depth``:
     ratio of the last to the first depth layer's activation std; ``min_depth_layers``: layers
-    needed before vanishing/exploding is judged at all.
+    needed before vanishing/exploding is judged at all; ``lag_*``: a batch norm's running-statistics
+    lag (``bn_stat_lag``, mean of the last 5 records) from which it is a warning / an error (and at
+    least 3× the lag that batch noise alone gives); ``lr_bound_*``: lr / (2(1 + β)/λ) from which
+    the learning rate is a warning / an error; ``snr_*``: the batch gradient's signal-to-noise
+    ratio below which the batch is a warning / an error.
     """
 
     vanishing_warning: float = 1e-2
@@ -46,6 +48,12 @@ class Thresholds:
     drift_steps: float = 10.0
     drift_depth: float = 100.0
     min_depth_layers: int = 3
+    lag_warning: float = 0.3
+    lag_error: float = 1.0
+    lr_bound_warning: float = 1.0
+    lr_bound_error: float = 2.0
+    snr_warning: float = 1.0
+    snr_error: float = 0.1
 
 
 def _finite(xs: Sequence[float]) -> list[float]:
@@ -85,7 +93,7 @@ def _grade(value: float, warning: float, error: float, *, above: bool) -> Severi
     return "error" if value <= error else "warning" if value <= warning else None
 
 
-def _first_nonfinite(rec: Recorder, metrics: Sequence[str]) -> tuple[int, list[str]] | None:
+def _first_nonfinite(rec: Recording, metrics: Sequence[str]) -> tuple[int, list[str]] | None:
     """The first recorded step where some layer has a non-finite value of ``metrics``, and those
     layers in execution order."""
     layers = rec.layers
@@ -104,7 +112,7 @@ def _first_nonfinite(rec: Recorder, metrics: Sequence[str]) -> tuple[int, list[s
     return None
 
 
-def _nonfinite(rec: Recorder, t: Thresholds) -> list[Finding]:
+def _nonfinite(rec: Recording, t: Thresholds) -> list[Finding]:
     out: list[Finding] = []
     hit = _first_nonfinite(rec, ("act_mean", "act_min", "act_max"))
     if hit is not None:
@@ -148,7 +156,7 @@ def _typical(series: dict[str, list[float]], names: Sequence[str]) -> dict[str, 
     return {n: statistics.median(f) for n in names if n in series and (f := _finite(series[n]))}
 
 
-def _gradient_flow(rec: Recorder, t: Thresholds) -> list[Finding]:
+def _gradient_flow(rec: Recording, t: Thresholds) -> list[Finding]:
     # The backpropagated signal: the gradient w.r.t. each depth layer's output. (Parameter
     # gradients δ_l·x_{l−1}ᵀ can hide it: in a homogeneous net a growing δ meets a shrinking x.)
     depth = rec.depth_layers
@@ -235,7 +243,7 @@ def _worst(
     return worst[0], worst[1], sev, names
 
 
-def _units(rec: Recorder, t: Thresholds) -> list[Finding]:
+def _units(rec: Recording, t: Thresholds) -> list[Finding]:
     out = []
     dead: list[tuple[str, float, Severity]] = []
     for n, vals in rec.series("dead_frac").items():
@@ -282,13 +290,13 @@ def _units(rec: Recorder, t: Thresholds) -> list[Finding]:
     return out
 
 
-def _drift(rec: Recorder, t: Thresholds) -> list[Finding]:
+def _drift(rec: Recording, t: Thresholds) -> list[Finding]:
     out = []
     stds = rec.series("act_std", rec.depth_layers)
     order = rec.layers
     # A layer feeding a norm may change scale freely (BN/LN make the next layer scale-invariant;
     # without weight decay such weights grow during healthy training): not drift.
-    feeds_norm = {n for n, nxt in itertools.pairwise(order) if "norm" in rec.info(nxt).kind.lower()}
+    feeds_norm = {n for n, nxt in itertools.pairwise(order) if rec.info(nxt).norm is not None}
     moved: list[tuple[str, float, Severity]] = []
     for n, vals in stds.items():
         if n in feeds_norm:
@@ -338,23 +346,117 @@ def _drift(rec: Recorder, t: Thresholds) -> list[Finding]:
     return out
 
 
-def diagnose(rec: Recorder, **thresholds: float) -> list[Finding]:
-    """Findings about a :class:`~normkit.diagnostics.Recorder`'s run, most severe first.
+def _bn_lag(rec: Recording, t: Thresholds) -> list[Finding]:
+    hits: list[tuple[str, float, Severity]] = []
+    for n, vals in rec.series("bn_stat_lag").items():
+        warm = rec.bn_warmup.get(n, 0)  # (before: the start-up bias of the average, not lag)
+        if not (f := _finite([v for s, v in zip(rec.steps, vals, strict=True) if s >= warm])[-5:]):
+            continue
+        lag = statistics.fmean(f)
+        # batch noise alone: E[(μ_B − μ)²/σ²] = 1/m and E[(σ_B/σ − 1)²] ≈ 1/(2m), m values/channel
+        floor = 3 * math.sqrt(1.5 / rec.bn_counts.get(n, 1))
+        if sev := _grade(lag, max(t.lag_warning, floor), max(t.lag_error, floor), above=True):
+            hits.append((n, lag, sev))
+    if not hits:
+        return []
+    layer, lag, sev, names = _worst(hits)
+    return [
+        Finding(
+            "bn-running-stats-lag",
+            sev,
+            f"the running statistics of {len(hits)} batch norm(s) lag the batch statistics: "
+            f"{names}; worst {layer!r}, where eval-mode outputs differ from train-mode ones by "
+            f"{lag:.2f} standard deviations (bn_stat_lag, mean of the last 5 records). Eval "
+            "accuracy will be off until they catch up",
+            "recalibrate the running statistics before evaluating: "
+            "normkit.nn.recalibrate_batchnorm(model, train_loader) (exact population "
+            "statistics in one pass; torch.optim.swa_utils.update_bn is torch's cumulative "
+            "average), or raise the BN momentum",
+            layer=layer,
+            value=lag,
+        )
+    ]
+
+
+def _curvature(rec: Recording, t: Thresholds) -> list[Finding]:
+    if not rec.curvature or rec.curvature[-1].lr is None:
+        return []
+    c = rec.curvature[-1]
+    assert c.lr is not None
+    ratio = c.lr / c.bound
+    sev = _grade(ratio, t.lr_bound_warning, t.lr_bound_error, above=True)
+    if sev is None:
+        return []
+    beta = f"(1 + {c.momentum:g})" if c.momentum else ""
+    return [
+        Finding(
+            "lr-above-curvature-bound",
+            sev,
+            f"learning rate {c.lr:g} is {ratio:.2g}× the stability bound 2{beta}/λ = "
+            f"{c.bound:.3g} of the loss's top Hessian eigenvalue λ = {c.eigenvalue:.4g} "
+            f"(power iteration, {c.iterations} Hessian-vector products, step {c.step}); "
+            "gradient descent diverges along that direction on the local quadratic model",
+            f"lower the learning rate below {c.bound:.3g} (or warm it up), add normalization, "
+            "or clip gradients (torch.nn.utils.clip_grad_norm_)",
+            step=c.step,
+            value=ratio,
+        )
+    ]
+
+
+def _noise(rec: Recording, t: Thresholds) -> list[Finding]:
+    if not rec.noise:
+        return []
+    g = rec.noise[-1]
+    sev = _grade(g.total_snr, t.snr_warning, t.snr_error, above=False)
+    if sev is None:
+        return []
+    worst = min(g.layers, key=lambda n: g.layers[n]) if g.layers else None
+    scale = "unbounded" if math.isinf(g.noise_scale) else f"≈ {g.noise_scale:.0f}"
+    return [
+        Finding(
+            "batch-too-small",
+            sev,
+            f"the gradient of a batch of {g.batch} is mostly noise: signal-to-noise "
+            f"‖G‖²/(tr Σ/B) = {g.total_snr:.2g} from {g.groups} micro-batch gradients at step "
+            f"{g.step}; the noise scale (the batch where signal = noise) is {scale}"
+            + (f"; lowest layer {worst!r} with {g.layers[worst]:.2g}" if worst else ""),
+            "use a larger batch (or accumulate gradients) up to the noise scale, or lower the "
+            "learning rate in proportion (McCandlish et al. 2018)",
+            layer=worst,
+            step=g.step,
+            value=g.total_snr,
+        )
+    ]
+
+
+def diagnose(run: Recording | HasRecording, **thresholds: float) -> list[Finding]:
+    """Findings about a recorded run (a :class:`~normkit.diagnostics.Recorder` or its
+    :class:`~normkit.diagnostics.Recording`), most severe first.
 
     - ``vanishing-gradients`` / ``exploding-gradients``: the median (over recorded steps)
-      parameter-gradient norm of the depth layers (conv/linear, input side first) changes
-      geometrically with depth — the first/last ratio ``r`` is below ``vanishing_warning``
-      (1e-2; error below 1e-4) or above ``exploding_warning`` (1e2; error above 1e4) and the
-      rank correlation of depth with log-norm confirms the trend. Backprop multiplies the
-      Jacobians of the layers above, so ``r`` ≈ (per-layer gain)^(depth − 1) (Bengio et al.
-      1994; Glorot & Bengio 2010). NaN/Inf gradients (with the first layer, in backward
-      order, where they appear) and a total norm growing ×1e3 over the run are exploding too.
+      gradient norm w.r.t. the outputs of the depth layers (conv/linear, input side first)
+      changes geometrically with depth — the first/last ratio ``r`` is below
+      ``vanishing_warning`` (1e-2; error below 1e-4) or above ``exploding_warning`` (1e2; error
+      above 1e4) and the rank correlation of depth with log-norm confirms the trend. Backprop
+      multiplies the Jacobians of the layers above, so ``r`` ≈ (per-layer gain)^(depth − 1)
+      (Bengio et al. 1994; Glorot & Bengio 2010). NaN/Inf gradients (with the first layer, in
+      backward order, where they appear) and a total norm growing ×1e3 over the run are
+      exploding too.
     - ``nonfinite-activations``: the first layer (forward order) and step producing NaN/Inf.
     - ``dead-relu`` / ``saturated-units``: fraction of dead ReLU units / saturated sigmoid-tanh
       outputs ≥ 0.5 (error ≥ 0.9).
     - ``activation-drift`` / ``activation-scale``: the output std of a depth layer that does
       not feed a norm moved ×10 over the run, or the std changes ×100 from the first to the
       last depth layer.
+    - ``bn-running-stats-lag``: a batch norm's ``bn_stat_lag`` ≥ 0.3 (error ≥ 1) and ≥ 3× its
+      batch-noise floor √(1.5/m), judged on steps after its running average warmed up
+      (3/momentum updates): recalibrate with :func:`normkit.nn.recalibrate_batchnorm` (or
+      ``torch.optim.swa_utils.update_bn``).
+    - ``lr-above-curvature-bound`` (after :meth:`Recorder.curvature`): lr > 2(1 + β)/λ
+      (error > 2×).
+    - ``batch-too-small`` (after :meth:`Recorder.gradient_noise`): the batch gradient's
+      signal-to-noise ratio < 1 (error < 0.1).
 
     Keyword overrides: any field of :class:`Thresholds`.
 
@@ -365,5 +467,6 @@ def diagnose(rec: Recorder, **thresholds: float) -> list[Finding]:
     if unknown:
         raise TypeError(f"unknown threshold(s) {sorted(unknown)}; expected some of {sorted(names)}")
     t = Thresholds(**thresholds)  # type: ignore[arg-type]
-    findings = [*_nonfinite(rec, t), *_gradient_flow(rec, t), *_units(rec, t), *_drift(rec, t)]
-    return sort_findings(findings)
+    rec = as_recording(run)
+    checks = (_nonfinite, _gradient_flow, _units, _drift, _bn_lag, _curvature, _noise)
+    return sort_findings([f for check in checks for f in check(rec, t)])

@@ -1,11 +1,12 @@
 """Small models and data for trying the diagnostics (``normkit doctor``'s defaults, the overhead
-benchmark): a digits CNN shaped like the lab's, and deep MLPs that show vanishing gradients."""
+benchmark): a digits CNN shaped like the lab's, deep MLPs that show vanishing gradients and a
+ResNet-18-style CNN."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["deep_mlp", "digits", "digits_cnn"]
+__all__ = ["deep_mlp", "digits", "digits_cnn", "resnet18"]
 
 
 def digits_cnn(channels: int = 8, num_classes: int = 10, *, norm: bool = True) -> nn.Module:
@@ -58,6 +59,51 @@ def deep_mlp(
         layers.append(acts[act]())
         d = width
     layers.append(nn.Linear(d, num_classes))
+    return nn.Sequential(*layers)
+
+
+class _BasicBlock(nn.Module):
+    """``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))``, the shortcut a strided 1×1 conv +
+    BN when the shape changes (He et al. 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-18 (He et al. 2016, "Deep Residual Learning for Image Recognition"): a 7×7
+    stride-2 stem and 3×3 max-pool, four stages of two basic blocks (64, 128, 256, 512
+    channels, stride 2 from the second stage), global average pooling and a Linear; 11.2M
+    parameters for 10 classes, torch.nn layers only.
+
+    >>> y = resnet18(10)(torch.randn(2, 3, 64, 64))    # (2, 10)
+    """
+    widths = (64, 128, 256, 512)
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ]
+    cin = 64
+    for i, w in enumerate(widths):
+        layers += [_BasicBlock(cin, w, 1 if i == 0 else 2), _BasicBlock(w, w, 1)]
+        cin = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
     return nn.Sequential(*layers)
 
 
