@@ -128,3 +128,26 @@ def test_spectral_norm_bounds_the_largest_singular_value():
         m(torch.randn(1, 30, dtype=F64))
     sigma = torch.linalg.matrix_norm(m.weight.detach(), ord=2)
     assert abs(float(sigma) - 1.0) < 1e-6
+
+
+def test_lab_data_dependent_init_gives_standardized_preactivations():
+    """The weight-norm experiment's init (Salimans & Kingma §3): every layer's pre-activation
+    has mean 0 and std 1 on the init batch."""
+    from normkit.lab.experiments.weight_norm import _data_dependent_init
+    from normkit.lab.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(6, (5, 4), 3, act="sigmoid").double()
+    for block in model.blocks:
+        nkn.weight_norm(block[0])
+    x = torch.randn(64, 6, dtype=F64) * 3 + 1
+    _data_dependent_init(model, x)
+    h = x
+    for block in model.blocks:
+        t = block[0](h)
+        torch.testing.assert_close(
+            t.mean(0), torch.zeros(t.shape[1], dtype=F64), atol=1e-12, rtol=0
+        )
+        # std is divided by (std + 1e-6): exact up to 1e-6 / std of the raw pre-activations
+        torch.testing.assert_close(t.std(0), torch.ones(t.shape[1], dtype=F64), atol=1e-4, rtol=0)
+        h = block(h)

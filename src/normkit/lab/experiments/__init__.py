@@ -11,6 +11,8 @@ MODULES: tuple[str, ...] = (
     "rnn",
     "comparison",
     "inference",
+    "recalibration",
+    "weight_norm",
     "data_scaling",
 )
 
