@@ -308,3 +308,39 @@ def test_constant_tensor_column_has_zero_variance():
     x[:, 1] = torch.linspace(0, 1, 1000, dtype=torch.float64)
     sc = nd.StandardScaler().fit(x)
     assert sc.var_[0].item() == 0.0 and sc.var_[2].item() == 0.0 and sc.var_[1].item() > 0
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+NO_COMPUTE = ("aten.lift_fresh", "aten.detach", "aten.alias", "aten.view")
+
+
+def test_large_cpu_chunks_never_reach_torchs_thread_pool():
+    """On CPU, the scalers' passes over a chunk run single-threaded (the serial Numba kernels or
+    numpy's ufuncs): no torch op touches a chunk-sized tensor, so torch's thread pool (which
+    loses on a small shared machine) is never woken for them."""
+    pytest.importorskip("numba")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    big: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            for a in torch.utils._pytree.tree_leaves((args, kwargs)):
+                if isinstance(a, torch.Tensor) and a.numel() >= 1 << 15:
+                    big.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    X = np.random.default_rng(0).standard_normal((50_000, 8)).astype(np.float32) + 3
+    scalers = [nd.StandardScaler(), nd.MinMaxScaler(clip=True), nd.MaxAbsScaler()]
+    for sc in scalers:
+        sc.partial_fit(X)  # first call: kernels compiled or loaded outside the watch
+    with Watch():
+        for sc in scalers:
+            sc.partial_fit(X)
+            sc.transform(X)
+            sc.inverse_transform(X)
+            sc.transform(torch.from_numpy(X))
+    # (lift_fresh/detach/alias: wrapping a numpy array as a tensor, no pass over memory)
+    assert sorted({op for op in big if not op.startswith(NO_COMPUTE)}) == []

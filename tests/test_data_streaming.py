@@ -70,13 +70,13 @@ def test_partial_fit_float32_chunks_against_float64_statistics():
 def test_large_chunks_both_moment_paths_match_float64(path, monkeypatch):
     """Chunks large enough for the numba kernel (when installed) and the torch fallback give
     the float64 statistics of the whole data (numpy oracle) and scikit-learn's outputs."""
-    import normkit.data._scalers as S
+    import normkit.data._arrays as A
 
     if path == "numba":
         pytest.importorskip("numba")
-        assert S._numba_stats_kernel() is not None
+        assert A.serial_kernels() is not None
     else:
-        monkeypatch.setattr(S, "NUMBA_MIN_NUMEL", 1 << 62)
+        monkeypatch.setattr(A, "SERIAL_MIN_NUMEL", 1 << 62)
     rng = np.random.default_rng(5)
     X = (rng.standard_normal((30_000, 32)) * rng.uniform(0.01, 10, 32) + 500).astype(np.float32)
     sc = nd.StandardScaler()
@@ -87,6 +87,37 @@ def test_large_chunks_both_moment_paths_match_float64(path, monkeypatch):
     np.testing.assert_allclose(sc.var_, X64.var(0), rtol=1e-11)
     ref = skp.StandardScaler().fit(X)
     np.testing.assert_array_equal(sc.transform(X[:100]), ref.transform(X[:100]))
+    # a large chunk: bit for bit scikit-learn's transform and inverse, on either path
+    ours = nd.StandardScaler().fit(X)
+    np.testing.assert_array_equal(ours.transform(X), ref.transform(X))
+    np.testing.assert_array_equal(ours.inverse_transform(X), ref.inverse_transform(X))
+    a = X.copy()
+    assert np.shares_memory(ours.transform(a, copy=False), a)
+    np.testing.assert_array_equal(a, ref.transform(X))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_chunks_non_finite_values(dtype):
+    """The kernels fold the NaN/inf check into their pass: inf raises (before anything is
+    written, also in place), NaN is ignored in fit and kept in transform, as scikit-learn."""
+    rng = np.random.default_rng(6)
+    X = (rng.standard_normal((5_000, 16)) * 3 + 7).astype(dtype)
+    bad = X.copy()
+    bad[4000, 3] = np.inf
+    for method in ("fit", "partial_fit", "transform", "inverse_transform"):
+        sc = nd.StandardScaler().fit(X)
+        with pytest.raises(ValueError, match="infinity"):
+            getattr(sc, method)(bad)
+    keep = bad.copy()
+    with pytest.raises(ValueError, match="infinity"):
+        nd.StandardScaler().fit(X).transform(bad, copy=False)
+    np.testing.assert_array_equal(bad, keep)  # nothing written
+    holes = X.copy()
+    holes[rng.random(holes.shape) < 0.01] = np.nan
+    ours, theirs = nd.StandardScaler().fit(holes), skp.StandardScaler().fit(holes)
+    np.testing.assert_allclose(ours.mean_, theirs.mean_, rtol=1e-12)
+    np.testing.assert_allclose(ours.var_, theirs.var_, rtol=1e-10)
+    np.testing.assert_allclose(ours.transform(holes), theirs.transform(holes), atol=1e-13)
 
 
 @pytest.mark.parametrize("ours, theirs, names", STREAMING, ids=lambda v: getattr(v, "__name__", ""))

@@ -8,6 +8,7 @@ the same rules and messages. The output goes back to the caller's type.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +27,11 @@ __all__ = [
     "check_inverse_input",
     "check_sample_weight",
     "from_numpy",
+    "numpy_view",
     "promoted",
     "reject_sparse",
+    "serial_kernels",
+    "serial_view",
     "to_attr",
     "to_tensor",
 ]
@@ -43,14 +47,15 @@ class Batch:
     """A validated 2-D floating input as a tensor, and whether the caller gave a tensor.
 
     ``finite`` is True when the data holds no NaN (and, after validation, no inf): the fast
-    paths skip the NaN masks then. ``writable`` is True when ``x`` may be written in place for a
+    paths skip the NaN masks then; None when the check was deferred to a kernel that folds it
+    into its own pass (``check_input(..., defer_finite=True)``). ``writable`` is True when ``x`` may be written in place for a
     ``copy=False`` transform: a numpy array that numpy lets us write, or a tensor outside
     autograd.
     """
 
     x: Tensor
     is_tensor: bool
-    finite: bool
+    finite: bool | None
     writable: bool = False
 
     @property
@@ -88,8 +93,58 @@ def from_numpy(X: np.ndarray) -> Tensor:
         return torch.from_numpy(X)
 
 
+@functools.cache
+def serial_kernels() -> Any:
+    """:mod:`normkit.data._kernels` (single-threaded Numba kernels), or None without numba."""
+    try:
+        from normkit.backends import numba_backend  # noqa: F401  (sets the kernel cache first)
+    except ImportError:
+        return None
+    from normkit.data import _kernels
+
+    return _kernels
+
+
+#: Smallest batch (elements) for the single-threaded kernels: below it torch's own CPU ops run
+#: on one thread anyway (torch's parallel grain size) and a kernel's fixed costs do not pay.
+SERIAL_MIN_NUMEL = 1 << 15
+
+
+def serial_view(x: Tensor) -> np.ndarray | None:
+    """:func:`numpy_view` of a batch of at least :data:`SERIAL_MIN_NUMEL` elements when the
+    Numba kernels are installed; else None."""
+    if x.numel() < SERIAL_MIN_NUMEL or serial_kernels() is None:
+        return None
+    return numpy_view(x)
+
+
+def numpy_view(x: Tensor) -> np.ndarray | None:
+    """``x`` as a numpy array sharing its memory when a single-threaded CPU path can take it:
+    a 2-D C-contiguous float32/float64 CPU tensor outside autograd; else None."""
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or x.requires_grad
+        or x.ndim != 2
+        or not x.is_contiguous()
+    ):
+        return None
+    return x.detach().numpy()
+
+
 def _all_finite(x: Tensor) -> bool:
-    """True when ``x`` has no NaN/inf: one sum (inf/NaN poison it); exact check only if not."""
+    """True when ``x`` has no NaN/inf: one sum (inf/NaN poison it); exact check only if not.
+
+    On the CPU the sum is single-threaded (the Numba kernel, else numpy): a torch reduction
+    would use torch's thread pool, which loses on a small shared machine.
+    """
+    arr = numpy_view(x)
+    if arr is not None:
+        k = serial_kernels() if x.numel() >= SERIAL_MIN_NUMEL else None
+        total = k.column_sums(arr) if k is not None else arr.sum()
+        if np.isfinite(total):
+            return True
+        return bool(np.isfinite(arr).all())
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     if bool(torch.isfinite(x.sum(dtype=acc))):
         return True
@@ -97,7 +152,7 @@ def _all_finite(x: Tensor) -> bool:
 
 
 def _check_tensor(
-    est: Any, x: Tensor, *, reset: bool, allow_nan: bool, check_features: bool
+    est: Any, x: Tensor, *, reset: bool, allow_nan: bool, check_features: bool, defer: bool
 ) -> Batch:
     who = type(est).__name__
     if x.ndim != 2:
@@ -125,7 +180,7 @@ def _check_tensor(
     # in place only outside autograd, and not on an inference tensor outside inference mode
     inference = torch.is_inference(x) and not torch.is_inference_mode_enabled()
     writable = not (x.requires_grad or inference)
-    return Batch(x, True, check_finite(x, who, allow_nan), writable)
+    return Batch(x, True, None if defer else check_finite(x, who, allow_nan), writable)
 
 
 def check_finite(x: Tensor, who: str, allow_nan: bool) -> bool:
@@ -159,24 +214,33 @@ def check_input(
     reset: bool,
     allow_nan: bool = True,
     check_features: bool = True,
+    defer_finite: bool = False,
 ) -> Batch:
     """Validate ``X`` for ``est`` as scikit-learn does and return it as a :class:`Batch`.
 
     ``reset=True`` (first fit) records ``n_features_in_``/``feature_names_in_``; otherwise they
     are checked. Integer/bool input becomes float (float64 for numpy as scikit-learn does, the
     default torch dtype for tensors); float32/float64 are kept, and for tensors also
-    float16/bfloat16, on their device.
+    float16/bfloat16, on their device. ``defer_finite=True`` leaves the NaN/inf check to the
+    caller (``Batch.finite`` is None): for kernels that fold it into their own pass, which
+    must then call :func:`check_finite` when they meet a non-finite value.
     """
     reject_sparse(X, type(est).__name__)
     if isinstance(X, Tensor):
         return _check_tensor(
-            est, X, reset=reset, allow_nan=allow_nan, check_features=check_features
+            est,
+            X,
+            reset=reset,
+            allow_nan=allow_nan,
+            check_features=check_features,
+            defer=defer_finite,
         )
     # finiteness is checked below, on the tensor (see _check_finite)
     kwargs: dict[str, Any] = {"dtype": FLOAT_DTYPES, "ensure_all_finite": False}
     X = validate_data(est, X, reset=reset, **kwargs) if check_features else check_array(X, **kwargs)
     x = from_numpy(X)
-    return Batch(x, False, check_finite(x, type(est).__name__, allow_nan), X.flags.writeable)
+    finite = None if defer_finite else check_finite(x, type(est).__name__, allow_nan)
+    return Batch(x, False, finite, X.flags.writeable)
 
 
 def check_sample_weight(sample_weight: Any, batch: Any) -> Tensor | None:
@@ -211,10 +275,12 @@ def check_sample_weight(sample_weight: Any, batch: Any) -> Tensor | None:
     return w
 
 
-def check_inverse_input(est: Any, X: ArrayLike) -> Batch:
+def check_inverse_input(est: Any, X: ArrayLike, *, defer_finite: bool = False) -> Batch:
     """Validate the input of ``inverse_transform``: like :func:`check_input` without the
     feature-name check (scaled data has no names), but with the feature-count check."""
-    batch = check_input(est, X, reset=False, allow_nan=True, check_features=False)
+    batch = check_input(
+        est, X, reset=False, allow_nan=True, check_features=False, defer_finite=defer_finite
+    )
     n = getattr(est, "n_features_in_", None)
     if n is not None and batch.x.shape[1] != n:
         raise ValueError(

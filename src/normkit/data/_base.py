@@ -82,6 +82,7 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     _fitted: tuple[str, ...] = ()
     _takes_sparse = False  # scipy/torch sparse input accepted (with the right parameters)
+    _defer_finite = False  # _batch_state checks NaN/inf itself (Batch.finite is None)
     _state_device: torch.device | None
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             self._check_sparse()
             batch: Batch | SparseBatch = check_sparse_input(self, X, reset=first)
         else:
-            batch = check_input(self, X, reset=first)
+            batch = check_input(self, X, reset=first, defer_finite=self._defer_finite)
         weight = check_sample_weight(sample_weight, batch)
         with torch.no_grad():
             state = self._batch_state(batch, weight)

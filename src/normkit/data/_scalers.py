@@ -4,7 +4,7 @@ arrays and torch tensors (any device)."""
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import statistics
 from numbers import Integral
 from typing import Any, ClassVar
@@ -21,10 +21,14 @@ from normkit.data._arrays import (
     ArrayLike,
     Batch,
     as_output,
+    check_finite,
     check_input,
     check_inverse_input,
     from_numpy,
+    numpy_view,
     promoted,
+    serial_kernels,
+    serial_view,
     to_attr,
     to_tensor,
 )
@@ -93,48 +97,19 @@ def _publish_counts(count: Tensor, dtype: Any) -> Any:
 # ============================================================================ StandardScaler
 
 
-#: Smallest CPU batch (elements) whose moments go to the numba kernel (same rule as the numba
-#: backend's ``MIN_NUMEL``: below it the kernel's fixed costs outweigh its bandwidth win).
-NUMBA_MIN_NUMEL = 1 << 18
-
-
-@functools.cache
-def _numba_stats_kernel() -> Any:
-    """The numba backend's per-column moments kernel for ``(M, C)`` rows, or None without numba."""
-    try:
-        from normkit.backends import numba_backend
-    except ImportError:
+def _serial_moments(x: Tensor) -> Moments | None:
+    """Moments of a CPU float32/float64 batch by the single-threaded Numba kernel (float64
+    accumulation over cache-sized row blocks merged by Chan's rule, one pass of memory, the
+    finiteness check folded in); None when the kernel cannot take the batch or met a NaN or
+    inf (the caller then checks and takes the masked path)."""
+    arr, k = serial_view(x), serial_kernels()
+    if arr is None or k is None:
         return None
-    return numba_backend.K.bn_stats_rows
-
-
-def _numba_moments(x: Tensor) -> Moments | None:
-    """Moments of a finite, contiguous CPU float32/float64 batch by the numba backend's kernel
-    (float64 accumulation over cache-sized row blocks merged by Chan's rule, one pass of
-    memory per block); None when numba is missing or the batch does not fit the rule."""
-    if (
-        x.device.type != "cpu"
-        or x.dtype not in (torch.float32, torch.float64)
-        or x.numel() < NUMBA_MIN_NUMEL
-        or not x.is_contiguous()
-    ):
+    mean, m2 = np.empty(arr.shape[1]), np.empty(arr.shape[1])
+    if not k.moments_rows(arr, mean, m2):
         return None
-    kernel = _numba_stats_kernel()
-    if kernel is None:
-        return None
-    import numba
-
-    parts = max(1, min(x.shape[0], 4 * numba.get_num_threads()))
-    cnt = np.empty(parts)
-    mu = np.empty((parts, x.shape[1]))
-    m2 = np.empty((parts, x.shape[1]))
-    kernel(x.detach().numpy(), cnt, mu, m2)
-    # the k-way form of merge_moments' pairwise rule, on the (parts, F) partials at once
-    n = cnt.sum()
-    mean = (cnt[:, None] * mu).sum(0) / n
-    total_m2 = m2.sum(0) + (cnt[:, None] * (mu - mean) ** 2).sum(0)
-    t = torch.from_numpy
-    return Moments(torch.full((x.shape[1],), n, dtype=_F64), t(mean), t(total_m2))
+    count = torch.full((arr.shape[1],), float(arr.shape[0]), dtype=_F64)
+    return Moments(count, torch.from_numpy(mean), torch.from_numpy(m2))
 
 
 def _weighted_moments(x: Tensor, w: Tensor, keep: Tensor | None) -> Moments:
@@ -198,9 +173,9 @@ def _batch_moments(batch: Batch, weight: Tensor | None = None) -> Moments:
     ``weight``, the weighted ones (count = sum of the weights).
 
     The two-pass estimator of :func:`normkit._stats.moments` (mean first, then the squared
-    deviations from it). Without NaNs or weights, a large CPU batch goes to the numba backend's
-    kernel when numba is installed (:func:`_numba_moments`), anything else runs in place on one
-    float64 copy of the batch (three passes instead of five); with NaNs, the masked
+    deviations from it). Without NaNs or weights, a large CPU batch goes to the single-threaded
+    Numba kernel when numba is installed (:func:`_serial_moments`), anything else runs in place
+    on one float64 copy of the batch (three passes instead of five); with NaNs, the masked
     :meth:`Moments.of`. Constant columns get exactly ``m2 = 0`` (:func:`_exact_constants`).
     """
     x = batch.x
@@ -208,7 +183,7 @@ def _batch_moments(batch: Batch, weight: Tensor | None = None) -> Moments:
     if weight is not None:
         m = _weighted_moments(x, weight, keep)
     elif keep is None:
-        fast = _numba_moments(x)
+        fast = _serial_moments(x)
         if fast is not None:
             m = fast
         else:
@@ -297,12 +272,50 @@ class StandardScaler(StreamingScaler):
                 "for motivation and alternatives."
             )
 
+    _defer_finite = True  # the moments kernel checks while it reads
+
     def _batch_state(self, batch: Batch | SparseBatch, weight: Tensor | None) -> State:
         if isinstance(batch, SparseBatch):
             m = _settle_constants(*sparse_moments(batch, weight))
         else:
-            m = _batch_moments(batch, weight)
+            fast = _serial_moments(batch.x) if batch.finite is None and weight is None else None
+            if fast is not None:
+                m = _exact_constants(batch.x, fast, None, None)
+            else:
+                if batch.finite is None:
+                    finite = check_finite(batch.x, type(self).__name__, allow_nan=True)
+                    batch = dataclasses.replace(batch, finite=finite)
+                m = _batch_moments(batch, weight)
         return (m.count, m.mean, m.m2)
+
+    def _serial_affine(self, batch: Batch, inplace: bool, *, inverse: bool) -> Tensor | None:
+        """:meth:`transform` (or the inverse) by the single-threaded Numba kernel, bit for bit
+        scikit-learn's, the inf check folded into the pass; None when the kernel cannot take
+        the batch."""
+        arr, k = serial_view(batch.x), serial_kernels()
+        if arr is None or k is None:
+            return None
+        n_features = arr.shape[1]
+        mean = (
+            to_tensor(self.mean_, batch.x.device, batch.x.dtype).numpy()
+            if self.with_mean
+            else np.zeros(n_features, dtype=arr.dtype)
+        )
+        scale = (
+            to_tensor(self.scale_, batch.x.device, batch.x.dtype).numpy()
+            if self.with_std
+            else np.ones(n_features, dtype=arr.dtype)
+        )
+        mean, scale = np.broadcast_to(mean, n_features), np.broadcast_to(scale, n_features)
+        if inplace:  # check before writing into the caller's data
+            if not np.isfinite(k.column_sums(arr)):
+                check_finite(batch.x, type(self).__name__, allow_nan=True)
+            k.affine_rows(arr, mean, scale, arr, inverse)
+            return batch.x
+        out = np.empty_like(arr)
+        if not np.isfinite(k.affine_rows(arr, mean, scale, out, inverse)):
+            check_finite(batch.x, type(self).__name__, allow_nan=True)  # raises on inf
+        return torch.from_numpy(out)
 
     def _read_state(self, est: Any, device: torch.device) -> State:
         n_features = int(est.n_features_in_)
@@ -345,9 +358,13 @@ class StandardScaler(StreamingScaler):
             self._check_sparse()
             sb = check_sparse_input(self, X, reset=False, accept=("csr",))
             return _sparse_scale(sb, self.copy if copy is None else copy, self.scale_, invert=True)
-        batch = check_input(self, X, reset=False)
+        batch = check_input(self, X, reset=False, defer_finite=True)
         inplace = _in_place(self, copy, batch)
+        fast = self._serial_affine(batch, inplace, inverse=False)
+        if fast is not None:
+            return as_output(fast, batch)
         x = batch.x
+        check_finite(x, type(self).__name__, allow_nan=True)
         cd = accumulation_dtype(x.dtype)
         y = x if inplace and cd == x.dtype else x.to(cd, copy=True)
         if self.with_mean:
@@ -365,9 +382,13 @@ class StandardScaler(StreamingScaler):
             self._check_sparse()
             sb = check_sparse_input(self, X, reset=False, accept=("csr",), check_features=False)
             return _sparse_scale(sb, self.copy if copy is None else copy, self.scale_)
-        batch = check_inverse_input(self, X)
+        batch = check_inverse_input(self, X, defer_finite=True)
         inplace = _in_place(self, copy, batch)
+        fast = self._serial_affine(batch, inplace, inverse=True)
+        if fast is not None:
+            return as_output(fast, batch)
         x = batch.x
+        check_finite(x, type(self).__name__, allow_nan=True)
         cd = accumulation_dtype(x.dtype)
         y = x if inplace and cd == x.dtype else x.to(cd, copy=True)
         if self.with_std:
@@ -384,6 +405,11 @@ class StandardScaler(StreamingScaler):
 
 def _nan_extreme(x: Tensor, finite: bool, *, largest: bool) -> Tensor:
     """Column-wise max (``largest``) or min ignoring NaNs; NaN where a column is all NaN."""
+    arr = numpy_view(x)
+    if arr is not None:  # single-threaded; fmax/fmin skip NaN unless a column is all NaN
+        if finite:
+            return torch.from_numpy(arr.max(0) if largest else arr.min(0))
+        return torch.from_numpy((np.fmax if largest else np.fmin).reduce(arr, axis=0))
     if finite:
         return x.amax(0) if largest else x.amin(0)
     nan = torch.isnan(x)
@@ -393,20 +419,50 @@ def _nan_extreme(x: Tensor, finite: bool, *, largest: bool) -> Tensor:
     return torch.where(nan.all(0), torch.full_like(r, float("nan")), r)
 
 
-def _affine(batch: Batch, copy: bool, *steps: tuple[Any, Any]) -> Tensor:
+_NUMPY_OPS = {
+    torch.mul: np.multiply,
+    torch.add: np.add,
+    torch.sub: np.subtract,
+    torch.div: np.divide,
+}
+
+
+def _affine(
+    batch: Batch,
+    copy: bool,
+    *steps: tuple[Any, Any],
+    clip: tuple[float, float] | None = None,
+) -> Tensor:
     """``x op₁ v₁ op₂ v₂ …`` for fitted attributes ``vᵢ`` (None skips a step), each step
     computed in the promoted dtype and rounded to the input's dtype as scikit-learn's in-place
-    numpy ops do; in the input's memory when ``copy`` is False and it may be written, else in
-    a new tensor (also when every step is skipped)."""
+    numpy ops do, then clamped to ``clip``; in the input's memory when ``copy`` is False and it
+    may be written, else in a new tensor (also when every step is skipped).
+
+    A CPU float32/float64 batch outside autograd runs on numpy's ufuncs, single-threaded and
+    bit for bit scikit-learn's (torch's elementwise ops would use its thread pool).
+    """
     x = batch.x
     inplace = not copy and batch.writable
+    arr = numpy_view(x)
+    if arr is not None:
+        out = arr if inplace else None
+        for op, value in steps:
+            if value is not None:
+                v = to_tensor(value, x.device).numpy()
+                out = _NUMPY_OPS[op](arr if out is None else out, v, out=out, casting="same_kind")
+                out = out.astype(arr.dtype, copy=False)
+        out = arr.copy() if out is None else out
+        if clip is not None:
+            np.clip(out, clip[0], clip[1], out=out)
+        return x if out is arr else torch.from_numpy(out)
     y = x
     for op, value in steps:
         if value is None:
             continue
         own = inplace or (y is not x and not y.requires_grad)  # our own fresh tensor
         y = promoted(y, op, to_tensor(value, x.device), inplace=own)
-    return x.clone() if y is x and not inplace else y
+    y = x.clone() if y is x and not inplace else y
+    return y.clamp_(*clip) if clip is not None else y
 
 
 class MinMaxScaler(StreamingScaler):
@@ -500,9 +556,8 @@ class MinMaxScaler(StreamingScaler):
         ``X`` when ``copy=False`` and ``X`` may be written."""
         check_is_fitted(self)
         batch = check_input(self, X, reset=False)
-        y = _affine(batch, self.copy, (torch.mul, self.scale_), (torch.add, self.min_))
-        if self.clip:
-            y = y.clamp_(float(self.feature_range[0]), float(self.feature_range[1]))
+        clip = (float(self.feature_range[0]), float(self.feature_range[1])) if self.clip else None
+        y = _affine(batch, self.copy, (torch.mul, self.scale_), (torch.add, self.min_), clip=clip)
         return as_output(y, batch)
 
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
@@ -557,6 +612,10 @@ class MaxAbsScaler(StreamingScaler):
     def _batch_state(self, batch: Batch | SparseBatch, weight: Tensor | None) -> State:
         if isinstance(batch, SparseBatch):
             m = sparse_max_abs(batch)
+        elif numpy_view(batch.x) is not None:  # max |x| = max(max x, −min x), no |x| copy
+            hi = _nan_extreme(batch.x, batch.finite, largest=True)
+            lo = _nan_extreme(batch.x, batch.finite, largest=False)
+            m = torch.fmax(hi, -lo)
         else:
             m = _nan_extreme(batch.x.abs(), batch.finite, largest=True)
         return (torch.full(m.shape, float(batch.n_samples), dtype=_F64, device=m.device), m)
@@ -583,9 +642,9 @@ class MaxAbsScaler(StreamingScaler):
             sb = check_sparse_input(self, X, reset=False)
             return _sparse_scale(sb, self.copy, self.scale_, invert=True, clip=self.clip)
         batch = check_input(self, X, reset=False)
-        y = _affine(batch, self.copy, (torch.div, self.scale_))
-        if self.clip:
-            y = y.clamp_(-1.0, 1.0)
+        y = _affine(
+            batch, self.copy, (torch.div, self.scale_), clip=(-1.0, 1.0) if self.clip else None
+        )
         return as_output(y, batch)
 
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
