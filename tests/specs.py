@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 import normkit.nn as nkn
 from tests import training_twins as tt
+from tests import transformer_twins as xt
 
 # Tolerances per dtype, in one place: (rtol, atol) against the float64 reference.
 TOL: dict[torch.dtype, tuple[float, float]] = {
@@ -261,6 +262,65 @@ SPECS: list[NormSpec] = [
         key_map=(("weight", "0.weight"), ("bias", "0.bias")),
     ),
     NormSpec("keras-bn", _bn(nkn.BatchNormalization, num_features=6), None, (4, 3, 6)),
+    # transformer and diffusion layers
+    NormSpec("dyt", _bn(nkn.DyT, 8), lambda: xt.PaperDyT(8), (4, 5, 8)),
+    NormSpec(
+        "dyt-noaffine", _bn(nkn.DyT, 8, alpha_init=0.8, elementwise_affine=False), None, (6, 8)
+    ),
+    NormSpec(
+        "adaln",
+        lambda backend="auto": xt.WithCond(nkn.AdaLayerNorm(8, 4, backend=backend), 3, 4),
+        None,
+        (3, 5, 8),
+    ),
+    NormSpec(
+        "adaln-zero",
+        lambda backend="auto": xt.WithCond(nkn.AdaLNZero(8, 4, backend=backend), 3, 4),
+        None,
+        (3, 5, 8),
+    ),
+    NormSpec(
+        "adagn",
+        lambda backend="auto": xt.WithCond(
+            nkn.AdaGroupNorm(4, 6, 3, act="silu", backend=backend), 2, 4
+        ),
+        None,
+        (2, 6, 3, 3),
+    ),
+    NormSpec(
+        "cbn2d",
+        lambda backend="auto": xt.WithCond(
+            nkn.ConditionalBatchNorm2d(6, 3, backend=backend), 4, 0, labels=3
+        ),
+        None,
+        (4, 6, 3, 3),
+    ),
+    NormSpec("film", lambda backend="auto": xt.WithCond(nkn.FiLM(6, 4), 3, 4), None, (3, 6, 5)),
+    NormSpec("unit", lambda backend="auto": nkn.UnitNormalization(), None, (4, 8)),
+    *(
+        NormSpec(
+            f"qknorm-{kind}",
+            lambda backend="auto", kind=kind: xt.QKPair(nkn.QKNorm(8, kind, backend=backend)),
+            None,
+            (2, 3, 4, 8),
+        )
+        for kind in ("rms", "layer", "l2")
+    ),
+    *(
+        NormSpec(
+            f"residual-{placement}",
+            lambda backend="auto", placement=placement: nkn.ResidualNorm(
+                nn.GELU(),  # parameter-free, so only the norms' numerics are under test
+                8,
+                placement,
+                norm=lambda d: nkn.LayerNorm(d, backend=backend),
+                num_layers=6,
+            ),
+            None,
+            (3, 4, 8),
+        )
+        for placement in ("pre", "post", "deepnorm", "sandwich")
+    ),
     NormSpec("syncbn-local", _bn(nkn.SyncBatchNorm, 6), lambda: nn.BatchNorm2d(6), (4, 6, 2, 2)),
 ]
 

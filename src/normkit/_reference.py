@@ -18,9 +18,11 @@ from normkit._stats import accumulation_dtype, moments
 __all__ = [
     "affine",
     "batch_norm",
+    "dyt",
     "group_norm",
     "instance_norm",
     "layer_norm",
+    "modulate",
     "normalize",
     "rms_norm",
 ]
@@ -153,3 +155,46 @@ def instance_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: fl
     """
     y, _, _ = normalize(x, list(range(2, x.ndim)), eps)
     return affine(y, weight, bias, [1]).to(x.dtype)
+
+
+def dyt(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Dynamic Tanh (Zhu et al. 2025, arXiv:2503.10622) over the last dim.
+
+    .. math:: y = \\gamma \\odot \\tanh(\\alpha x) + \\beta
+    """
+    acc = accumulation_dtype(x.dtype)
+    y = torch.tanh(alpha.to(acc) * x.to(acc))
+    return affine(y, weight, bias, [-1]).to(x.dtype)
+
+
+def modulate(
+    x: Tensor,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    gate: Tensor | None,
+    norm: str | None,
+    eps: float,
+) -> Tensor:
+    """adaLN modulation (Peebles & Xie 2023, DiT): ``(x̂ ⊙ (1 + scale) + shift) ⊙ gate``.
+
+    ``x`` is ``(N, *, C)``; ``shift``/``scale``/``gate`` are ``(N, C)``, one row per sample,
+    broadcast over the middle dims. ``x̂`` is the layer norm (``norm="layer"``), the RMS norm
+    (``"rms"``) over ``C`` without affine, or ``x`` itself (``None``).
+    """
+    acc = accumulation_dtype(x.dtype)
+    xa = x.to(acc)
+    if norm == "layer":
+        xa, _, _ = normalize(xa, [-1], eps)
+    elif norm == "rms":
+        xa = xa * torch.rsqrt(xa.square().mean(dim=-1, keepdim=True) + eps)
+
+    def per_sample(t: Tensor) -> Tensor:
+        return t.to(acc).reshape(t.shape[0], *([1] * (x.ndim - 2)), t.shape[-1])
+
+    if scale is not None:
+        xa = xa * (1 + per_sample(scale))
+    if shift is not None:
+        xa = xa + per_sample(shift)
+    if gate is not None:
+        xa = xa * per_sample(gate)
+    return xa.to(x.dtype)

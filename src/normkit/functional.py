@@ -35,12 +35,14 @@ __all__ = [
     "batch_norm",
     "batch_renorm",
     "channel_norm",
+    "dyt",
     "ghost_batch_norm",
     "group_norm",
     "instance_norm",
     "layer_norm",
     "layer_norm_2d",
     "memory_format_of",
+    "modulate",
     "rms_norm",
     "update_running_buffers",
 ]
@@ -926,3 +928,80 @@ def add_rms_norm(
     if eps is None:
         eps = torch.finfo(input.dtype).eps
     return _add_norm(op, input, residual, (shape, weight, eps), out, backend)
+
+
+def dyt(
+    input: Tensor,
+    alpha: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025, arXiv:2503.10622), a norm-free stand-in
+    for LayerNorm in transformers, element-wise over the last dim.
+
+    .. math:: y = \\gamma \\odot \\tanh(\\alpha x) + \\beta
+
+    ``alpha`` is a one-element tensor (learnable scalar); ``weight``/``bias`` have shape
+    ``(C,)`` for an input ``(*, C)``. float16/bfloat16 compute in float32.
+
+    >>> y = dyt(torch.randn(2, 8, 16), torch.tensor([0.5]), torch.ones(16), torch.zeros(16))
+    """
+    op = "dyt"
+    _check_input(input, op)
+    if not isinstance(alpha, Tensor) or alpha.numel() != 1:
+        raise ValueError(
+            f"{op}: alpha must be a one-element tensor (got "
+            f"{tuple(alpha.shape) if isinstance(alpha, Tensor) else type(alpha).__name__}); "
+            "pass e.g. torch.tensor([0.5])"
+        )
+    c = input.shape[-1]
+    _check_param(weight, "weight", (c,), op)
+    _check_param(bias, "bias", (c,), op)
+    return backends.dispatch(op, input, alpha, weight, bias, backend=backend)
+
+
+_MODULATE_NORMS = ("layer", "rms", None)
+
+
+def modulate(
+    input: Tensor,
+    shift: Tensor | None = None,
+    scale: Tensor | None = None,
+    gate: Tensor | None = None,
+    *,
+    norm: str | None = "layer",
+    eps: float = 1e-6,
+    backend: str = "auto",
+) -> Tensor:
+    """adaLN modulation, fused: normalize, scale, shift and gate in one pass (DiT: Peebles &
+    Xie 2023, arXiv:2212.09748).
+
+    .. math:: y = \\left(\\hat{x} \\odot (1 + \\mathrm{scale}) + \\mathrm{shift}\\right) \\odot \\mathrm{gate}
+
+    ``x̂`` is the layer norm of ``input`` over its last dim without affine (``norm="layer"``,
+    DiT's ``LayerNorm(elementwise_affine=False, eps=1e-6)``), its RMS norm (``"rms"``) or
+    ``input`` itself (``None``: modulate an already normalized tensor). ``input`` is
+    ``(N, *, C)``; ``shift``, ``scale``, ``gate`` (each optional) are ``(N, C)``, one row per
+    sample, broadcast over the middle dims (tokens). DiT's ``modulate(norm(x), shift, scale)``
+    is ``modulate(x, shift, scale)``; the zero-initialised ``gate`` of adaLN-Zero multiplies a
+    block's output, ``x + gate·block(...)``, which is ``modulate(block_out, None, None, gate,
+    norm=None)`` plus the residual.
+
+    >>> x, c = torch.randn(4, 16, 32), torch.randn(4, 32)
+    >>> y = modulate(x, shift=c, scale=c)
+    """
+    op = "modulate"
+    _check_input(input, op, 2)
+    if norm not in _MODULATE_NORMS:
+        raise ValueError(f"{op}: norm must be one of {_MODULATE_NORMS} (got {norm!r})")
+    n, c = input.shape[0], input.shape[-1]
+    for t, name in ((shift, "shift"), (scale, "scale"), (gate, "gate")):
+        if t is not None and tuple(t.shape) != (n, c):
+            raise ValueError(
+                f"{op}: {name} must have shape (N, C) = {(n, c)} for an input of shape "
+                f"{tuple(input.shape)} (got {tuple(t.shape)}); one row per sample, e.g. "
+                f"{name} = linear(cond).chunk(...)"
+            )
+    return backends.dispatch(op, input, shift, scale, gate, norm, eps, backend=backend)

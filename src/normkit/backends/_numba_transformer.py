@@ -10,6 +10,10 @@ inputs (the presets round to them between ops) are declined by ``supports``; a w
 dtype, a non-contiguous input, and a single row long enough for torch to split its sum across
 threads are computed by :func:`normkit._casting.rms_norm_cast` inside the op. The backward uses
 the RMS-norm backward kernel (the gradient formula, within float rounding of the oracle's).
+
+**DyT** (``dyt``) and **modulate** (``modulate``, the adaLN "normalize, scale, shift, gate" of
+DiT) are one pass forward and one pass backward each (see the kernels' docstrings); DyT's
+float32 tanh is a rational approximation within a few ulps of ``torch.tanh``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from normkit.backends import _numba_transformer_kernels as T
 from normkit.backends.numba_backend import (
     _call,
     _chunks,
+    _colsum,
     _ln_backward,
     _np,
     _numel,
@@ -35,7 +40,7 @@ from normkit.backends.numba_backend import (
     _threads,
 )
 
-__all__ = ["rms_norm_cast", "supports_cast", "torch_sum_lanes"]
+__all__ = ["dyt", "modulate", "rms_norm_cast", "supports_cast", "torch_sum_lanes"]
 
 _DTYPES = (torch.float32, torch.float64)
 #: Vector widths (elements) torch's CPU kernels are built with: 128/256/512-bit registers.
@@ -153,3 +158,246 @@ def torch_order_sumsq(x: Tensor, lanes: int) -> Tensor:
     out = torch.empty(x.shape[0], dtype=x.dtype)
     T.sumsq_rows(_np(x.contiguous()), lanes, _np(out))
     return out
+
+
+# --------------------------------------------------------------------------- DyT
+
+
+def _dyt_impl(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """DyT forward over rows of the last dim: ``weight·tanh(alpha·x) + bias``."""
+    n = x.shape[-1]
+    x2 = _rows(x, n)
+    y = torch.empty(x.shape, dtype=x.dtype)
+    w = weight.to(x.dtype).contiguous() if weight is not None else torch.ones(n, dtype=x.dtype)
+    b = bias.to(x.dtype).contiguous() if bias is not None else torch.zeros(n, dtype=x.dtype)
+    a = alpha.detach().reshape(1).to(x.dtype)
+    with _threads(x2.numel()):
+        T.dyt_fwd(_np(x2), _np(a), _np(w), _np(b), x.dtype == torch.float32, _np(y.view(-1, n)))
+    return y
+
+
+def _dyt_backward(
+    dy: Tensor, x: Tensor, alpha: Tensor, weight: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n = x.shape[-1]
+    x2, dy2 = _rows(x, n), _rows(dy, n)
+    with _threads(x2.numel()):
+        p = _chunks(x2.shape[0])
+    dx = torch.empty(x.shape, dtype=x.dtype)
+    dwp = torch.empty(p, n, dtype=x.dtype)
+    dbp = torch.empty(p, n, dtype=x.dtype)
+    dap = torch.empty(p, dtype=x.dtype)
+    w = weight.to(x.dtype).contiguous() if weight is not None else torch.ones(n, dtype=x.dtype)
+    a = alpha.detach().reshape(1).to(x.dtype)
+    with _threads(x2.numel()):
+        T.dyt_bwd(
+            _np(dy2),
+            _np(x2),
+            _np(a),
+            _np(w),
+            x.dtype == torch.float32,
+            _np(dx.view(-1, n)),
+            _np(dwp),
+            _np(dbp),
+            _np(dap),
+        )
+    da = _colsum(dap.reshape(p, 1)).reshape(1)
+    return dx, da, _colsum(dwp), _colsum(dbp)
+
+
+_op_dyt = torch.library.custom_op("normkit::numba_dyt", _dyt_impl, mutates_args=())
+_op_dyt.register_fake(lambda x, alpha, weight, bias: x.new_empty(x.shape))
+_op_dyt_backward = torch.library.custom_op(
+    "normkit::numba_dyt_backward", _dyt_backward, mutates_args=()
+)
+_op_dyt_backward.register_fake(
+    lambda dy, x, alpha, weight: (
+        x.new_empty(x.shape),
+        x.new_empty(1),
+        x.new_empty(x.shape[-1]),
+        x.new_empty(x.shape[-1]),
+    )
+)
+
+
+def _dyt_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    x, alpha, weight, bias = inputs
+    ctx.save_for_backward(x, alpha, weight)
+    ctx.has_bias = bias is not None
+
+
+def _dyt_grad(ctx: Any, dy: Tensor | None, *, backward: Any) -> tuple:
+    x, alpha, weight = ctx.saved_tensors
+    if dy is None:
+        return None, None, None, None
+    dx, da, dw, db = backward(dy.contiguous(), x, alpha, weight)
+    return (
+        dx,
+        da.reshape(alpha.shape).to(alpha.dtype),
+        dw.to(weight.dtype) if weight is not None else None,
+        db.to(weight.dtype if weight is not None else db.dtype) if ctx.has_bias else None,
+    )
+
+
+_DyTFn = _register(_op_dyt, _dyt_impl, _dyt_setup, _dyt_grad, _op_dyt_backward, _dyt_backward)
+
+
+def dyt(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    return _call(_op_dyt, _DyTFn, x, alpha, weight, bias)
+
+
+# --------------------------------------------------------------------------- modulate
+
+_NORMS = {None: 0, "layer": 1, "rms": 2}
+
+
+def _per_sample(t: Tensor | None, s: int, n: int, fill: float, dtype: torch.dtype) -> Tensor:
+    if t is None:
+        return torch.full((s, n), fill, dtype=dtype)
+    return t.to(dtype).reshape(s, n).contiguous()
+
+
+def _mod_impl(
+    x: Tensor,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    gate: Tensor | None,
+    norm: int,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, rstd) of the fused modulate over x viewed as (S, L, C)."""
+    s, n = x.shape[0], x.shape[-1]
+    x3 = x.contiguous().reshape(s, -1, n)
+    y = torch.empty(x.shape, dtype=x.dtype)
+    rows = x3.shape[0] * x3.shape[1]
+    mean = torch.empty(rows, dtype=x.dtype)
+    rstd = torch.empty(rows, dtype=x.dtype)
+    p = _per_sample(scale, s, n, 0.0, x.dtype) + 1
+    sh = _per_sample(shift, s, n, 0.0, x.dtype)
+    g = _per_sample(gate, s, n, 1.0, x.dtype)
+    with _threads(x3.numel()):
+        T.mod_fwd(
+            _np(x3),
+            norm,
+            _np(p),
+            _np(sh),
+            _np(g),
+            eps,
+            _np(y.view(x3.shape)),
+            _np(mean),
+            _np(rstd),
+        )
+    return y, mean, rstd
+
+
+def _mod_chunks(s: int, length: int, p: int) -> tuple[Tensor, Tensor, Tensor, int]:
+    """Row ranges per chunk and the partial slot each writes: whole samples per chunk (one
+    shared slot) when there are at least ``p`` samples, else row ranges with a slot each."""
+    if s >= p:
+        edges = [(c * s // p) * length for c in range(p + 1)]
+        slot = [0] * p
+        slots = 1
+    else:
+        edges = [c * s * length // p for c in range(p + 1)]
+        slot = list(range(p))
+        slots = p
+    lo = torch.tensor(edges[:-1], dtype=torch.int64)
+    hi = torch.tensor(edges[1:], dtype=torch.int64)
+    return lo, hi, torch.tensor(slot, dtype=torch.int64), slots
+
+
+def _mod_backward(
+    dy: Tensor,
+    x: Tensor,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    gate: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    norm: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, d scale, d shift, d gate), the last three (S, C)."""
+    s, n = x.shape[0], x.shape[-1]
+    x3 = x.contiguous().reshape(s, -1, n)
+    dy3 = dy.contiguous().reshape(x3.shape)
+    with _threads(x3.numel()):
+        lo, hi, slot, slots = _mod_chunks(s, x3.shape[1], _chunks(x3.shape[0] * x3.shape[1]))
+    p = _per_sample(scale, s, n, 0.0, x.dtype) + 1
+    sh = _per_sample(shift, s, n, 0.0, x.dtype)
+    g = _per_sample(gate, s, n, 1.0, x.dtype)
+    dx = torch.empty(x.shape, dtype=x.dtype)
+    parts = torch.zeros(3, slots, s, n, dtype=x.dtype)
+    with _threads(x3.numel()):
+        T.mod_bwd(
+            _np(dy3),
+            _np(x3),
+            norm,
+            _np(p),
+            _np(sh),
+            _np(g),
+            _np(mean),
+            _np(rstd),
+            _np(lo),
+            _np(hi),
+            _np(slot),
+            _np(dx.view(x3.shape)),
+            _np(parts[0]),
+            _np(parts[1]),
+            _np(parts[2]),
+        )
+    dp, dsh, dg = (_colsum(t.reshape(slots, -1)).reshape(s, n) for t in parts)
+    return dx, dp, dsh, dg
+
+
+_op_mod = torch.library.custom_op("normkit::numba_modulate", _mod_impl, mutates_args=())
+
+
+@_op_mod.register_fake
+def _(x, shift, scale, gate, norm, eps):
+    rows = x.numel() // x.shape[-1]
+    return x.new_empty(x.shape), x.new_empty(rows), x.new_empty(rows)
+
+
+_op_mod_backward = torch.library.custom_op(
+    "normkit::numba_modulate_backward", _mod_backward, mutates_args=()
+)
+
+
+@_op_mod_backward.register_fake
+def _(dy, x, shift, scale, gate, mean, rstd, norm):
+    sn = (x.shape[0], x.shape[-1])
+    return x.new_empty(x.shape), x.new_empty(sn), x.new_empty(sn), x.new_empty(sn)
+
+
+def _mod_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, shift, scale, gate, norm, _eps = inputs
+    _y, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, shift, scale, gate, mean, rstd)
+    ctx.norm = norm
+
+
+def _mod_grad(ctx: Any, dy: Tensor | None, _dm: Any, _dr: Any, *, backward: Any) -> tuple:
+    x, shift, scale, gate, mean, rstd = ctx.saved_tensors
+    if dy is None:
+        return None, None, None, None, None, None
+    dx, dp, dsh, dg = backward(dy.contiguous(), x, shift, scale, gate, mean, rstd, ctx.norm)
+
+    def like(d: Tensor, t: Tensor | None) -> Tensor | None:
+        return None if t is None else d.reshape(t.shape).to(t.dtype)
+
+    return dx, like(dsh, shift), like(dp, scale), like(dg, gate), None, None
+
+
+_ModFn = _register(_op_mod, _mod_impl, _mod_setup, _mod_grad, _op_mod_backward, _mod_backward)
+
+
+def modulate(
+    x: Tensor,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    gate: Tensor | None,
+    norm: str | None,
+    eps: float,
+) -> Tensor:
+    return _call(_op_mod, _ModFn, x, shift, scale, gate, _NORMS[norm], float(eps))[0]

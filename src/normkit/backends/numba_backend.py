@@ -948,6 +948,8 @@ BACKEND = Backend(
         "add_layer_norm": _upcast(add_layer_norm),
         "add_rms_norm": _upcast(add_rms_norm),
         "rms_norm_cast": _tf.rms_norm_cast,
+        "dyt": _upcast(_tf.dyt),
+        "modulate": _upcast(_tf.modulate),
     },
     supports=supports,
     prefers=prefers,

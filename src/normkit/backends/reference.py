@@ -71,6 +71,8 @@ BACKEND = Backend(
         "add_rms_norm": _add_rms_norm,
         "rms_norm_cast": rms_norm_cast,
         "layer_norm_cast": layer_norm_cast,
+        "dyt": ref.dyt,
+        "modulate": ref.modulate,
     },
 )
 register(BACKEND)

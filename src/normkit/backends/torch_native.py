@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normkit import _reference
 from normkit._casting import layer_norm_cast, rms_norm_cast
 from normkit._stats import accumulation_dtype
 from normkit.backends.registry import Backend, register
@@ -132,6 +133,9 @@ BACKEND = Backend(
         "add_rms_norm": _add_rms_norm,
         "rms_norm_cast": rms_norm_cast,
         "layer_norm_cast": layer_norm_cast,
+        # compositions of native ops (torch has no fused DyT or adaLN modulate)
+        "dyt": _reference.dyt,
+        "modulate": _reference.modulate,
     },
 )
 register(BACKEND)

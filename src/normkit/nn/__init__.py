@@ -1,5 +1,12 @@
 """normkit layers: drop-in twins of the torch.nn norms, and the norms torch.nn lacks."""
 
+from normkit.nn.attention import (
+    QKNorm,
+    ResidualNorm,
+    UnitNormalization,
+    deepnorm_coefficients,
+    deepnorm_init_,
+)
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normkit.nn.cnn_norms import (
     TLU,
@@ -9,6 +16,15 @@ from normkit.nn.cnn_norms import (
     GlobalResponseNorm,
     SplitBatchNorm2d,
 )
+from normkit.nn.conditional import (
+    AdaGroupNorm,
+    AdaIN,
+    AdaLayerNorm,
+    AdaLNZero,
+    ConditionalBatchNorm2d,
+    FiLM,
+)
+from normkit.nn.dyt import DyT, replace_norms
 from normkit.nn.frozen import (
     FrozenBatchNorm,
     FrozenBatchNorm1d,
@@ -61,6 +77,10 @@ from normkit.nn.weight import (
 
 __all__ = [
     "TLU",
+    "AdaGroupNorm",
+    "AdaIN",
+    "AdaLNZero",
+    "AdaLayerNorm",
     "AddLayerNorm",
     "AddRMSNorm",
     "BatchNorm",
@@ -74,8 +94,11 @@ __all__ = [
     "BatchRenorm2d",
     "BatchRenorm3d",
     "ChannelNorm",
+    "ConditionalBatchNorm2d",
+    "DyT",
     "EvoNorm2dB0",
     "EvoNorm2dS0",
+    "FiLM",
     "FilterResponseNorm2d",
     "FrozenBatchNorm",
     "FrozenBatchNorm1d",
@@ -102,15 +125,20 @@ __all__ = [
     "LayerNormRNNCell",
     "LayerRecalibration",
     "Normalization",
+    "QKNorm",
     "RMSNorm",
     "RecalibrationReport",
+    "ResidualNorm",
     "ScaledStdConv2d",
     "SpectralNormalization",
     "SplitBatchNorm2d",
     "StdConv2d",
     "SyncBatchNorm",
     "SyncBatchNormAct2d",
+    "UnitNormalization",
     "convert_sync_batchnorm",
+    "deepnorm_coefficients",
+    "deepnorm_init_",
     "freeze_batchnorm",
     "get_norm",
     "make_activation",
@@ -119,6 +147,7 @@ __all__ = [
     "register_norm",
     "remove_spectral_norm",
     "remove_weight_norm",
+    "replace_norms",
     "spectral_norm",
     "unfreeze_batchnorm",
     "weight_norm",

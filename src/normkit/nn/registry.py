@@ -7,7 +7,16 @@ from typing import Any
 
 from torch import nn
 
+from normkit.nn.attention import QKNorm, UnitNormalization
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normkit.nn.conditional import (
+    AdaGroupNorm,
+    AdaLayerNorm,
+    AdaLNZero,
+    ConditionalBatchNorm2d,
+    FiLM,
+)
+from normkit.nn.dyt import DyT
 from normkit.nn.groupnorm import (
     ChannelNorm,
     GroupNorm,
@@ -73,3 +82,25 @@ register_norm("in1d", InstanceNorm1d, aliases=("instancenorm1d",))
 register_norm("in2d", InstanceNorm2d, aliases=("in", "instancenorm2d", "instancenorm"))
 register_norm("in3d", InstanceNorm3d, aliases=("instancenorm3d",))
 register_norm("cn", ChannelNorm, aliases=("channelnorm",))
+
+
+# transformer and diffusion layers (the conditional ones take their conditioning sizes as kwargs)
+def _ada_group_norm(
+    num_features: int, embedding_dim: int, num_groups: int | None = None, **kw: Any
+) -> AdaGroupNorm:
+    groups = _group_norm(num_features, num_groups).num_groups
+    return AdaGroupNorm(embedding_dim, num_features, groups, **kw)
+
+
+def _unit_norm(num_features: int | None = None, **kw: Any) -> UnitNormalization:
+    return UnitNormalization(**kw)
+
+
+register_norm("dyt", DyT, aliases=("dynamictanh",))
+register_norm("adaln", AdaLayerNorm, aliases=("adalayernorm",))
+register_norm("adaln-zero", AdaLNZero, aliases=("adalnzero",))
+register_norm("adagn", _ada_group_norm, aliases=("adagroupnorm",))
+register_norm("cbn2d", ConditionalBatchNorm2d, aliases=("conditionalbatchnorm2d",))
+register_norm("film", FiLM)
+register_norm("qknorm", QKNorm)
+register_norm("unit", _unit_norm, aliases=("l2", "unitnormalization"))

@@ -1,0 +1,124 @@
+"""Dynamic Tanh: ``DyT`` and ``replace_norms`` (swap a transformer's norms for it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normkit import functional as NF
+from normkit.nn.layernorm import LayerNorm, RMSNorm
+
+__all__ = ["DyT", "replace_norms"]
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh (Zhu, Chen, He, LeCun & Liu 2025, arXiv:2503.10622): a drop-in for
+    LayerNorm/RMSNorm in transformers that normalizes nothing.
+
+    .. math:: y = \\gamma \\odot \\tanh(\\alpha x) + \\beta
+
+    α is one learnable scalar (``alpha_init``: the paper's 0.5 for non-LLM models; LLMs want
+    smaller values, their Table 11), γ, β per feature of the last dim (initialised to 1 and 0).
+    ``elementwise_affine=False`` drops γ and β, ``bias=False`` drops β. float16/bfloat16
+    compute in float32. The numba backend runs it as one fused kernel forward and backward.
+
+    >>> y = DyT(64)(torch.randn(2, 10, 64))
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        alpha_init: float = 0.5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"DyT: num_features must be positive (got {num_features})")
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.num_features = num_features
+        self.alpha_init = alpha_init
+        self.elementwise_affine = elementwise_affine
+        self.backend = backend
+        self.alpha = nn.Parameter(torch.empty(1, **factory))
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            b = nn.Parameter(torch.empty(num_features, **factory)) if bias else None
+            self.register_parameter("bias", b)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``alpha = alpha_init``, ``weight = 1``, ``bias = 0``."""
+        nn.init.constant_(self.alpha, self.alpha_init)
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.ndim < 1 or input.shape[-1] != self.num_features:
+            raise ValueError(
+                f"DyT({self.num_features}) expects an input whose last dim is "
+                f"{self.num_features} (got shape {tuple(input.shape)}); DyT works on the last "
+                "dim, move channels last first"
+            )
+        return NF.dyt(input, self.alpha, self.weight, self.bias, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, alpha_init={self.alpha_init}, "
+            f"elementwise_affine={self.elementwise_affine}"
+        )
+
+
+_TARGETS = ("dyt",)
+#: The norms ``replace_norms`` swaps: per-token norms over the last dim, torch's and normkit's.
+_TOKEN_NORMS = (nn.LayerNorm, nn.RMSNorm, LayerNorm, RMSNorm)
+
+
+def replace_norms(model: nn.Module, target: str = "dyt", **kwargs: Any) -> nn.Module:
+    """Swap every LayerNorm/RMSNorm of ``model`` over one trailing dim for ``target``, in place.
+
+    ``target="dyt"``: :class:`DyT` with the norm's γ (and β) copied, so that only the
+    normalization changes; an RMSNorm's DyT gets β = 0, as in the paper's LLaMA runs (kwargs
+    such as ``alpha_init`` or ``bias=False`` go to :class:`DyT`); the new module takes the old
+    one's device and dtype. Norms over several trailing dims, and norms that are
+    not per-token (BatchNorm, GroupNorm, LayerNorm2d) stay. Returns ``model``.
+
+    >>> m = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+    >>> replace_norms(m, "dyt")[1]
+    DyT(8, alpha_init=0.5, elementwise_affine=True)
+    """
+    if target not in _TARGETS:
+        raise ValueError(f"replace_norms: target must be one of {_TARGETS} (got {target!r})")
+    for name, child in list(model.named_children()):
+        if isinstance(child, _TOKEN_NORMS) and len(child.normalized_shape) == 1:
+            setattr(model, name, _to_dyt(child, **kwargs))
+        else:
+            replace_norms(child, target, **kwargs)
+    return model
+
+
+def _to_dyt(norm: nn.Module, **kwargs: Any) -> DyT:
+    weight: Tensor | None = getattr(norm, "weight", None)
+    bias: Tensor | None = getattr(norm, "bias", None)
+    ref = weight if weight is not None else next(norm.buffers(), None)
+    factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    opts: dict[str, Any] = {"elementwise_affine": weight is not None, **factory, **kwargs}
+    dyt = DyT(norm.normalized_shape[0], **opts)
+    offset = getattr(norm, "offset", 0.0)
+    with torch.no_grad():
+        if weight is not None and dyt.weight is not None:
+            dyt.weight.copy_(weight + offset)
+        if bias is not None and dyt.bias is not None:
+            dyt.bias.copy_(bias)
+    return dyt
