@@ -361,7 +361,6 @@ def test_transformer_layers_have_get_norm_names():
     assert isinstance(nkn.get_norm("adaln-zero", 8), nkn.AdaLNZero)
     assert isinstance(nkn.get_norm("adaln", 8, cond_dim=4), nkn.AdaLayerNorm)
     assert nkn.get_norm("adagn", 64, embedding_dim=8).num_groups == 32
-    assert isinstance(nkn.get_norm("cbn2d", 8, num_classes=3), nkn.ConditionalBatchNorm2d)
     assert isinstance(nkn.get_norm("film", 8, cond_dim=3), nkn.FiLM)
     assert nkn.get_norm("qknorm", 8, kind="l2").kind == "l2"
     assert isinstance(nkn.get_norm("l2", 8), nkn.UnitNormalization)

@@ -13,7 +13,6 @@ from normkit.nn.conditional import (
     AdaGroupNorm,
     AdaLayerNorm,
     AdaLNZero,
-    ConditionalBatchNorm2d,
     FiLM,
 )
 from normkit.nn.dyt import DyT
@@ -85,11 +84,20 @@ register_norm("cn", ChannelNorm, aliases=("channelnorm",))
 
 
 # transformer and diffusion layers (the conditional ones take their conditioning sizes as kwargs)
+# sizes of the conditioning default to num_features; ConditionalBatchNorm2d has no name here
+# (it needs num_classes, which has no sensible default)
 def _ada_group_norm(
-    num_features: int, embedding_dim: int, num_groups: int | None = None, **kw: Any
+    num_features: int,
+    embedding_dim: int | None = None,
+    num_groups: int | None = None,
+    **kw: Any,
 ) -> AdaGroupNorm:
     groups = _group_norm(num_features, num_groups).num_groups
-    return AdaGroupNorm(embedding_dim, num_features, groups, **kw)
+    return AdaGroupNorm(embedding_dim or num_features, num_features, groups, **kw)
+
+
+def _film(num_features: int, cond_dim: int | None = None, **kw: Any) -> FiLM:
+    return FiLM(num_features, cond_dim or num_features, **kw)
 
 
 def _unit_norm(num_features: int | None = None, **kw: Any) -> UnitNormalization:
@@ -100,7 +108,6 @@ register_norm("dyt", DyT, aliases=("dynamictanh",))
 register_norm("adaln", AdaLayerNorm, aliases=("adalayernorm",))
 register_norm("adaln-zero", AdaLNZero, aliases=("adalnzero",))
 register_norm("adagn", _ada_group_norm, aliases=("adagroupnorm",))
-register_norm("cbn2d", ConditionalBatchNorm2d, aliases=("conditionalbatchnorm2d",))
-register_norm("film", FiLM)
+register_norm("film", _film)
 register_norm("qknorm", QKNorm)
 register_norm("unit", _unit_norm, aliases=("l2", "unitnormalization"))
