@@ -25,6 +25,7 @@ Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``
 >>> z = sc.transform(torch.rand(8, 3, device="cuda"))   # tensor in, tensor out on cuda
 """
 
+from normkit.data._power import PowerTransformer
 from normkit.data._scalers import (
     MaxAbsScaler,
     MinMaxScaler,
@@ -39,6 +40,7 @@ __all__ = [
     "MaxAbsScaler",
     "MinMaxScaler",
     "Normalizer",
+    "PowerTransformer",
     "RobustScaler",
     "StandardScaler",
     "TargetScaler",

@@ -41,9 +41,15 @@ def std_scale(var: Tensor, mean: Tensor, count: Tensor) -> Tensor:
     so a column of identical values scales by 1 even when rounding leaves a tiny variance.
     Inputs are float64 tensors of shape ``(F,)`` (``count`` broadcastable).
     """
+    return handle_zeros_in_scale(var.sqrt(), constant_features(var, mean, count))
+
+
+def constant_features(var: Tensor, mean: Tensor, count: Tensor) -> Tensor:
+    """Which features are indistinguishable from a constant: variance within the float64
+    error bound of the two-pass algorithm, ``var ≤ n·ε·var + (n·μ·ε)²`` (scikit-learn's
+    ``_is_constant_feature``; see :func:`std_scale`)."""
     eps = torch.finfo(torch.float64).eps
-    upper = count * eps * var + (count * mean * eps) ** 2
-    return handle_zeros_in_scale(var.sqrt(), var <= upper)
+    return var <= count * eps * var + (count * mean * eps) ** 2
 
 
 def _as_rows(x: Tensor, axis: int) -> Tensor:
