@@ -7,6 +7,7 @@ SUITE_MODULES: tuple[str, ...] = (
     "normkit.bench.kernels",
     "normkit.bench.data",
     "normkit.bench.inference",
+    "normkit.bench.recalibrate",
     "normkit.bench.rnn",
     "normkit.diagnostics.bench",
 )

@@ -21,13 +21,14 @@ from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm as _TorchInstanceNorm
 from torch.nn.parameter import is_lazy
 
-from normkit._stats import Moments, merge_moments
-from normkit.nn.batchnorm import BatchNorm
+from normkit._stats import Moments, accumulation_dtype, merge_moments
+from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normkit.nn.frozen import FrozenBatchNorm
 from normkit.nn.groupnorm import _InstanceNorm
 from normkit.nn.keras import BatchNormalization
@@ -137,15 +138,7 @@ def _gather(t: _Target, x: Tensor, mask: Tensor | None) -> None:
             if m.ndim == x.ndim - 1:
                 m = m.unsqueeze(ax)
         part = Moments.of(x.detach(), dims, mask=m)
-        flat = Moments(
-            part.count.reshape(-1).double(),
-            part.mean.reshape(-1).double(),
-            part.m2.reshape(-1).double(),
-        )
-        if not (torch.isfinite(flat.mean).all() and torch.isfinite(flat.m2).all()):
-            t.skipped += 1
-            return
-        t.moments = flat if t.moments is None else merge_moments([t.moments, flat])
+        _add(t, part.count.reshape(-1), part.mean.reshape(-1), part.m2.reshape(-1))
         return
     # instance norm: torch's running stats average the per-instance mean and unbiased variance
     xs = x.detach() if x.ndim > t.module.running_mean.ndim + 1 else x.detach().unsqueeze(0)
@@ -159,6 +152,70 @@ def _gather(t: _Target, x: Tensor, mask: Tensor | None) -> None:
     n = torch.full_like(mean[0], float(xs.shape[0]))
     new = torch.stack([mean.sum(0), var.sum(0), n])
     t.sums = new if t.sums is None else t.sums + new
+
+
+def _add(t: _Target, count: Tensor, mean: Tensor, m2: Tensor) -> None:
+    """Merge one batch's per-feature moments into ``t`` in float64; a non-finite batch is
+    counted and left out."""
+    flat = Moments(count.double(), mean.detach().double(), m2.detach().double())
+    if not (torch.isfinite(flat.mean).all() and torch.isfinite(flat.m2).all()):
+        t.skipped += 1
+        return
+    t.moments = flat if t.moments is None else merge_moments([t.moments, flat])
+
+
+# Batch norms whose training forward is plain batch normalization: during recalibration they
+# run :func:`_normalizing_forward` (one statistics pass, shared by the recording and the output).
+_PLAIN_BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    BatchNorm,
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+)
+
+
+def _normalizing_forward(t: _Target) -> Callable[..., Tensor]:
+    """A forward for a plain batch norm that computes the batch's moments once, records them
+    and normalizes with them: the training-mode output, without the running-average update
+    and without a second statistics pass in a hook."""
+    layer = t.module
+    original = type(layer).forward
+
+    def forward(input: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        ax = t.axis % input.ndim if input.ndim else 0
+        n = input.numel() // max(input.shape[ax], 1) if input.ndim > 1 else 0
+        if args or kwargs or n < 2:  # a mask, an empty or a one-value batch: the layer's own way
+            _gather(t, input, args[0] if args else kwargs.get("mask"))
+            return original(layer, input, *args, **kwargs)
+        eps = float(getattr(layer, "eps", 1e-5))
+        acc = accumulation_dtype(input.dtype)
+        if ax == 1 and input.dtype == acc:
+            # torch's fused kernel: statistics and normalization in one call; with momentum 1
+            # the scratch buffers receive the batch mean and the unbiased batch variance
+            c = input.shape[1]
+            mean = torch.zeros(c, dtype=acc, device=input.device)
+            var_unbiased = torch.ones(c, dtype=acc, device=input.device)
+            w, b = layer.weight, layer.bias
+            y = F.batch_norm(input, mean, var_unbiased, w, b, True, 1.0, eps)
+            _add(t, torch.full_like(mean, float(n)), mean, var_unbiased * (n - 1))
+            return y
+        dims = [d for d in range(input.ndim) if d != ax]
+        xa = input.detach().to(acc)
+        var, mean = torch.var_mean(xa, dim=dims, correction=0)
+        _add(t, torch.full_like(mean, float(n)), mean, var * n)
+        shape = [1] * input.ndim
+        shape[ax] = -1
+        y = (input.to(xa.dtype) - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
+        if layer.weight is not None:
+            y = y * layer.weight.to(xa.dtype).view(shape)
+        if layer.bias is not None:
+            y = y + layer.bias.to(xa.dtype).view(shape)
+        return y.to(input.dtype)
+
+    return forward
 
 
 def _pack(targets: list[_Target]) -> Tensor:
@@ -302,7 +359,12 @@ def recalibrate_batchnorm(
     before = _metric(model, metric)
     saved = {t.name: (t.module.running_mean.clone(), t.module.running_var.clone()) for t in targets}
     handles = []
+    patched = []
     for t in targets:
+        if type(t.module) in _PLAIN_BATCH_NORMS:
+            t.module.forward = _normalizing_forward(t)  # instance attribute; deleted below
+            patched.append(t.module)
+            continue
 
         def hook(
             module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], t: _Target = t
@@ -329,6 +391,8 @@ def recalibrate_batchnorm(
     finally:
         for h in handles:
             h.remove()
+        for layer in patched:
+            del layer.forward
         for m, mode in modes.items():
             m.train(mode)
     if use_dist:
