@@ -113,3 +113,18 @@ def test_measure_interleaved_alternates_calls():
     assert set(t) == {"a", "b"} and t["a"].reps == 3
     timed = [e for e in log[6:]]  # after warm-up: 2 x (setup, a) + 2 x b
     assert timed == ["setup", "a", "b"] * 3
+
+
+@pytest.mark.parametrize("op", ["rms_norm_llama", "dyt", "modulate"])
+def test_transformer_bench_rows_time_the_same_computation(op):
+    """The torch-eager baseline of each transformer row computes what normkit's call does."""
+    from normkit import backends
+    from normkit.bench.kernels import BenchSpec, _make_case, _normkit_fn, _torch_fn
+
+    spec = BenchSpec(op, (4, 6, 32) if op == "modulate" else (24, 32))
+    case = _make_case(spec)
+    args = [*case.inputs, *case.params]
+    want = _torch_fn(spec, case)(*args)
+    for b in backends.available():
+        got = _normkit_fn(spec, case, b)(*args)
+        assert (got - want).abs().max().item() < 1e-5, b

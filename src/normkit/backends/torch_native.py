@@ -118,6 +118,30 @@ def _add_rms_norm(
     return _rms_norm(s, normalized_shape, weight, eps), s
 
 
+def _modulate(
+    x: Tensor,
+    shift: Tensor | None,
+    scale: Tensor | None,
+    gate: Tensor | None,
+    norm: str | None,
+    eps: float,
+) -> Tensor:
+    acc = accumulation_dtype(x.dtype)
+    xa = x.to(acc)
+    if norm == "layer":
+        xa = F.layer_norm(xa, xa.shape[-1:], None, None, eps)
+    elif norm == "rms":
+        xa = F.rms_norm(xa, xa.shape[-1:], None, eps)
+    view = (x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1])
+    if scale is not None:
+        xa = xa * (1 + scale.to(acc).reshape(view))
+    if shift is not None:
+        xa = xa + shift.to(acc).reshape(view)
+    if gate is not None:
+        xa = xa * gate.to(acc).reshape(view)
+    return xa.to(x.dtype)
+
+
 BACKEND = Backend(
     name="torch",
     priority=10,
@@ -135,7 +159,7 @@ BACKEND = Backend(
         "layer_norm_cast": layer_norm_cast,
         # compositions of native ops (torch has no fused DyT or adaLN modulate)
         "dyt": _reference.dyt,
-        "modulate": _reference.modulate,
+        "modulate": _modulate,
     },
 )
 register(BACKEND)

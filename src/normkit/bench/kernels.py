@@ -40,8 +40,13 @@ OPS = (
     "group_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "rms_norm_llama",
+    "dyt",
+    "modulate",
 )
 _BN_SHAPE = (32, 64, 56, 56)
+#: modulate's input: (samples, tokens, features), the 16384×1024 rows as 16 samples' tokens
+_MODULATE_SHAPE = (16, 1024, 1024)
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,12 @@ def _specs(quick: bool) -> list[BenchSpec]:
             out.append(BenchSpec("batch_norm", _BN_SHAPE, layout=layout, direction=d))
             out.append(BenchSpec("group_norm", _BN_SHAPE, layout=layout, direction=d))
         out.append(BenchSpec("batch_norm_eval", _BN_SHAPE, layout=layout))
+    # transformer ops against their unfused torch compositions (the Llama RMSNorm of
+    # transformers; DyT as in its paper; DiT's LayerNorm-then-modulate)
+    for d in ("fwd", "fwd+bwd"):
+        out.append(BenchSpec("rms_norm_llama", (16384, 1024), direction=d))
+        out.append(BenchSpec("dyt", (16384, 1024), direction=d))
+        out.append(BenchSpec("modulate", _MODULATE_SHAPE, direction=d))
     if not quick:  # small tensors: where the auto rule's size threshold comes from
         for shape in ((16, 1024), (64, 1024), (256, 1024), (1024, 1024)):
             out.append(BenchSpec("layer_norm", shape, direction="fwd+bwd"))
@@ -119,11 +130,17 @@ def _make_case(spec: BenchSpec) -> _Case:
     )
     w = torch.rand(feat, generator=g, dtype=spec.dtype) + 0.5
     b = torch.randn(feat, generator=g, dtype=spec.dtype)
+    if spec.op == "dyt":
+        return _Case([x], [torch.full((1,), 0.5, dtype=spec.dtype), w, b], [], 1, 1)
+    if spec.op == "modulate":
+        shift = torch.randn(spec.shape[0], feat, generator=g, dtype=spec.dtype)
+        scale = torch.randn(spec.shape[0], feat, generator=g, dtype=spec.dtype)
+        return _Case([x], [shift, scale], [], 1, 1)
     if spec.op.startswith("add_"):
         r = torch.randn(spec.shape, generator=g, dtype=spec.dtype)
         params = [w, b] if spec.op == "add_layer_norm" else [w]
         return _Case([x, r], params, [], 2, 2)
-    params = [w] if spec.op == "rms_norm" else [w, b]
+    params = [w] if spec.op in ("rms_norm", "rms_norm_llama") else [w, b]
     bufs = [torch.zeros(feat, dtype=spec.dtype), torch.ones(feat, dtype=spec.dtype)]
     return _Case([x], params, bufs if spec.op.startswith("batch_norm") else [], 1, 1)
 
@@ -163,6 +180,18 @@ def _torch_fn(spec: BenchSpec, case: _Case) -> Callable[..., Any]:
             return F.rms_norm(s, shape, w, 1e-6), s
 
         return add_rms
+    if op == "rms_norm_llama":
+
+        def llama(x, w):  # transformers' LlamaRMSNorm.forward
+            h = x.to(torch.float32)
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+            return w * h.to(x.dtype)
+
+        return llama
+    if op == "dyt":
+        return lambda x, a, w, b: w * torch.tanh(a * x) + b
+    if op == "modulate":
+        return lambda x, sh, sc: F.layer_norm(x, shape, eps=1e-6) * (1 + sc[:, None]) + sh[:, None]
     if op == "batch_norm":
         return lambda x, w, b: F.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5)
     if op == "batch_norm_eval":
@@ -184,6 +213,12 @@ def _normkit_fn(spec: BenchSpec, case: _Case, backend: str) -> Callable[..., Any
         return lambda x, r, w, b: NF.add_layer_norm(x, r, shape, w, b, 1e-5, backend=backend)
     if op == "add_rms_norm":
         return lambda x, r, w: NF.add_rms_norm(x, r, shape, w, 1e-6, backend=backend)
+    if op == "rms_norm_llama":
+        return lambda x, w: NF.rms_norm(x, shape, w, 1e-6, casting="llama", backend=backend)
+    if op == "dyt":
+        return lambda x, a, w, b: NF.dyt(x, a, w, b, backend=backend)
+    if op == "modulate":
+        return lambda x, sh, sc: NF.modulate(x, sh, sc, backend=backend)
     if op == "batch_norm":
         return lambda x, w, b: NF.batch_norm(x, rm, rv, w, b, True, 0.1, 1e-5, backend=backend)
     if op == "batch_norm_eval":
@@ -194,7 +229,9 @@ def _normkit_fn(spec: BenchSpec, case: _Case, backend: str) -> Callable[..., Any
 
 
 def _registry_op(spec: BenchSpec) -> str:
-    return {"batch_norm": "batch_norm_train"}.get(spec.op, spec.op)
+    return {"batch_norm": "batch_norm_train", "rms_norm_llama": "rms_norm_cast"}.get(
+        spec.op, spec.op
+    )
 
 
 def _prepare(spec: BenchSpec, case: _Case, fn: Callable[..., Any]) -> _Call:
