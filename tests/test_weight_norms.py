@@ -151,3 +151,26 @@ def test_lab_data_dependent_init_gives_standardized_preactivations():
         # std is divided by (std + 1e-6): exact up to 1e-6 / std of the raw pre-activations
         torch.testing.assert_close(t.std(0), torch.ones(t.shape[1], dtype=F64), atol=1e-4, rtol=0)
         h = block(h)
+
+
+@pytest.mark.parametrize(
+    "producer",
+    [
+        lambda: nkn.StdConv2d(3, 4, 3),
+        lambda: nkn.weight_norm(nn.Conv2d(3, 4, 3)),
+        lambda: nkn.spectral_norm(nn.Conv2d(3, 4, 3)),
+    ],
+)
+def test_fold_keeps_a_batch_norm_after_a_computed_weight_and_says_why(producer):
+    from normkit.inference import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = nn.Sequential(producer(), nn.BatchNorm2d(4), nn.ReLU()).double()
+    model[1].running_mean.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2, 3, 6, 6, dtype=F64)
+    y = model(x)
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert not report.folded
+    assert any(w in report.skipped[0].reason for w in ("computed", "parametrized"))
+    torch.testing.assert_close(folded(x), y)

@@ -299,6 +299,12 @@ def _compatibility(layer: nn.Module, norm: FoldableNorm) -> str | None:
             f"the norm normalizes axis {norm.axis} but the conv's channels are on axis 1; only "
             "channels-first norms fold into a conv"
         )
+    if isinstance(layer, nkn.StdConv2d):
+        return (
+            "the conv standardizes its weight on every call (weight standardization), so the "
+            "weight it uses is computed; bake it first: a plain Conv2d with the conv's "
+            "standardized_weight()"
+        )
     if parametrize.is_parametrized(layer):
         return (
             "the layer's weight is parametrized (weight_norm/spectral_norm/...); remove the "
