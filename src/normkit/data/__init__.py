@@ -26,6 +26,7 @@ Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``
 """
 
 from normkit.data._power import PowerTransformer
+from normkit.data._quantile import QuantileTransformer
 from normkit.data._scalers import (
     MaxAbsScaler,
     MinMaxScaler,
@@ -41,6 +42,7 @@ __all__ = [
     "MinMaxScaler",
     "Normalizer",
     "PowerTransformer",
+    "QuantileTransformer",
     "RobustScaler",
     "StandardScaler",
     "TargetScaler",
