@@ -226,6 +226,13 @@ def check_input(
     must then call :func:`check_finite` when they meet a non-finite value.
     """
     reject_sparse(X, type(est).__name__)
+    if type(X).__module__.split(".")[0] == "dask":
+        raise TypeError(
+            f"{type(est).__name__} cannot take a dask collection here: this step needs the "
+            "whole of each column in memory (exact quantiles, or a fit without a streaming "
+            "merge). Fit on a sample that fits in memory (e.g. X[::k].compute()), then "
+            "transform the dask array: transform is lazy and block by block."
+        )
     if isinstance(X, Tensor):
         return _check_tensor(
             est,

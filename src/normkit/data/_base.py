@@ -21,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from normkit.data._arrays import ArrayLike, Batch, check_input, check_sample_weight
+from normkit.data._dask import dask_partial_fit, is_dask
 from normkit.data._sparse import SparseBatch, check_sparse_input, is_sparse
 
 __all__ = ["State", "StreamingScaler", "all_gather_rows"]
@@ -127,12 +128,16 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _partial_fit(self, X: ArrayLike, sample_weight: Any = None) -> StreamingScaler:
         """``partial_fit``: the batch's state combined with what is known (exact merge).
 
-        A batch in which a feature is all NaN leaves that feature's statistics as they were
+        A dask array (or dataframe) is reduced block by block where it lives, in one pass
+        (:func:`normkit.data._dask.dask_partial_fit`). A batch in which a feature is all NaN
+        leaves that feature's statistics as they were
         (scikit-learn's ``partial_fit`` turns them into NaN for good), so every chunking of the
         data gives the statistics of one ``fit``.
         """
         self._check_params()
         first = not hasattr(self, "n_samples_seen_")
+        if is_dask(X):
+            return dask_partial_fit(self, X, sample_weight, first)
         if is_sparse(X):
             self._check_sparse()
             batch: Batch | SparseBatch = check_sparse_input(self, X, reset=first)

@@ -22,6 +22,7 @@ from normkit.data._arrays import (
     to_attr,
     to_tensor,
 )
+from normkit.data._dask import blockwise
 from normkit.data._scalers import StandardScaler
 from normkit.nn.normalization import constant_features
 
@@ -176,6 +177,7 @@ class PowerTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 self._scaler = StandardScaler().fit(self._psi(x))
         return self
 
+    @blockwise
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``ψ(X, λ)``, standardized when ``standardize``."""
         check_is_fitted(self)
@@ -186,6 +188,7 @@ class PowerTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             y = self._scaler.transform(y)
         return as_output(y, batch)
 
+    @blockwise
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """Back to the original units: un-standardize, then ``ψ⁻¹(·, λ)``."""
         check_is_fitted(self)

@@ -24,6 +24,7 @@ from normkit.data._arrays import (
     to_attr,
     to_tensor,
 )
+from normkit.data._dask import blockwise
 from normkit.data._quantiles import interpolated_quantiles
 
 __all__ = ["QuantileTransformer"]
@@ -178,6 +179,7 @@ class QuantileTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         y = torch.where(torch.isnan(xc), xc, y)
         return y.T.to(x.dtype)
 
+    @blockwise
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """Each feature through its fitted CDF to ``output_distribution``."""
         check_is_fitted(self)
@@ -185,6 +187,7 @@ class QuantileTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         batch = check_input(self, X, reset=False)
         return as_output(self._transform(batch.x, inverse=False), batch)
 
+    @blockwise
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """Back to the original units through the fitted quantiles."""
         check_is_fitted(self)

@@ -33,6 +33,7 @@ from normkit.data._arrays import (
     to_tensor,
 )
 from normkit.data._base import State, StreamingScaler, all_gather_rows
+from normkit.data._dask import blockwise, check_dask_features, is_dask
 from normkit.data._quantiles import interpolated_quantiles
 from normkit.data._sparse import (
     SparseBatch,
@@ -349,6 +350,7 @@ class StandardScaler(StreamingScaler):
         self.var_ = to_attr(var, dev) if self.with_std else None
         self.scale_ = to_attr(std_scale(var, mean, count), dev) if self.with_std else None
 
+    @blockwise
     def transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
         """Standardize ``X``: ``(X − mean_) / scale_`` (NaNs kept). ``copy=False`` (or the
         scaler's ``copy=False``) writes the result into ``X`` where it can: a writable numpy
@@ -375,6 +377,7 @@ class StandardScaler(StreamingScaler):
             y = x.copy_(y) if inplace else y.to(x.dtype)
         return as_output(y, batch)
 
+    @blockwise
     def inverse_transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
         """Undo :meth:`transform`: ``X · scale_ + mean_`` (``copy`` as in :meth:`transform`)."""
         check_is_fitted(self)
@@ -551,6 +554,7 @@ class MinMaxScaler(StreamingScaler):
         self.scale_ = to_attr(scale, dev)
         self.min_ = to_attr(a - lo * scale, dev)
 
+    @blockwise
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_ + min_`` (clamped to ``feature_range`` when ``clip``); in place in
         ``X`` when ``copy=False`` and ``X`` may be written."""
@@ -560,6 +564,7 @@ class MinMaxScaler(StreamingScaler):
         y = _affine(batch, self.copy, (torch.mul, self.scale_), (torch.add, self.min_), clip=clip)
         return as_output(y, batch)
 
+    @blockwise
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``(X − min_) / scale_``."""
         check_is_fitted(self)
@@ -635,6 +640,7 @@ class MaxAbsScaler(StreamingScaler):
         self.max_abs_ = to_attr(m, self._state_device)
         self.scale_ = to_attr(handle_zeros_in_scale(m), self._state_device)
 
+    @blockwise
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X / scale_`` (clamped to ``[-1, 1]`` when ``clip``)."""
         check_is_fitted(self)
@@ -647,6 +653,7 @@ class MaxAbsScaler(StreamingScaler):
         )
         return as_output(y, batch)
 
+    @blockwise
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_``."""
         check_is_fitted(self)
@@ -778,6 +785,7 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         rows = torch.cat(all_gather_rows(batch.x, group))
         return self._fit_rows(rows, batch.x.device if batch.is_tensor else None)
 
+    @blockwise
     def transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``(X − center_) / scale_``."""
         check_is_fitted(self)
@@ -793,6 +801,7 @@ class RobustScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         y = _affine(batch, self.copy, (torch.sub, self.center_), (torch.div, self.scale_))
         return as_output(y, batch)
 
+    @blockwise
     def inverse_transform(self, X: ArrayLike) -> np.ndarray | Tensor:
         """``X · scale_ + center_``."""
         check_is_fitted(self)
@@ -950,12 +959,15 @@ class Normalizer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def fit(self, X: ArrayLike, y: Any = None) -> Normalizer:
         """Check ``X`` and the parameters; nothing is learned."""
         self._validate_params()
-        if is_sparse(X):
+        if is_dask(X):
+            check_dask_features(self, X, reset=True)
+        elif is_sparse(X):
             check_sparse_input(self, X, reset=True, accept=("csr",), allow_nan=False)
         else:
             check_input(self, X, reset=True, allow_nan=False)
         return self
 
+    @blockwise
     def transform(self, X: ArrayLike, copy: bool | None = None) -> np.ndarray | Tensor:
         """Each row divided by its ``norm`` (in ``X`` when ``copy=False`` and it may be written)."""
         self._validate_params()
