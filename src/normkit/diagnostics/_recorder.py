@@ -99,6 +99,15 @@ def _norm(t: Tensor) -> Tensor:
     return torch.linalg.vector_norm(t, dtype=accumulation_dtype(t.dtype))
 
 
+def _group_sq(norms: list[float], sizes: list[int]) -> list[float]:
+    """Σ norm² of consecutive groups of ``norms`` (``sizes``: how many per group)."""
+    out, i = [], 0
+    for n in sizes:
+        out.append(sum(v * v for v in norms[i : i + n]))
+        i += n
+    return out
+
+
 def _to_host(ts: list[Tensor], join: Callable[[list[Tensor]], Tensor]) -> list[float]:
     """The values of ``ts`` as floats, joined with ``join`` (torch.stack for 0-d tensors,
     torch.cat for vectors; both promote dtypes) and copied once per device."""
@@ -208,9 +217,10 @@ class Recorder:
         self._entries: list[_Entry] = []
         self._scalars: list[Tensor] = []
         self._vectors: list[Tensor] = []
-        # the stepping optimizer, the step, its watched parameters, their copies and distances
-        self._snapshot: tuple[Any, int, list[tuple[str, Tensor]], list[Tensor], list[Tensor]]
-        self._snapshot = None  # type: ignore[assignment]
+        # the stepping optimizer, the step, its watched parameters, their copies, and per layer
+        # (names, parameter counts, [Σw², Σ(w − w₀)²])
+        self._snapshot: tuple[Any, int, list[tuple[str, Tensor]], list[Tensor], Any] | None
+        self._snapshot = None
         # the stored metrics: (step, metric id, value) columns
         self._col_step = array("q")
         self._col_id = array("q")
@@ -366,14 +376,20 @@ class Recorder:
             and isinstance(rv, Tensor)
             and rm.numel() == rv.numel() == x.shape[1]
         )
-        if batch:  # the running statistics before this step updates them
-            var, mean = torch.var_mean(x, dim=[d for d in range(x.ndim) if d != 1], correction=0)
-            vecs += [mean, var, rm.detach().clone(), rv.detach().clone()]
+        scalars = []
+        if batch:  # per channel the mean and ‖x − mean‖ (two passes: torch.var_mean is ~20x
+            # slower on CPU), and the running statistics before this step updates them
+            dims = [d for d in range(x.ndim) if d != 1]
+            mean = x.mean(dims, keepdim=True)
+            vecs += [mean.reshape(-1), torch.linalg.vector_norm(x - mean, dim=dims)]
+            vecs += [rm.detach().clone(), rv.detach().clone()]
             self._bn_counts[key] = x.numel() // x.shape[1]
             self._bn_warmup[key] = _warmup(module)
+        else:
+            scalars.append(torch.linalg.vector_norm(x))
         eps = float(getattr(module, "eps", 1e-5))
         meta = (x.numel(), len(vecs) in (1, 5), batch, eps)
-        self._add("norm", key, meta, [torch.linalg.vector_norm(x)], vecs)
+        self._add("norm", key, meta, scalars, vecs)
 
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
         self._add("grad_out", key, None, [_norm(grad)], step=step)
@@ -382,10 +398,16 @@ class Recorder:
         self, step: int, params: list[Tensor], grads: Sequence[Tensor | None]
     ) -> None:
         by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
+        ts: list[Tensor] = []
+        layers, sizes = [], []
         for layer, ps in self._params.items():
             gs = [g for p in ps if (g := by_param.get(id(p))) is not None]
             if gs:
-                self._add("grad", layer, None, [_norm(g) for g in gs], step=step)
+                ts += gs
+                layers.append(layer)
+                sizes.append(len(gs))
+        if ts:
+            self._add("grad", "", (layers, sizes), [_norm(g) for g in ts], step=step)
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._snapshot is not None:
@@ -395,21 +417,23 @@ class Recorder:
         if not watched:
             return  # (another model's optimizer)
         self._last_opt = weakref.ref(opt)
+        names = [n for n, _ in watched]
+        layers = list(dict.fromkeys(names))  # (in order: _flat_params is grouped by layer)
+        sizes = [names.count(n) for n in layers]
         with torch.no_grad():
             olds = [p.detach().clone() for _, p in watched]
-            dist = [_norm(o - self._init[id(p)]) for (_, p), o in zip(watched, olds, strict=True)]
-        self._snapshot = (opt, self._steps[-1], watched, olds, dist)  # (the latest recorded)
+            norms = [_norm(o) for o in olds]
+            norms += [_norm(o - self._init[id(p)]) for (_, p), o in zip(watched, olds, strict=True)]
+        self._snapshot = (opt, self._steps[-1], watched, olds, (layers, sizes, norms))
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         snap = self._snapshot
         if snap is None or snap[0] is not opt:
             return
-        _, step, watched, olds, dist = snap
-        with torch.no_grad():
-            weights = [_norm(o) for o in olds]
-            updates = [_norm(o.sub_(p.detach())) for (_, p), o in zip(watched, olds, strict=True)]
-        names = [n for n, _ in watched]
-        self._add("update", "", names, [*weights, *updates, *dist], step=step)
+        _, step, watched, olds, (layers, sizes, norms) = snap
+        with torch.no_grad():  # (−Δw in place of the old weights)
+            norms += [_norm(o.sub_(p.detach())) for (_, p), o in zip(watched, olds, strict=True)]
+        self._add("update", "", (layers, sizes), norms, step=step)
         self._remove_opt_hooks()
 
     # ----------------------------------------------------------------------- storing
@@ -474,43 +498,47 @@ class Recorder:
             elif what == "grad_out":
                 put(step, "grad_out_norm", key, vals[0])
             elif what == "grad":
-                put(step, "grad_norm", key, math.sqrt(sum(g * g for g in vals)))
+                for layer, sq in zip(meta[0], _group_sq(vals, meta[1]), strict=True):
+                    put(step, "grad_norm", layer, math.sqrt(sq))
             elif what == "norm":
-                self._put_norm(step, key, meta, vals[0], vecs)
+                self._put_norm(step, key, meta, vals, vecs)
             elif what == "update":
-                self._put_update(step, meta, vals)
+                k = len(vals) // 3
+                sq = [_group_sq(vals[i * k : (i + 1) * k], meta[1]) for i in range(3)]
+                self._put_update(step, meta[0], *sq)
 
     def _put_norm(
-        self, step: int, key: str, meta: Any, in_norm: float, vecs: list[list[float]]
+        self, step: int, key: str, meta: Any, vals: list[float], vecs: list[list[float]]
     ) -> None:
         n, has_weight, batch, eps = meta
-        self._put(step, "norm_in_rms", key, in_norm / math.sqrt(n))
         if has_weight:
             w = vecs[0]
             self._put(step, "gamma_min", key, min(w))
             self._put(step, "gamma_max", key, max(w))
-        if batch:
-            mean, var, rm, rv = vecs[-4:]
-            lag, dead = 0.0, 0
-            for c in range(len(mean)):
-                sb, sr = math.sqrt(var[c] + eps), math.sqrt(rv[c] + eps)
-                lag += (sb / sr - 1.0) ** 2 + ((mean[c] - rm[c]) / sr) ** 2
-                gamma = abs(vecs[0][c]) if has_weight and len(vecs[0]) == len(mean) else 1.0
-                dead += gamma * math.sqrt(var[c]) / sb < _DEAD_STD
-            self._put(step, "bn_stat_lag", key, math.sqrt(lag / len(mean)))
-            self._put(step, "bn_dead_frac", key, dead / len(mean))
+        if not batch:
+            self._put(step, "norm_in_rms", key, vals[0] / math.sqrt(n))
+            return
+        mean, dev, rm, rv = vecs[-4:]
+        m = n // len(mean)  # values per channel
+        var = [d * d / m for d in dev]
+        rms = math.sqrt(sum(v + u * u for v, u in zip(var, mean, strict=True)) / len(mean))
+        self._put(step, "norm_in_rms", key, rms)
+        lag, dead = 0.0, 0
+        for c in range(len(mean)):
+            sb, sr = math.sqrt(var[c] + eps), math.sqrt(rv[c] + eps)
+            lag += (sb / sr - 1.0) ** 2 + ((mean[c] - rm[c]) / sr) ** 2
+            gamma = abs(vecs[0][c]) if has_weight and len(vecs[0]) == len(mean) else 1.0
+            dead += gamma * math.sqrt(var[c]) / sb < _DEAD_STD
+        self._put(step, "bn_stat_lag", key, math.sqrt(lag / len(mean)))
+        self._put(step, "bn_dead_frac", key, dead / len(mean))
 
-    def _put_update(self, step: int, names: list[str], vals: list[float]) -> None:
-        """Per layer, from per-parameter norms (in quadrature): the weight norm before the step,
-        ‖Δw‖/‖w‖ and ‖w − w₀‖/‖w₀‖."""
-        k = len(names)
-        sums: dict[str, list[float]] = {}
-        for i, n in enumerate(names):
-            acc = sums.setdefault(n, [0.0, 0.0, 0.0])
-            for j in range(3):
-                acc[j] += vals[i + j * k] ** 2
-        for layer, (w, u, d) in sums.items():
-            w, u, d, w0 = map(math.sqrt, (w, u, d, self._init_sq[layer]))
+    def _put_update(
+        self, step: int, layers: list[str], w2: list[float], d2: list[float], u2: list[float]
+    ) -> None:
+        """Per layer, from its sums of squares: the weight norm before the step, ‖Δw‖/‖w‖ and
+        ‖w − w₀‖/‖w₀‖."""
+        for layer, *sq in zip(layers, w2, d2, u2, strict=True):
+            w, d, u, w0 = map(math.sqrt, (*sq, self._init_sq[layer]))
             self._put(step, "weight_norm", layer, w)
             self._put(step, "update_ratio", layer, u / w if w > 0 else math.inf)
             self._put(step, "init_distance", layer, d / w0 if w0 > 0 else math.inf)
