@@ -27,8 +27,26 @@ def test_subcommand_help_renders(command, capsys):
 def test_compare_runs_and_agrees_with_torch_nn(capsys):
     from normkit.compare import PAIRS, compare_pair
 
-    rows = [compare_pair(p, train=t, reps=1) for p in PAIRS[:3] for t in (True, False)]
-    assert all(max(r.out_diff, r.grad_diff, r.buffer_diff) < 1e-4 for r in rows)
+    rows = [
+        compare_pair(p, "tiny", train=t, layout=layout, reps=1)
+        for p in PAIRS[:3]
+        for t in (True, False)
+        for layout in p.layouts
+    ]
+    assert all(max(r["out diff"], r["grad diff"], r["buffer diff"]) < 1e-4 for r in rows)
+    assert all(r["ops"] <= r["torch ops"] + 2 for r in rows)
+
+
+def test_compare_grid_covers_the_training_family_against_plain_norms():
+    from normkit.compare import PAIRS, compare_pair
+
+    family = [p for p in PAIRS if not p.twin]
+    assert {"BatchRenorm2d", "GhostBatchNorm2d", "FrozenBatchNorm2d", "BatchNormalization"} <= {
+        p.name for p in family
+    }
+    for p in family:
+        row = compare_pair(p, "tiny", reps=1)
+        assert row["vs"] == "plain norm" and "out diff" not in row and row["ratio"] > 0
 
 
 def test_lab_with_an_unknown_experiment_id_exits_2_with_the_known_ids(capsys):
