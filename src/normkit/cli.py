@@ -14,6 +14,7 @@ __all__ = ["main"]
 _COMMANDS: tuple[str, ...] = (
     "normkit.compare",
     "normkit.bench.command",
+    "normkit.bench.tune",
     "normkit.inference.cli",
     "normkit.lab.cli",
     "normkit.doctor",

@@ -11,9 +11,11 @@ Memory format: outputs keep the input's (channels_last in → channels_last out)
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 _NAN_POLICIES = ("skip", "raise", "propagate")
+_NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -181,16 +184,7 @@ def update_running_buffers(
             batch_mean.device.type == "cpu" and not torch.compiler.is_compiling()
         )
         if check_on_host and not bool(ok):
-            msg = (
-                "batch statistics contain NaN/Inf (the input batch has non-finite values or "
-                "overflowed); running_mean/running_var were left unchanged"
-            )
-            if nan_policy == "raise":
-                raise FloatingPointError(
-                    msg.replace("were left unchanged", "were not updated")
-                    + "; check the input or pass nan_policy='skip'"
-                )
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            _nan_found(nan_policy)
     if num_batches_tracked is not None:
         step = 1 if ok is None else ok.to(num_batches_tracked.dtype)
         num_batches_tracked.add_(step)
@@ -203,6 +197,112 @@ def update_running_buffers(
         new_var = torch.where(ok, new_var, running_var)
     running_mean.copy_(new_mean)
     running_var.copy_(new_var)
+
+
+_NAN_MESSAGE = (
+    "batch statistics contain NaN/Inf (the input batch has non-finite values or overflowed); "
+    "running_mean/running_var were left unchanged"
+)
+
+
+def _nan_found(nan_policy: NanPolicy) -> None:
+    """Raise (``"raise"``) or warn (``"skip"``) about a batch whose statistics are not finite."""
+    if nan_policy == "raise":
+        raise FloatingPointError(
+            _NAN_MESSAGE.replace("were left unchanged", "were not updated")
+            + "; check the input or pass nan_policy='skip'"
+        )
+    warnings.warn(_NAN_MESSAGE, RuntimeWarning, stacklevel=4)
+
+
+def _fused_update_ok(running: Sequence[Tensor | None], *tensors: Tensor | None) -> bool:
+    """Whether torch's native op may update ``running`` in place under a host-side NaN guard.
+
+    The guard reads the buffers through NumPy views: plain CPU tensors of the input's dtype
+    (float32 or float64), outside torch.compile tracing. Anything else takes the general path.
+    """
+    x = tensors[0]
+    assert x is not None
+    dtype = x.dtype
+    if not x.is_cpu or dtype not in _NATIVE_DTYPES or torch.compiler.is_compiling():
+        return False
+    if any(t is not None and t.dtype != dtype for t in tensors[1:]):
+        return False
+    return all(
+        t is None or (type(t) is Tensor and t.is_cpu and t.dtype == dtype and not t.requires_grad)
+        for t in running
+    )
+
+
+def _cudnn(x: Tensor) -> bool:
+    """The ``cudnn_enabled`` flag torch.nn.functional passes (read only where it matters)."""
+    return x.is_cuda and torch.backends.cudnn.enabled
+
+
+def _guarded(
+    native: Callable[[], Tensor],
+    running_mean: Tensor,
+    running_var: Tensor,
+    nan_policy: NanPolicy,
+) -> tuple[Tensor, bool]:
+    """Run ``native`` (a torch op that updates the running buffers in place) and undo a
+    non-finite update: returns ``(output, ok)``.
+
+    Costs no ATen op: the previous values are kept in NumPy copies of the (C,) buffers, and a
+    single dot product of the new ones is finite exactly when every entry is (a product that
+    merely overflows is re-checked entry by entry). ``nan_policy="propagate"`` runs no guard.
+    """
+    if nan_policy == "propagate":
+        return native(), True
+    mean_np, var_np = running_mean.numpy(), running_var.numpy()
+    old_mean, old_var = mean_np.copy(), var_np.copy()
+    y = native()
+    if np.isfinite(np.dot(mean_np, var_np)) or (
+        np.isfinite(mean_np).all() and np.isfinite(var_np).all()
+    ):
+        return y, True
+    # written back as the native op wrote them (no version bump: the output's graph, which
+    # saved the buffers, stays differentiable)
+    mean_np[...], var_np[...] = old_mean, old_var
+    _nan_found(nan_policy)
+    return y, False
+
+
+def _needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd records a call on ``tensors`` (the auto rule's direction)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _batch_norm_fused(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Tensor | None,
+    nan_policy: NanPolicy,
+) -> Tensor:
+    """Training batch norm with torch's fused running-statistics update (same ATen ops as
+    ``torch.nn.BatchNorm*``), guarded against non-finite batches by :func:`_guarded`; the
+    output keeps the input's memory format (the native op does)."""
+    if running_mean is None or running_var is None:
+        return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, _cudnn(input))
+    # momentum=None: the cumulative average over the batches seen, this one included
+    nbt = num_batches_tracked
+    factor = momentum if momentum is not None else 1.0 / (int(nbt) + 1)  # type: ignore[arg-type]
+    y, ok = _guarded(
+        lambda: torch.batch_norm(
+            input, weight, bias, running_mean, running_var, True, factor, eps, _cudnn(input)
+        ),
+        running_mean,
+        running_var,
+        nan_policy,
+    )
+    if ok and num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    return y
 
 
 # --------------------------------------------------------------------------- ops
@@ -278,6 +378,21 @@ def batch_norm(
                 f"{' inside the mask' if m is not None else ''}); use eval mode, "
                 "GroupNorm/LayerNorm, or normkit.nn.BatchRenorm"
             )
+        if (
+            m is None
+            and ax == 1
+            and (running_mean is None or momentum_convention == "torch")
+            and (momentum is not None or num_batches_tracked is not None)
+            and _fused_update_ok((running_mean, running_var), input, weight, bias)
+            and backends.resolve(
+                "batch_norm_train", input, backend, needs_grad=_needs_grad(input, weight, bias)
+            ).name
+            == "torch"
+        ):
+            return _batch_norm_fused(
+                input, running_mean, running_var, weight, bias, momentum, eps,
+                num_batches_tracked, nan_policy,
+            )  # fmt: skip
         if m is None:
             y, mean, var = backends.dispatch(
                 "batch_norm_train", input, weight, bias, eps, ax, backend=backend
@@ -499,12 +614,34 @@ def instance_norm(
     ):
         _check_param(t, name, (c,), op)
     if use_input_stats:
-        positions = input[0, 0].numel()
+        positions = math.prod(input.shape[2:])
         if positions <= 1:
             raise ValueError(
                 f"{op} needs more than one spatial element per channel (got input of shape "
                 f"{tuple(input.shape)}); use BatchNorm or LayerNorm for inputs without positions"
             )
+        if running_mean is not None and running_var is not None:
+            chosen = backends.resolve("instance_norm", input, backend)
+            if chosen.name == "torch" and _fused_update_ok(
+                (running_mean, running_var), input, weight, bias
+            ):
+                y, _ = _guarded(
+                    lambda: torch.instance_norm(
+                        input,
+                        weight,
+                        bias,
+                        running_mean,
+                        running_var,
+                        True,
+                        momentum,
+                        eps,
+                        _cudnn(input),
+                    ),
+                    running_mean,
+                    running_var,
+                    nan_policy,
+                )
+                return _keep_format(y, input)
         y = backends.dispatch("instance_norm", input, weight, bias, eps, backend=backend)
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
@@ -770,13 +907,17 @@ def ghost_batch_norm(
                     num_batches_tracked=num_batches_tracked,
                     nan_policy=nan_policy,
                 )
-        if rest:
-            tail = batch_norm(
-                input[k * v :], running_mean, running_var, weight, bias, True, momentum, eps,
-                axis=ax, num_batches_tracked=num_batches_tracked, nan_policy=nan_policy,
-                backend=backend,
-            )  # fmt: skip
-            y = torch.cat([y, tail], dim=0)
+        if rest:  # updates the buffers as the full virtual batches did (one kind of update)
+            tail_x = input[k * v :]
+            tail, mu, var_i = backends.dispatch(
+                "batch_norm_train", tail_x, weight, bias, eps, ax, backend=backend
+            )
+            if running_mean is not None and running_var is not None:
+                update_running_buffers(
+                    running_mean, running_var, mu, var_i, tail_x.numel() // input.shape[ax],
+                    momentum, num_batches_tracked=num_batches_tracked, nan_policy=nan_policy,
+                )  # fmt: skip
+            y = torch.cat([y, _keep_format(tail, tail_x)], dim=0)
         return _keep_format(y, input)
     m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
     chunks = input.split(virtual_batch_size, dim=0)

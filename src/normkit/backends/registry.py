@@ -25,22 +25,52 @@ The ``*_cast`` ops are the parity presets of :mod:`normkit._casting`: a backend 
 bit for bit or not at all (``supports`` declines what it cannot match exactly).
 Later ops (``add_layer_norm``, ``add_rms_norm``, ...) join this table by name.
 
-**The auto rule.** ``backend="auto"`` walks the registered backends from highest to lowest
-``priority`` and takes the first that is available on this machine, implements the op, supports
-the input (dtype, device, layout) and *prefers* it (a backend may decline inputs it is slower on,
-e.g. tensors too small to amortise a parallel kernel launch). ``reference`` (priority 0) accepts
-everything, so the walk always ends.
+**The auto rule.** ``backend="auto"`` takes the backend a *measured table* names for the
+input's signature: op, direction (forward only, or forward + backward when autograd records),
+device type, dtype, memory layout and size (a power-of-two class of ``numel``). The table holds,
+per signature, the backend that was measured fastest against torch eager on this kind of
+machine (``"torch"`` where nothing beat it); sizes between two measured ones take the smaller
+one's entry, sizes below the smallest measured take ``"torch"``. normkit ships a table measured
+on a 2-core AVX-512 CPU (``auto_table.json`` in this package); ``normkit tune`` re-measures on
+the user's machine and writes the table to the user cache dir (``$XDG_CACHE_HOME/normkit/`` or
+``~/.cache/normkit/``), which then takes precedence, as ``torch.backends.cudnn.benchmark`` does
+for convolutions. Devices the table has no row for (e.g. CUDA on a machine nobody tuned) fall
+back to the priority walk: the registered backends from highest to lowest ``priority``, the
+first that is available, implements the op, supports the input and *prefers* it.
+``reference`` (priority 0) accepts everything, so the walk always ends.
+
+Resolution is cached per signature, so a layer called again with an input of the same kind pays
+one dictionary lookup. ``supports``/``prefers`` must therefore depend on the input only through
+that signature (device, dtype, layout, size class, emptiness).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
-__all__ = ["OPS", "Backend", "available", "dispatch", "get", "names", "register", "resolve"]
+__all__ = [
+    "OPS",
+    "Backend",
+    "auto_table",
+    "auto_table_path",
+    "available",
+    "dispatch",
+    "get",
+    "names",
+    "register",
+    "resolve",
+    "set_auto_table",
+    "signature",
+    "user_table_path",
+]
 
 OPS: tuple[str, ...] = (
     "batch_norm_train",
@@ -105,6 +135,7 @@ def register(backend: Backend, *, replace: bool = False) -> None:
             f"a backend named {backend.name!r} is already registered; pass replace=True to override"
         )
     _REGISTRY[backend.name] = backend
+    _RESOLVED.clear()
 
 
 def names() -> list[str]:
@@ -125,8 +156,136 @@ def get(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of {names()}") from None
 
 
-def resolve(op: str, x: Tensor, backend: str = "auto") -> Backend:
-    """The backend that runs ``op`` on ``x``: the named one (checked) or the auto choice."""
+# --------------------------------------------------------------------------- the measured table
+
+_DEFAULT_TABLE = Path(__file__).with_name("auto_table.json")
+
+#: (op, direction, device type, dtype, layout) → [(size class, backend)], sorted by size class.
+_Table = dict[tuple[str, str, str, str, str], list[tuple[int, str]]]
+_TABLE: list[_Table] = []  # the loaded table, once
+_RESOLVED: dict[tuple[Any, ...], Backend] = {}
+
+
+def user_table_path() -> Path:
+    """Where ``normkit tune`` writes its table: ``$XDG_CACHE_HOME/normkit/auto_table.json``
+    (``~/.cache/normkit/auto_table.json`` without ``XDG_CACHE_HOME``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "normkit" / "auto_table.json"
+
+
+def auto_table_path() -> Path:
+    """The table ``"auto"`` reads: the user's tuned one if it exists, else the shipped default."""
+    user = user_table_path()
+    return user if user.is_file() else _DEFAULT_TABLE
+
+
+def _parse(rows: list[dict[str, Any]]) -> _Table:
+    table: _Table = {}
+    for r in rows:
+        key = (r["op"], r["dir"], r["device"], r["dtype"], r["layout"])
+        table.setdefault(key, []).append((int(r["numel"]).bit_length(), r["backend"]))
+    for entries in table.values():
+        entries.sort()
+    return table
+
+
+def auto_table() -> list[dict[str, Any]]:
+    """The rows of the table ``"auto"`` follows (see the module docstring), as loaded."""
+    path = auto_table_path()
+    return list(json.loads(path.read_text())["rows"]) if path.is_file() else []
+
+
+def set_auto_table(rows: list[dict[str, Any]] | None) -> None:
+    """Make ``"auto"`` follow ``rows`` (``None``: reload from :func:`auto_table_path`).
+
+    Each row: ``op``, ``dir`` (``"fwd"`` or ``"fwd+bwd"``), ``device`` (``"cpu"``, ``"cuda"``),
+    ``dtype`` (``"float32"``), ``layout`` (``"contiguous"``, ``"channels_last"``, ``"strided"``),
+    ``numel`` (the measured size) and ``backend`` (the fastest there).
+    """
+    _TABLE.clear()
+    _TABLE.append(_parse(auto_table() if rows is None else rows))
+    _RESOLVED.clear()
+
+
+def _table() -> _Table:
+    if not _TABLE:
+        _TABLE.append(_parse(auto_table()))
+    return _TABLE[0]
+
+
+def _layout(x: Tensor) -> str:
+    if x.is_contiguous():
+        return "contiguous"
+    if (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)) or (
+        x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
+    ):
+        return "channels_last"
+    return "strided"
+
+
+def signature(op: str, x: Tensor, needs_grad: bool | None = None) -> tuple[Any, ...]:
+    """The input's signature for the auto rule: ``(op, direction, device type, dtype, layout,
+    size class)`` with size class ``numel().bit_length()`` (a power-of-two bucket).
+
+    ``needs_grad`` (default: whether autograd records ``x``) picks the direction.
+    """
+    if needs_grad is None:
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
+    return (
+        op,
+        "fwd+bwd" if needs_grad else "fwd",
+        x.device.type,
+        x.dtype,
+        _layout(x),
+        x.numel().bit_length(),
+    )
+
+
+def _measured(sig: tuple[Any, ...]) -> str | None:
+    """The table's backend for ``sig``; ``"torch"`` below the smallest measured size; ``None``
+    when the table has no row for the device type (then the priority walk decides)."""
+    table = _table()
+    entries = table.get((*sig[:3], str(sig[3]).removeprefix("torch."), sig[4]))
+    if entries is None:
+        if any(key[2] == sig[2] for key in table):
+            return "torch"
+        return None
+    size, choice = int(sig[5]), "torch"
+    for cls, name in entries:
+        if cls > size:
+            break
+        choice = name
+    return choice
+
+
+def _auto(op: str, x: Tensor, sig: tuple[Any, ...]) -> Backend:
+    name = _measured(sig)
+    if name is None:  # nothing measured on this device type: the priority walk
+        for n in names():
+            b = _REGISTRY[n]
+            if b.check(op, x) is None and b.prefers(op, x):
+                return b
+    else:  # the measured choice, else the baselines it was measured against
+        for n in (name, "torch", "reference"):
+            b = _REGISTRY.get(n)  # type: ignore[assignment]
+            if b is not None and b.check(op, x) is None:
+                return b
+    raise ValueError(f"no registered backend implements {op!r} for this input")
+
+
+def resolve(
+    op: str, x: Tensor, backend: str = "auto", *, needs_grad: bool | None = None
+) -> Backend:
+    """The backend that runs ``op`` on ``x``: the named one (checked) or the auto choice.
+
+    Cached per (backend name, :func:`signature`); registering a backend or setting a table
+    clears the cache.
+    """
+    sig = signature(op, x, needs_grad)
+    key = (backend, *sig)
+    hit = _RESOLVED.get(key)
+    if hit is not None:
+        return hit
     if backend != "auto":
         b = get(backend)
         reason = b.check(op, x)
@@ -135,14 +294,19 @@ def resolve(op: str, x: Tensor, backend: str = "auto") -> Backend:
                 f"backend {backend!r} cannot run {op} on a {x.dtype} tensor on {x.device} "
                 f"of shape {tuple(x.shape)}: {reason}. Use backend='auto' or one of {available()}"
             )
-        return b
-    for name in names():
-        b = _REGISTRY[name]
-        if b.check(op, x) is None and b.prefers(op, x):
-            return b
-    raise ValueError(f"no registered backend implements {op!r} for this input")
+    else:
+        b = _auto(op, x, sig)
+    _RESOLVED[key] = b
+    return b
 
 
 def dispatch(op: str, x: Tensor, *args: Any, backend: str = "auto") -> Any:
-    """Run ``op`` on ``x`` (and the op's further arguments) with the resolved backend."""
-    return resolve(op, x, backend).ops[op](x, *args)
+    """Run ``op`` on ``x`` (and the op's further arguments) with the resolved backend.
+
+    The direction of the auto rule is forward + backward when autograd records ``x`` or any
+    tensor argument (e.g. a weight that requires grad).
+    """
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    )
+    return resolve(op, x, backend, needs_grad=needs_grad).ops[op](x, *args)

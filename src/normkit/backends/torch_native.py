@@ -4,6 +4,10 @@ float16/bfloat16 inputs are computed in float32 and cast back (statistics never 
 half precision; see pytorch#115500, pytorch#189581). Batch statistics for the running averages
 come out of the same native call: ``F.batch_norm`` is given scratch buffers and ``momentum=1``,
 so they receive exactly the batch mean and unbiased variance, with no extra pass over the data.
+
+Inputs already in their accumulation dtype (float32/float64, parameters alike) call the native
+``torch.*_norm`` entry points directly: the same ATen ops as :mod:`torch.nn.functional`, without
+its Python wrapper (its input checks are done by :mod:`normkit.functional`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,26 @@ from normkit._stats import accumulation_dtype
 from normkit.backends.registry import Backend, register
 
 
+def _cudnn(x: Tensor) -> bool:
+    """The ``cudnn_enabled`` flag torch.nn.functional passes (read only where it matters)."""
+    return x.is_cuda and torch.backends.cudnn.enabled
+
+
 def _with_params(
     weight: Tensor | None, bias: Tensor | None, acc: torch.dtype
 ) -> tuple[Tensor | None, Tensor | None]:
     w = weight if weight is None or weight.dtype == acc else weight.to(acc)
     b = bias if bias is None or bias.dtype == acc else bias.to(acc)
     return w, b
+
+
+def _native_dtype(x: Tensor, *others: Tensor | None) -> bool:
+    """Whether ``x`` is in its accumulation dtype and every other tensor matches it (the
+    native op then runs as is: no casts)."""
+    dt = x.dtype
+    if dt not in (torch.float32, torch.float64):
+        return False
+    return all(t is None or t.dtype == dt for t in others)
 
 
 def _batch_norm_train(
@@ -56,6 +74,10 @@ def _batch_norm_eval(
     axis: int,
 ) -> Tensor:
     axis %= x.ndim
+    if axis == 1 and _native_dtype(x, running_mean, running_var, weight, bias):
+        return torch.batch_norm(
+            x, weight, bias, running_mean, running_var, False, 0.0, eps, _cudnn(x)
+        )
     xm = x if axis == 1 else x.movedim(axis, 1)
     acc = accumulation_dtype(x.dtype)
     w, b = _with_params(weight, bias, acc)
@@ -71,6 +93,8 @@ def _layer_norm(
     bias: Tensor | None,
     eps: float,
 ) -> Tensor:
+    if _native_dtype(x, weight, bias):
+        return torch.layer_norm(x, normalized_shape, weight, bias, eps, _cudnn(x))
     acc = accumulation_dtype(x.dtype)
     w, b = _with_params(weight, bias, acc)
     return F.layer_norm(x.to(acc), tuple(normalized_shape), w, b, eps).to(x.dtype)
@@ -79,6 +103,8 @@ def _layer_norm(
 def _rms_norm(
     x: Tensor, normalized_shape: Sequence[int], weight: Tensor | None, eps: float
 ) -> Tensor:
+    if _native_dtype(x, weight):
+        return torch.rms_norm(x, normalized_shape, weight, eps)
     acc = accumulation_dtype(x.dtype)
     w, _ = _with_params(weight, None, acc)
     return F.rms_norm(x.to(acc), tuple(normalized_shape), w, eps).to(x.dtype)
@@ -87,12 +113,16 @@ def _rms_norm(
 def _group_norm(
     x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> Tensor:
+    if _native_dtype(x, weight, bias):
+        return torch.group_norm(x, num_groups, weight, bias, eps, _cudnn(x))
     acc = accumulation_dtype(x.dtype)
     w, b = _with_params(weight, bias, acc)
     return F.group_norm(x.to(acc), num_groups, w, b, eps).to(x.dtype)
 
 
 def _instance_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    if _native_dtype(x, weight, bias):
+        return torch.instance_norm(x, weight, bias, None, None, True, 0.0, eps, _cudnn(x))
     acc = accumulation_dtype(x.dtype)
     w, b = _with_params(weight, bias, acc)
     return F.instance_norm(x.to(acc), None, None, w, b, True, 0.0, eps).to(x.dtype)

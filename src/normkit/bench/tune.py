@@ -1,0 +1,239 @@
+"""``normkit tune``: measure which backend is fastest per op, direction, layout and size, and
+cache the table that ``backend="auto"`` follows (see :mod:`normkit.backends.registry`).
+
+Like ``torch.backends.cudnn.benchmark`` for convolutions: the choice depends on the machine
+(cores, caches, memory bandwidth, how busy it is), so it is measured there. Every cell times the
+public functional call (``normkit.functional.*(..., backend=name)``: what a layer runs) of torch
+and of every other available backend in alternation, and keeps a backend only where it beat
+torch by at least ``--margin``; everywhere else ``auto`` stays on torch. The table is written to
+:func:`normkit.backends.registry.user_table_path` (or ``--out``) and used from the next
+resolution on; delete the file to go back to the table shipped with normkit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normkit import backends
+from normkit import functional as NF
+
+__all__ = ["TUNED_OPS", "TuneCell", "add_parser", "cells", "measure_cell", "tune"]
+
+#: The registry ops ``tune`` measures (the functional call that runs each).
+TUNED_OPS: tuple[str, ...] = (
+    "batch_norm_train",
+    "batch_norm_eval",
+    "layer_norm",
+    "rms_norm",
+    "group_norm",
+    "instance_norm",
+    "add_layer_norm",
+    "add_rms_norm",
+)
+_CHANNEL_OPS = ("batch_norm_train", "batch_norm_eval", "group_norm", "instance_norm")
+_HIDDEN = 1024  # row length of the row-wise ops
+_CHANNELS = 64  # channels of the channel ops, in (8, 64, H, W) inputs
+
+
+@dataclass(frozen=True)
+class TuneCell:
+    """One measurement: ``op`` on a float input of ``2**log2`` elements."""
+
+    op: str
+    direction: str  # "fwd" or "fwd+bwd"
+    layout: str  # "contiguous" or "channels_last"
+    log2: int
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.op in _CHANNEL_OPS:
+            hw = self.log2 - 9  # 8 × 64 = 2^9
+            return (8, _CHANNELS, 1 << (hw // 2), 1 << (hw - hw // 2))
+        return (1 << (self.log2 - 10), _HIDDEN)
+
+
+def cells(
+    sizes: Sequence[int], ops: Sequence[str] = TUNED_OPS, dtypes: Sequence[torch.dtype] = ()
+) -> list[TuneCell]:
+    """The grid: ops × directions × layouts (channels_last for channel ops) × sizes × dtypes."""
+    out = []
+    for dt in dtypes or (torch.float32,):
+        for op in ops:
+            layouts = ("contiguous", "channels_last") if op in _CHANNEL_OPS else ("contiguous",)
+            for layout in layouts:
+                for d in ("fwd", "fwd+bwd"):
+                    out.extend(TuneCell(op, d, layout, k, dt) for k in sizes)
+    return out
+
+
+def _call(cell: TuneCell, backend: str) -> tuple[Callable[[], Any], Callable[[], Any] | None]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cell.shape, generator=g, dtype=cell.dtype)
+    if cell.layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = x.shape[1] if cell.op in _CHANNEL_OPS else x.shape[-1]
+    w = torch.rand(c, generator=g, dtype=cell.dtype) + 0.5
+    b = torch.randn(c, generator=g, dtype=cell.dtype)
+    r = torch.randn_like(x)
+    rm, rv = torch.zeros(c, dtype=cell.dtype), torch.ones(c, dtype=cell.dtype)
+    op, h = cell.op, (x.shape[-1],)
+    fns: dict[str, Callable[[Tensor, Tensor, Tensor], Any]] = {
+        "batch_norm_train": lambda x, w, b: NF.batch_norm(x, rm, rv, w, b, True, backend=backend),
+        "batch_norm_eval": lambda x, w, b: NF.batch_norm(x, rm, rv, w, b, False, backend=backend),
+        "layer_norm": lambda x, w, b: NF.layer_norm(x, h, w, b, backend=backend),
+        "rms_norm": lambda x, w, b: NF.rms_norm(x, h, w, 1e-6, backend=backend),
+        "group_norm": lambda x, w, b: NF.group_norm(x, 8, w, b, backend=backend),
+        "instance_norm": lambda x, w, b: NF.instance_norm(x, None, None, w, b, backend=backend),
+        "add_layer_norm": lambda x, w, b: NF.add_layer_norm(x, r, h, w, b, backend=backend),
+        "add_rms_norm": lambda x, w, b: NF.add_rms_norm(x, r, h, w, 1e-6, backend=backend),
+    }
+    fn = fns[op]
+    if cell.direction == "fwd":
+
+        def fwd() -> None:
+            with torch.no_grad():
+                fn(x, w, b)
+
+        return fwd, None
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    out = fn(*leaves)
+    grads = [torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,))]
+
+    def clear() -> None:
+        for t in leaves:
+            t.grad = None
+
+    def fwd_bwd() -> None:
+        o = fn(*leaves)
+        torch.autograd.backward(o if isinstance(o, tuple) else (o,), grads)
+
+    return fwd_bwd, clear
+
+
+def measure_cell(cell: TuneCell, contenders: Sequence[str], reps: int) -> dict[str, float]:
+    """Fastest-repetition seconds of each contender (``"torch"`` first) on ``cell``, interleaved."""
+    from normkit.bench.timing import measure_interleaved
+
+    probe = torch.empty(cell.shape, dtype=cell.dtype)
+    if cell.layout == "channels_last":
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    usable = [b for b in contenders if backends.get(b).check(cell.op, probe) is None]
+    calls = {b: _call(cell, b) for b in ("torch", *[b for b in usable if b != "torch"])}
+    return {b: t.min for b, t in measure_interleaved(calls, reps=reps, warmup=2).items()}
+
+
+def tune(
+    sizes: Sequence[int] = (13, 15, 17, 19, 21, 23),
+    *,
+    ops: Sequence[str] = TUNED_OPS,
+    dtypes: Sequence[torch.dtype] = (torch.float32,),
+    reps: int = 7,
+    margin: float = 1.05,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure the grid and return the table (``{"meta": ..., "rows": [...]}``).
+
+    A row names the fastest backend of its cell when that one beat torch by ``margin`` (time
+    ratio), else ``"torch"``; ``speedup`` is torch's time over the chosen backend's.
+    """
+    contenders = [b for b in backends.available() if b not in ("reference", "torch")]
+    grid = cells(sizes, ops, dtypes)
+    rows: list[dict[str, Any]] = []
+
+    def one(cell: TuneCell) -> None:
+        times = measure_cell(cell, contenders, reps)
+        best = min(times, key=times.__getitem__)
+        if times["torch"] / times[best] < margin:
+            best = "torch"
+        rows.append(
+            {
+                "op": cell.op,
+                "dir": cell.direction,
+                "device": "cpu",
+                "dtype": str(cell.dtype).removeprefix("torch."),
+                "layout": cell.layout,
+                "numel": 1 << cell.log2,
+                "backend": best,
+                "speedup": round(times["torch"] / times[best], 3),
+                **{f"{b} ms": round(t * 1e3, 4) for b, t in times.items()},
+            }
+        )
+
+    if progress:
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task("tuning", total=len(grid))
+            for cell in grid:
+                bar.update(
+                    task, description=f"{cell.op} {cell.layout} {cell.direction} 2^{cell.log2}"
+                )
+                one(cell)
+                bar.advance(task)
+    else:
+        for cell in grid:
+            one(cell)
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "margin": margin,
+        "contenders": ["torch", *contenders],
+    }
+    return {"meta": meta, "rows": rows}
+
+
+def _main(args: argparse.Namespace) -> int:
+    from normkit.backends import registry
+    from normkit.bench.report import print_table
+
+    if args.show:
+        print(f"auto follows {registry.auto_table_path()}")
+        print_table(registry.auto_table(), title="normkit auto table")
+        return 0
+    dtypes = [getattr(torch, d) for d in args.dtypes]
+    table = tune(args.sizes, ops=args.ops or TUNED_OPS, dtypes=dtypes, reps=args.reps)
+    out = Path(args.out) if args.out else registry.user_table_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(table, indent=1) + "\n")
+    print_table(table["rows"], title="normkit tune (ms: fastest interleaved repetition)")
+    print(f"wrote {len(table['rows'])} rows to {out}")
+    if args.out is None:
+        registry.set_auto_table(None)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="measure the fastest backend per op/size on this machine; cache it for 'auto'",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[13, 15, 17, 19, 21, 23],
+        metavar="LOG2",
+        help="input sizes as powers of two (elements)",
+    )
+    p.add_argument("--ops", nargs="+", choices=TUNED_OPS, default=None, help="only these ops")
+    p.add_argument(
+        "--dtypes", nargs="+", choices=["float32", "float64"], default=["float32"], help="dtypes"
+    )
+    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions per cell")
+    p.add_argument("--out", default=None, metavar="PATH", help="write here, not the user cache")
+    p.add_argument("--show", action="store_true", help="print the table auto follows and exit")
+    p.set_defaults(func=_main)
