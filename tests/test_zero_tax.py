@@ -210,3 +210,18 @@ def test_resolution_is_cached_per_signature(table):
     assert len(registry._RESOLVED) == entries
     registry.resolve("layer_norm", torch.randn(800, 16))  # another size class: a new entry
     assert len(registry._RESOLVED) == entries + 1
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_auto_layers_compile_fullgraph_without_warnings(dynamic, table):
+    table(None)  # loaded before tracing, as after any eager call
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nkn.BatchNorm2d(8), nkn.GroupNorm(2, 8))
+    twin = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.GroupNorm(2, 8))
+    twin.load_state_dict(model.state_dict())
+    fn = torch.compile(model, backend="eager", fullgraph=True, dynamic=dynamic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for n in (4, 6):
+            x = torch.randn(n, 3, 7, 7)
+            torch.testing.assert_close(fn(x), twin(x))
+    torch.testing.assert_close(model[1].running_var, twin[1].running_var)

@@ -39,6 +39,8 @@ back to the priority walk: the registered backends from highest to lowest ``prio
 first that is available, implements the op, supports the input and *prefers* it.
 ``reference`` (priority 0) accepts everything, so the walk always ends.
 
+The table file is read at the first auto resolution in eager mode; a resolution while
+torch.compile traces (no file access inside a graph) takes ``"torch"`` until then.
 Resolution is cached per signature, so a layer called again with an input of the same kind pays
 one dictionary lookup. ``supports``/``prefers`` must therefore depend on the input only through
 that signature (device, dtype, layout, size class, emptiness).
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +163,7 @@ def get(name: str) -> Backend:
 
 _DEFAULT_TABLE = Path(__file__).with_name("auto_table.json")
 
-#: (op, direction, device type, dtype, layout) → [(size class, backend)], sorted by size class.
+#: (op, direction, device type, dtype, layout) → [(measured numel, backend)], sorted by numel.
 _Table = dict[tuple[str, str, str, str, str], list[tuple[int, str]]]
 _TABLE: list[_Table] = []  # the loaded table, once
 _RESOLVED: dict[tuple[Any, ...], Backend] = {}
@@ -183,16 +186,29 @@ def _parse(rows: list[dict[str, Any]]) -> _Table:
     table: _Table = {}
     for r in rows:
         key = (r["op"], r["dir"], r["device"], r["dtype"], r["layout"])
-        table.setdefault(key, []).append((int(r["numel"]).bit_length(), r["backend"]))
+        table.setdefault(key, []).append((int(r["numel"]), r["backend"]))
     for entries in table.values():
         entries.sort()
     return table
 
 
 def auto_table() -> list[dict[str, Any]]:
-    """The rows of the table ``"auto"`` follows (see the module docstring), as loaded."""
+    """The rows of the table ``"auto"`` follows (see the module docstring), from its file."""
     path = auto_table_path()
-    return list(json.loads(path.read_text())["rows"]) if path.is_file() else []
+    try:
+        rows = json.loads(path.read_text())["rows"]
+        _parse(rows)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        if path == _DEFAULT_TABLE:
+            raise
+        warnings.warn(
+            f"ignoring the auto table {path} ({type(err).__name__}: {err}); using normkit's "
+            "default. Re-run `normkit tune` or delete the file",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        rows = json.loads(_DEFAULT_TABLE.read_text())["rows"]
+    return list(rows)
 
 
 def set_auto_table(rows: list[dict[str, Any]] | None) -> None:
@@ -208,8 +224,8 @@ def set_auto_table(rows: list[dict[str, Any]] | None) -> None:
 
 
 def _table() -> _Table:
-    if not _TABLE:
-        _TABLE.append(_parse(auto_table()))
+    if not _TABLE:  # read once, on the first auto resolution outside torch.compile tracing
+        set_auto_table(None)
     return _TABLE[0]
 
 
@@ -223,43 +239,43 @@ def _layout(x: Tensor) -> str:
     return "strided"
 
 
+def _kind(op: str, x: Tensor, needs_grad: bool | None) -> tuple[Any, ...]:
+    if needs_grad is None:
+        needs_grad = x.requires_grad and torch.is_grad_enabled()
+    return (op, "fwd+bwd" if needs_grad else "fwd", x.device.type, x.dtype, _layout(x))
+
+
 def signature(op: str, x: Tensor, needs_grad: bool | None = None) -> tuple[Any, ...]:
     """The input's signature for the auto rule: ``(op, direction, device type, dtype, layout,
     size class)`` with size class ``numel().bit_length()`` (a power-of-two bucket).
 
     ``needs_grad`` (default: whether autograd records ``x``) picks the direction.
     """
-    if needs_grad is None:
-        needs_grad = x.requires_grad and torch.is_grad_enabled()
-    return (
-        op,
-        "fwd+bwd" if needs_grad else "fwd",
-        x.device.type,
-        x.dtype,
-        _layout(x),
-        x.numel().bit_length(),
-    )
+    return (*_kind(op, x, needs_grad), x.numel().bit_length())
 
 
-def _measured(sig: tuple[Any, ...]) -> str | None:
-    """The table's backend for ``sig``; ``"torch"`` below the smallest measured size; ``None``
-    when the table has no row for the device type (then the priority walk decides)."""
+def _measured(sig: tuple[Any, ...], numel: int) -> str | None:
+    """The table's backend for ``sig`` at ``numel`` elements: the entry of the largest measured
+    size ≤ ``numel``, ``"torch"`` below the smallest; ``None`` when the table has no row for the
+    device type (then the priority walk decides)."""
+    if not _TABLE and torch.compiler.is_compiling():
+        return "torch"  # the table is read outside tracing (no file access in a graph)
     table = _table()
     entries = table.get((*sig[:3], str(sig[3]).removeprefix("torch."), sig[4]))
     if entries is None:
         if any(key[2] == sig[2] for key in table):
             return "torch"
         return None
-    size, choice = int(sig[5]), "torch"
-    for cls, name in entries:
-        if cls > size:
+    choice = "torch"
+    for size, name in entries:
+        if numel < size:
             break
         choice = name
     return choice
 
 
 def _auto(op: str, x: Tensor, sig: tuple[Any, ...]) -> Backend:
-    name = _measured(sig)
+    name = _measured(sig, x.numel())
     if name is None:  # nothing measured on this device type: the priority walk
         for n in names():
             b = _REGISTRY[n]
@@ -281,11 +297,17 @@ def resolve(
     Cached per (backend name, :func:`signature`); registering a backend or setting a table
     clears the cache.
     """
+    if torch.compiler.is_compiling():  # resolved while tracing: nothing cached (no side effect)
+        return _resolve(op, x, backend, _kind(op, x, needs_grad))
     sig = signature(op, x, needs_grad)
     key = (backend, *sig)
     hit = _RESOLVED.get(key)
-    if hit is not None:
-        return hit
+    if hit is None:
+        hit = _RESOLVED[key] = _resolve(op, x, backend, sig)
+    return hit
+
+
+def _resolve(op: str, x: Tensor, backend: str, sig: tuple[Any, ...]) -> Backend:
     if backend != "auto":
         b = get(backend)
         reason = b.check(op, x)
@@ -294,10 +316,8 @@ def resolve(
                 f"backend {backend!r} cannot run {op} on a {x.dtype} tensor on {x.device} "
                 f"of shape {tuple(x.shape)}: {reason}. Use backend='auto' or one of {available()}"
             )
-    else:
-        b = _auto(op, x, sig)
-    _RESOLVED[key] = b
-    return b
+        return b
+    return _auto(op, x, sig)
 
 
 def dispatch(op: str, x: Tensor, *args: Any, backend: str = "auto") -> Any:
