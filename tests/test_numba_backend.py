@@ -152,17 +152,30 @@ def test_layer_norm_hypothesis_shapes(shape, k, seed):
     torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-9)
 
 
-def test_auto_rule_picks_numba_only_where_it_wins():
+def test_auto_rule_picks_numba_only_where_it_was_measured_faster():
+    from normkit.backends import registry
+
     resolve = normkit.backends.resolve
     big = torch.empty(NB.MIN_NUMEL // 512, 512)
-    assert resolve("layer_norm", big).name == "numba"
-    assert (
-        resolve("batch_norm_train", big.reshape(-1, 8, 8, 8).to(memory_format=CL)).name == "numba"
+    cl = big.reshape(-1, 8, 8, 8).to(memory_format=CL)
+    row = {"dir": "fwd", "device": "cpu", "dtype": "float32", "numel": NB.MIN_NUMEL}
+    registry.set_auto_table(
+        [
+            {**row, "op": "layer_norm", "layout": "contiguous", "backend": "numba"},
+            {**row, "op": "batch_norm_train", "layout": "channels_last", "backend": "numba"},
+            {**row, "op": "batch_norm_eval", "layout": "contiguous", "backend": "torch"},
+        ]
     )
-    assert resolve("layer_norm", torch.empty(8, 512)).name == "torch"  # too small
-    assert resolve("layer_norm", big.bfloat16()).name == "torch"  # low precision
-    assert resolve("layer_norm", big.t()).name == "torch"  # strided
-    assert resolve("instance_norm", big.reshape(8, 8, -1)).name in ("numba", "torch")
+    try:
+        assert resolve("layer_norm", big).name == "numba"
+        assert resolve("batch_norm_train", cl).name == "numba"
+        assert resolve("batch_norm_train", cl.contiguous()).name == "torch"  # not measured
+        assert resolve("batch_norm_eval", cl.contiguous()).name == "torch"  # measured slower
+        assert resolve("layer_norm", torch.empty(8, 512)).name == "torch"  # too small
+        assert resolve("layer_norm", big.bfloat16()).name == "torch"  # low precision
+        assert resolve("layer_norm", big.t()).name == "torch"  # strided
+    finally:
+        registry.set_auto_table(None)
 
 
 def test_explicit_numba_declines_other_devices_with_the_fix():

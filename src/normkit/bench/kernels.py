@@ -2,7 +2,8 @@
 
 Declarative specs (op, shape, dtype, layout, direction); for each the same process measures a
 memory copy of the same bytes (the bandwidth limit), torch eager, optionally torch.compile
-(cold compile time reported separately), and every available normkit backend except the slow
+(cold compile time reported separately), ``normkit auto`` (what a layer runs by default: the
+backend the measured auto table picks) and every available normkit backend except the slow
 ``reference`` oracle. Backends that can write into caller-provided buffers (``numba``) are also
 timed with reused outputs (``out=``), which removes the glibc page-fault cost of fresh outputs
 ≥ 32 MiB (see the README's "Speed" section). The first call in a fresh process (JIT cache load)
@@ -376,13 +377,13 @@ def run_kernels_bench(
                 compiled = torch.compile(_torch_fn(spec, case))
                 colds["torch.compile"] = _first_run_seconds(spec, case, compiled)  # cold compile
                 calls["torch.compile"] = _prepare(spec, case, compiled)
-            for b in contenders:
-                if backends.get(b).check(_registry_op(spec), case.inputs[0]) is not None:
+            for b in ("auto", *contenders):
+                if b != "auto" and backends.get(b).check(_registry_op(spec), case.inputs[0]):
                     continue
                 t0 = time.perf_counter()
                 calls[f"normkit {b}"] = _prepare(spec, case, _normkit_fn(spec, case, b))
                 colds[f"normkit {b}"] = time.perf_counter() - t0  # fwd+bwd: first forward
-                reused = _reused(spec, case, b)
+                reused = None if b == "auto" else _reused(spec, case, b)
                 if reused is not None:
                     calls[f"normkit {b} out="] = reused
             # Interleaved: every round runs each implementation once, so a change of machine
