@@ -322,6 +322,19 @@ SPECS: list[NormSpec] = [
         for placement in ("pre", "post", "deepnorm", "sandwich")
     ),
     NormSpec("syncbn-local", _bn(nkn.SyncBatchNorm, 6), lambda: nn.BatchNorm2d(6), (4, 6, 2, 2)),
+    # the CNN zoo (timm's layers are their oracles in tests/test_cnn_norms.py; here the float64
+    # run of the same layer bounds every dtype)
+    NormSpec("grn-nhwc", lambda backend="auto": nkn.GlobalResponseNorm(6), None, (2, 3, 4, 6)),
+    NormSpec(
+        "grn-nchw",
+        lambda backend="auto": nkn.GlobalResponseNorm(6, channels_last=False),
+        None,
+        (2, 6, 3, 4),
+    ),
+    NormSpec("evonorm-b0", lambda backend="auto": nkn.EvoNorm2dB0(6), None, (4, 6, 3, 3)),
+    NormSpec("evonorm-s0", lambda backend="auto": nkn.EvoNorm2dS0(6, groups=3), None, (2, 6, 3, 3)),
+    NormSpec("frn-tlu", lambda backend="auto": nkn.FilterResponseNorm2d(6), None, (2, 6, 3, 3)),
+    NormSpec("split-bn2d", _bn(nkn.SplitBatchNorm2d, 6, num_splits=2), None, (4, 6, 3, 3)),
 ]
 
 SPEC_IDS = [s.id for s in SPECS]
