@@ -95,6 +95,12 @@ SPECS: list[NormSpec] = [
         (4, 6, 3, 3),
     ),
     NormSpec(
+        "bn2d-nobias",
+        _bn(nkn.BatchNorm2d, 6, bias=False),
+        lambda: nn.BatchNorm2d(6, bias=False),
+        (4, 6, 3, 3),
+    ),
+    NormSpec(
         "bn2d-cumulative",
         _bn(nkn.BatchNorm2d, 6, momentum=None),
         lambda: nn.BatchNorm2d(6, momentum=None),
@@ -182,6 +188,12 @@ SPECS: list[NormSpec] = [
     ),
     NormSpec("gn", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (4, 6, 5, 5)),
     NormSpec("gn-cl", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (4, 6, 5, 5), True),
+    NormSpec(
+        "gn-nobias",
+        _bn(nkn.GroupNorm, 3, 6, bias=False),
+        lambda: nn.GroupNorm(3, 6, bias=False),
+        (4, 6, 5, 5),
+    ),
     NormSpec("gn-1group-1d", _bn(nkn.GroupNorm, 1, 6), lambda: nn.GroupNorm(1, 6), (4, 6, 9)),
     NormSpec("in1d", _bn(nkn.InstanceNorm1d, 6), lambda: nn.InstanceNorm1d(6), (4, 6, 9)),
     NormSpec(
@@ -196,6 +208,12 @@ SPECS: list[NormSpec] = [
         lambda: nn.InstanceNorm2d(6, affine=True),
         (4, 6, 5, 5),
         True,
+    ),
+    NormSpec(
+        "in1d-affine-nobias-track",
+        _bn(nkn.InstanceNorm1d, 6, affine=True, bias=False, track_running_stats=True),
+        lambda: nn.InstanceNorm1d(6, affine=True, bias=False, track_running_stats=True),
+        (4, 6, 9),
     ),
     NormSpec("in3d", _bn(nkn.InstanceNorm3d, 4), lambda: nn.InstanceNorm3d(4), (2, 4, 3, 4, 5)),
     NormSpec(

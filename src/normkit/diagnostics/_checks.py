@@ -17,6 +17,7 @@ from normkit.diagnostics._modules import (
     is_norm_like,
     leaf_modules,
 )
+from normkit.nn import catalog
 
 __all__ = ["check_model"]
 
@@ -25,12 +26,8 @@ _DEEP_PLAIN = 10  # depth layers from which a net without any norm layer is call
 
 def _removes_channel_bias(m: nn.Module) -> bool:
     """Norms that subtract a per-channel mean, making a per-channel bias before them a no-op:
-    BN-like layers, frozen BNs (a ``running_mean`` buffer, no momentum) and InstanceNorm."""
-    return (
-        is_bn_like(m)
-        or isinstance(getattr(m, "running_mean", None), Tensor)
-        or "instancenorm" in type(m).__name__.lower()
-    )
+    batch norms (frozen ones too) and instance norms (:func:`normkit.nn.catalog.family`)."""
+    return catalog.family(m) in ("batch", "frozen_batch", "instance")
 
 
 def _out_features(m: nn.Module) -> int | None:

@@ -1,10 +1,13 @@
-"""What kind of layer a module is, by duck typing (works for torch.nn, normkit and user layers)."""
+"""What kind of layer a module is (norms by :mod:`normkit.nn.catalog`; works for torch.nn,
+normkit, timm and user layers)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from torch import nn
+
+from normkit.nn import catalog
 
 __all__ = [
     "SAT_HIGH",
@@ -23,20 +26,19 @@ ActivationKind = Literal["relu", "sigmoid", "tanh"]
 #: A sigmoid output is saturated outside [SAT_LOW, SAT_HIGH], a tanh output when |y| > SAT_HIGH.
 SAT_LOW, SAT_HIGH = 0.01, 0.99
 
-_BN_ATTRS = ("running_mean", "running_var", "momentum", "num_batches_tracked")
-
 
 def is_bn_like(m: nn.Module) -> bool:
-    """A batch-norm-style layer: has ``running_mean``, ``running_var``, ``momentum`` and
-    ``num_batches_tracked`` (torch.nn.BatchNorm*, SyncBatchNorm, normkit.nn.BatchNorm* and any
-    layer following the same conventions)."""
-    return all(hasattr(m, a) for a in _BN_ATTRS)
+    """A batch-norm-style layer (batch statistics in training, running statistics in eval):
+    the ``"batch"`` family of :func:`normkit.nn.catalog.family` — torch.nn.BatchNorm*,
+    SyncBatchNorm, normkit's batch norms, and any layer following torch's conventions
+    (``running_mean``, ``running_var``, ``momentum``, ``num_batches_tracked``)."""
+    return catalog.family(m) == "batch"
 
 
 def is_norm_like(m: nn.Module) -> bool:
-    """Any normalization layer: BN-like, or a class whose name contains "norm" (LayerNorm,
-    GroupNorm, RMSNorm, InstanceNorm, BatchRenorm, ...)."""
-    return is_bn_like(m) or "norm" in type(m).__name__.lower()
+    """Any normalization layer (:func:`normkit.nn.catalog.is_norm`): the catalog's norms, layers
+    following torch's batch-norm conventions, and classes whose name contains "norm"."""
+    return catalog.is_norm(m)
 
 
 def norm_kind(m: nn.Module) -> Literal["batch", "norm"] | None:

@@ -1,7 +1,8 @@
 """Swap every norm layer of a model for its twin: ``torch.nn`` ⇄ ``normkit.nn``.
 
-One table (:data:`TWINS`) pairs each torch.nn norm with its normkit twin and names the
-constructor arguments both share; conversion builds the twin with those arguments on the same
+The catalog (:mod:`normkit.nn.catalog`) pairs each torch.nn norm with its normkit twin
+(:data:`TWINS` is that view); the constructor arguments both share are read off the module by
+the names of torch's signature; conversion builds the twin with those arguments on the same
 device and dtype, loads the state_dict (strict: every parameter and buffer carries over), copies
 ``requires_grad`` and the training flag, and puts it where the original was (shared modules stay
 shared). Only exact types convert: subclasses (FrozenBatchNorm, BatchRenorm, …) behave differently
@@ -11,6 +12,8 @@ and are left alone.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, overload
@@ -18,51 +21,28 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
-import normkit.nn as nkn
+from normkit.nn import catalog
 
 __all__ = ["TWINS", "ConversionReport", "Converted", "Twin", "convert"]
 
 
-def _bn_args(m: nn.Module) -> dict[str, Any]:
-    return {
-        "num_features": m.num_features,
-        "eps": m.eps,
-        "momentum": m.momentum,
-        "affine": m.affine,
-        "track_running_stats": m.track_running_stats,
-    }
+def _shared_args(m: nn.Module, torch_cls: type[nn.Module]) -> dict[str, Any]:
+    """The constructor arguments of ``torch_cls`` read off ``m`` (either twin): each argument
+    is the attribute of the same name, ``bias`` whether a bias exists (or none could)."""
+    args: dict[str, Any] = {}
+    for name in inspect.signature(torch_cls.__init__).parameters:
+        if name in ("self", "device", "dtype"):
+            continue
+        if name == "bias":
+            args[name] = getattr(m, "bias", None) is not None or getattr(m, "weight", None) is None
+        elif name == "normalized_shape":
+            args[name] = tuple(m.normalized_shape)  # type: ignore[arg-type]
+        else:
+            args[name] = getattr(m, name)
+    return args
 
 
-def _ln_args(m: nn.Module) -> dict[str, Any]:
-    return {
-        "normalized_shape": tuple(m.normalized_shape),
-        "eps": m.eps,
-        "elementwise_affine": m.elementwise_affine,
-        "bias": getattr(m, "bias", None) is not None or not m.elementwise_affine,
-    }
-
-
-def _rms_args(m: nn.Module) -> dict[str, Any]:
-    return {
-        "normalized_shape": tuple(m.normalized_shape),
-        "eps": m.eps,
-        "elementwise_affine": m.elementwise_affine,
-    }
-
-
-def _gn_args(m: nn.Module) -> dict[str, Any]:
-    return {
-        "num_groups": m.num_groups,
-        "num_channels": m.num_channels,
-        "eps": m.eps,
-        "affine": m.affine,
-    }
-
-
-def _axis_blocker(m: nn.Module) -> str | None:
-    axis = getattr(m, "axis", 1)
-    if axis != 1:
-        return f"normalizes feature axis {axis}; torch.nn batch norms only normalize axis 1"
+def _no_blocker(m: nn.Module) -> str | None:
     return None
 
 
@@ -74,30 +54,21 @@ class Twin:
     torch_cls: type[nn.Module]
     normkit_cls: type[nn.Module]
     args: Callable[[nn.Module], dict[str, Any]]
-    to_torch_blocker: Callable[[nn.Module], str | None] = lambda m: None
+    to_torch_blocker: Callable[[nn.Module], str | None] = _no_blocker
 
 
-TWINS: tuple[Twin, ...] = (
-    Twin(nn.BatchNorm1d, nkn.BatchNorm1d, _bn_args, _axis_blocker),
-    Twin(nn.BatchNorm2d, nkn.BatchNorm2d, _bn_args, _axis_blocker),
-    Twin(nn.BatchNorm3d, nkn.BatchNorm3d, _bn_args, _axis_blocker),
-    Twin(nn.LayerNorm, nkn.LayerNorm, _ln_args),
-    Twin(nn.RMSNorm, nkn.RMSNorm, _rms_args),
-    Twin(nn.GroupNorm, nkn.GroupNorm, _gn_args),
-    Twin(nn.InstanceNorm1d, nkn.InstanceNorm1d, _bn_args),
-    Twin(nn.InstanceNorm2d, nkn.InstanceNorm2d, _bn_args),
-    Twin(nn.InstanceNorm3d, nkn.InstanceNorm3d, _bn_args),
-)
-if hasattr(nkn, "SyncBatchNorm"):  # present when this normkit ships synchronized BN
-    TWINS += (
-        Twin(
-            nn.SyncBatchNorm,
-            nkn.SyncBatchNorm,
-            lambda m: {**_bn_args(m), "process_group": m.process_group},
-            _axis_blocker,
-        ),
+TWINS: tuple[Twin, ...] = tuple(
+    Twin(
+        row.torch_twin,
+        row.cls,
+        functools.partial(_shared_args, torch_cls=row.torch_twin),
+        row.convert_blocker or _no_blocker,
     )
-"""The one twin table: every normkit layer with an exact torch.nn counterpart."""
+    for row in catalog.rows()
+    if row.torch_twin is not None and isinstance(row.cls, type)
+)
+"""Every normkit layer with an exact torch.nn counterpart: a view of the catalog's
+``torch_twin`` column (:mod:`normkit.nn.catalog`)."""
 
 _BY_TORCH = {t.torch_cls: t for t in TWINS}
 _BY_NORMKIT = {t.normkit_cls: t for t in TWINS}

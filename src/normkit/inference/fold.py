@@ -22,9 +22,10 @@ gets the folded weights (and a bias if it had none), the BN module is replaced b
 :class:`torch.nn.Identity` — or by its activation for norm+activation layers — so a model that was
 scriptable / exportable stays so.
 
-A norm type takes part through one table entry (:func:`register_foldable_norm`) that reads the
-small protocol ``running_mean``, ``running_var``, ``eps``, optional ``weight``/``bias``, the
-feature axis, and the activation to keep.
+Which norms fold, and which activation stays in their place, is the ``fold`` column of the
+catalog (:mod:`normkit.nn.catalog`); a user's type takes part through
+:func:`register_foldable_norm`. Both read the small protocol ``running_mean``, ``running_var``,
+``eps``, optional ``weight``/``bias``, the feature axis, and the activation to keep.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import copy
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Literal, overload
 
 import torch
@@ -41,7 +43,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
-import normkit.nn as nkn
+from normkit.nn import catalog
 
 __all__ = [
     "FoldReport",
@@ -122,12 +124,24 @@ def register_foldable_norm(cls: type[nn.Module] | str, extract: Extractor | None
 
 def _extractor(m: nn.Module) -> Extractor | None:
     t = type(m)
-    return _FOLDABLE.get(t) or _FOLDABLE_BY_NAME.get(f"{t.__module__}.{t.__qualname__}")
+    user = _FOLDABLE.get(t) or _FOLDABLE_BY_NAME.get(f"{t.__module__}.{t.__qualname__}")
+    if user is not None:
+        return user
+    row = catalog.lookup(t, exact=True)
+    return None if row is None or row.fold is None else _catalog_extractor(row.fold)
+
+
+@cache
+def _catalog_extractor(fold: catalog.Fold) -> Extractor:
+    """The extractor of a catalog row: the batch-norm protocol with the row's activation."""
+    return lambda m: batchnorm_protocol(m, fold.activation(m), frozen=fold.frozen)
 
 
 def foldable_norm_types() -> tuple[type[nn.Module] | str, ...]:
-    """The norm classes (and class names) :func:`fold_batchnorm` knows how to fold."""
-    return (*_FOLDABLE, *_FOLDABLE_BY_NAME)
+    """The norm classes (and class names) :func:`fold_batchnorm` knows how to fold: the
+    catalog's rows with a fold rule, then the registered ones."""
+    known = tuple(r.cls for r in catalog.rows() if r.fold is not None and r.cls is not None)
+    return (*known, *_FOLDABLE, *_FOLDABLE_BY_NAME)
 
 
 def batchnorm_protocol(
@@ -166,75 +180,6 @@ def batchnorm_protocol(
         axis=int(getattr(m, "axis", 1)),
         activation=activation,
     )
-
-
-def _norm_act(m: nn.Module) -> FoldableNorm | str:
-    """normkit's BatchNormAct2d/SyncBatchNormAct2d: BN, then ``act``."""
-    act = getattr(m, "act", None)
-    return batchnorm_protocol(m, act if isinstance(act, nn.Module) else None)
-
-
-def _frozen(m: nn.Module) -> FoldableNorm | str:
-    return batchnorm_protocol(m, frozen=True)
-
-
-def _frozen_act(m: nn.Module) -> FoldableNorm | str:
-    act = getattr(m, "act", None)
-    return batchnorm_protocol(m, act if isinstance(act, nn.Module) else None, frozen=True)
-
-
-for _cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm):
-    register_foldable_norm(_cls)
-
-# normkit's batch norms: eval mode is "normalize with the running statistics" for all of them
-# (BatchRenorm and GhostBatchNorm differ only in training). Looked up by name so that the table
-# holds whichever of them this normkit ships.
-_NORMKIT_TABLE: dict[str, Extractor] = {
-    **dict.fromkeys(
-        (
-            "BatchNorm",
-            "BatchNorm1d",
-            "BatchNorm2d",
-            "BatchNorm3d",
-            "BatchRenorm",
-            "BatchRenorm1d",
-            "BatchRenorm2d",
-            "BatchRenorm3d",
-            "GhostBatchNorm",
-            "GhostBatchNorm1d",
-            "GhostBatchNorm2d",
-            "SyncBatchNorm",
-            "BatchNormalization",
-        ),
-        batchnorm_protocol,
-    ),
-    **dict.fromkeys(
-        ("FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"),
-        _frozen,
-    ),
-    "BatchNormAct2d": _norm_act,
-    "SyncBatchNormAct2d": _norm_act,
-    "FrozenBatchNormAct2d": _frozen_act,
-}
-for _name, _extract in _NORMKIT_TABLE.items():
-    _cls = getattr(nkn, _name, None)
-    if isinstance(_cls, type):
-        register_foldable_norm(_cls, _extract)
-
-
-def _timm_norm_act(m: nn.Module) -> FoldableNorm | str:
-    """timm's ``BatchNormAct2d``/``FrozenBatchNormAct2d``: BN, then ``drop``, then ``act``."""
-    drop, act = getattr(m, "drop", None), getattr(m, "act", None)
-    parts = [p for p in (drop, act) if isinstance(p, nn.Module) and not isinstance(p, nn.Identity)]
-    activation = parts[0] if len(parts) == 1 else nn.Sequential(*parts) if parts else None
-    return batchnorm_protocol(m, activation=activation)
-
-
-register_foldable_norm("torchvision.ops.misc.FrozenBatchNorm2d")
-register_foldable_norm("timm.layers.norm_act.BatchNormAct2d", _timm_norm_act)
-register_foldable_norm("timm.layers.norm_act.FrozenBatchNormAct2d", _timm_norm_act)
-register_foldable_norm("timm.layers.norm_act.SyncBatchNormAct", _timm_norm_act)
-register_foldable_norm("timm.layers.norm_act.FrozenBatchNorm2d")
 
 
 # --------------------------------------------------------------------------- the fold itself

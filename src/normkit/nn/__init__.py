@@ -1,5 +1,8 @@
 """normkit layers: drop-in twins of the torch.nn norms, and the norms torch.nn lacks."""
 
+from normkit.nn import _catalog as catalog
+from normkit.nn._catalog import get_norm, norm_names, register_norm
+from normkit.nn._swap import convert_sync_batchnorm, freeze_batchnorm, unfreeze_batchnorm
 from normkit.nn.attention import (
     QKNorm,
     ResidualNorm,
@@ -30,8 +33,6 @@ from normkit.nn.frozen import (
     FrozenBatchNorm1d,
     FrozenBatchNorm2d,
     FrozenBatchNorm3d,
-    freeze_batchnorm,
-    unfreeze_batchnorm,
 )
 from normkit.nn.ghost import GhostBatchNorm, GhostBatchNorm1d, GhostBatchNorm2d
 from normkit.nn.groupnorm import (
@@ -61,10 +62,9 @@ from normkit.nn.recurrent import (
     LayerNormRNN,
     LayerNormRNNCell,
 )
-from normkit.nn.registry import get_norm, norm_names, register_norm
 from normkit.nn.renorm import BatchRenorm, BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from normkit.nn.residual import AddLayerNorm, AddRMSNorm
-from normkit.nn.sync import SyncBatchNorm, convert_sync_batchnorm
+from normkit.nn.sync import SyncBatchNorm
 from normkit.nn.weight import (
     ScaledStdConv2d,
     SpectralNormalization,
@@ -136,6 +136,7 @@ __all__ = [
     "SyncBatchNorm",
     "SyncBatchNormAct2d",
     "UnitNormalization",
+    "catalog",
     "convert_sync_batchnorm",
     "deepnorm_coefficients",
     "deepnorm_init_",

@@ -1,4 +1,6 @@
-"""Frozen batch norm for fine-tuning: ``FrozenBatchNorm*`` and ``freeze_batchnorm``/``unfreeze_batchnorm``."""
+"""Frozen batch norm for fine-tuning: ``FrozenBatchNorm`` and ``FrozenBatchNorm1d/2d/3d``.
+
+:func:`normkit.nn.freeze_batchnorm` puts them in place of a model's batch norms."""
 
 from __future__ import annotations
 
@@ -6,20 +8,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parameter import is_lazy
 
 from normkit import functional as NF
+from normkit.nn._base import _backend_repr, check_rank
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from normkit.nn.registry import register_norm
 
-__all__ = [
-    "FrozenBatchNorm",
-    "FrozenBatchNorm1d",
-    "FrozenBatchNorm2d",
-    "FrozenBatchNorm3d",
-    "freeze_batchnorm",
-    "unfreeze_batchnorm",
-]
+__all__ = ["FrozenBatchNorm", "FrozenBatchNorm1d", "FrozenBatchNorm2d", "FrozenBatchNorm3d"]
 
 
 class FrozenBatchNorm(nn.Module):
@@ -85,6 +80,11 @@ class FrozenBatchNorm(nn.Module):
                 f"cannot freeze {type(bn).__name__}: it has no running statistics "
                 "(track_running_stats=False); freeze a layer trained with running statistics"
             )
+        if is_lazy(rm):
+            raise ValueError(
+                f"cannot freeze {type(bn).__name__}: the lazy layer has not seen an input yet, "
+                "so it has no statistics; run the model on a batch first"
+            )
         frozen = cls(
             rm.shape[0],
             float(getattr(bn, "eps", getattr(bn, "epsilon", 1e-5))),
@@ -129,17 +129,8 @@ class FrozenBatchNorm(nn.Module):
             self.num_features, self.eps, device=rm.device, dtype=rm.dtype, **kw
         )
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        name = type(self).__name__
-        if x.ndim < self._min_ndim or (self._max_ndim is not None and x.ndim > self._max_ndim):
-            raise ValueError(
-                f"{name} expects {self._min_ndim}D to {self._max_ndim or 'any'}D input (got "
-                f"{x.ndim}D input of shape {tuple(x.shape)}); use the variant matching your "
-                "input rank, or FrozenBatchNorm"
-            )
-
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
+        check_rank(self, input)
         return NF.batch_norm(
             input,
             self.running_mean,
@@ -154,20 +145,11 @@ class FrozenBatchNorm(nn.Module):
         )
 
     def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any], *args: Any
     ) -> None:
         # A BatchNorm checkpoint carries num_batches_tracked; frozen statistics do not need it.
         state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
     def extra_repr(self) -> str:
         s = f"{self.num_features}, eps={self.eps}"
@@ -175,7 +157,7 @@ class FrozenBatchNorm(nn.Module):
             s += ", requires_grad=True"
         if self.axis != 1:
             s += f", axis={self.axis}"
-        return s
+        return s + _backend_repr(self.backend)
 
 
 class FrozenBatchNorm1d(FrozenBatchNorm):
@@ -206,83 +188,3 @@ class FrozenBatchNorm3d(FrozenBatchNorm):
 
     _min_ndim, _max_ndim = 5, 5
     _unfrozen_cls = BatchNorm3d
-
-
-# Which frozen class stands in for which batch-norm class (checked along the MRO, so subclasses
-# such as BatchRenorm2d map too). Modules with extra behaviour (an activation) register theirs.
-FROZEN_TWINS: dict[type[nn.Module], type[FrozenBatchNorm]] = {
-    nn.BatchNorm1d: FrozenBatchNorm1d,
-    nn.BatchNorm2d: FrozenBatchNorm2d,
-    nn.BatchNorm3d: FrozenBatchNorm3d,
-    BatchNorm1d: FrozenBatchNorm1d,
-    BatchNorm2d: FrozenBatchNorm2d,
-    BatchNorm3d: FrozenBatchNorm3d,
-}
-
-
-def _is_batchnorm(m: nn.Module) -> bool:
-    if isinstance(m, FrozenBatchNorm):
-        return False
-    return isinstance(m, _BatchNorm | BatchNorm) or getattr(m, "is_batchnorm", False)
-
-
-def _frozen_class(m: nn.Module) -> type[FrozenBatchNorm]:
-    for klass in type(m).__mro__:
-        if klass in FROZEN_TWINS:
-            return FROZEN_TWINS[klass]
-    return FrozenBatchNorm
-
-
-def freeze_batchnorm(model: nn.Module, *, requires_grad: bool = False) -> nn.Module:
-    """Replace every batch-norm layer of ``model`` by a :class:`FrozenBatchNorm` (in place).
-
-    Converts ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.SyncBatchNorm`` and every normkit batch
-    norm (``BatchNorm*``, ``BatchRenorm*``, ``GhostBatchNorm*``, ``SyncBatchNorm``,
-    ``BatchNormAct2d`` → ``FrozenBatchNormAct2d``, Keras-style ``BatchNormalization``), keeping
-    weights and running statistics, so the model behaves as in eval mode in every mode.
-    ``requires_grad=True`` leaves the affine ``weight``/``bias`` trainable. Returns ``model``
-    (or the frozen layer when ``model`` itself is a batch norm). :func:`unfreeze_batchnorm`
-    undoes it. A batch norm without running statistics raises :class:`ValueError`.
-
-    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
-    >>> model = freeze_batchnorm(model)
-    >>> type(model[1]).__name__
-    'FrozenBatchNorm2d'
-    """
-    if _is_batchnorm(model):
-        frozen = _frozen_class(model).from_batchnorm(model, requires_grad=requires_grad)
-        frozen.train(model.training)
-        frozen.__dict__["_source_module"] = model  # not a submodule: kept out of state_dict
-        return frozen
-    for name, child in model.named_children():
-        new = freeze_batchnorm(child, requires_grad=requires_grad)
-        if new is not child:
-            setattr(model, name, new)
-    return model
-
-
-def unfreeze_batchnorm(model: nn.Module) -> nn.Module:
-    """Undo :func:`freeze_batchnorm`: every frozen layer becomes a trainable batch norm again.
-
-    A layer frozen by :func:`freeze_batchnorm` gets its original class and options back (with
-    ``num_batches_tracked``); one built directly becomes a normkit ``BatchNorm*`` of the same
-    rank (see :meth:`FrozenBatchNorm.to_batchnorm`). Current weights and statistics are kept.
-    Returns ``model`` (or the new layer).
-
-    >>> model = unfreeze_batchnorm(freeze_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(4))))
-    >>> type(model[0]).__name__
-    'BatchNorm1d'
-    """
-    if isinstance(model, FrozenBatchNorm):
-        return model.to_batchnorm()
-    for name, child in model.named_children():
-        new = unfreeze_batchnorm(child)
-        if new is not child:
-            setattr(model, name, new)
-    return model
-
-
-register_norm("frozenbn", FrozenBatchNorm, aliases=("frozenbatchnorm",))
-register_norm("frozenbn1d", FrozenBatchNorm1d, aliases=("frozenbatchnorm1d",))
-register_norm("frozenbn2d", FrozenBatchNorm2d, aliases=("frozenbatchnorm2d",))
-register_norm("frozenbn3d", FrozenBatchNorm3d, aliases=("frozenbatchnorm3d",))

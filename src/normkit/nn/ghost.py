@@ -10,7 +10,6 @@ from torch import Tensor
 from normkit import functional as NF
 from normkit._stats import NanPolicy
 from normkit.nn.batchnorm import BatchNorm
-from normkit.nn.registry import register_norm
 
 __all__ = ["GhostBatchNorm", "GhostBatchNorm1d", "GhostBatchNorm2d"]
 
@@ -46,6 +45,7 @@ class GhostBatchNorm(BatchNorm):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         virtual_batch_size: int = 32,
         axis: int = 1,
         nan_policy: NanPolicy = "skip",
@@ -64,6 +64,7 @@ class GhostBatchNorm(BatchNorm):
             track_running_stats,
             device,
             dtype,
+            bias=bias,
             axis=axis,
             nan_policy=nan_policy,
             backend=backend,
@@ -73,15 +74,13 @@ class GhostBatchNorm(BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Ghost-batch-normalize ``input`` (training) or batch-normalize it with running stats."""
         self._check_input_dim(input)
-        tracking = self.training and self.track_running_stats
-        use_batch_stats = self.training or self.running_mean is None
-        keep = not self.training or self.track_running_stats
+        running_mean, running_var, use_batch_stats, num_batches_tracked = self.batch_state()
         if not use_batch_stats:
             return super().forward(input, mask)
         return NF.ghost_batch_norm(
             input,
-            self.running_mean if keep else None,
-            self.running_var if keep else None,
+            running_mean,
+            running_var,
             self.weight,
             self.bias,
             True,
@@ -89,14 +88,14 @@ class GhostBatchNorm(BatchNorm):
             self.eps,
             virtual_batch_size=self.virtual_batch_size,
             axis=self.axis,
-            num_batches_tracked=self.num_batches_tracked if tracking else None,
+            num_batches_tracked=num_batches_tracked,
             nan_policy=self.nan_policy,
             mask=mask,
             backend=self.backend,
         )
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", virtual_batch_size={self.virtual_batch_size}"
+    def extra_options(self) -> str:
+        return f", virtual_batch_size={self.virtual_batch_size}" + super().extra_options()
 
 
 class GhostBatchNorm1d(GhostBatchNorm):
@@ -115,8 +114,3 @@ class GhostBatchNorm2d(GhostBatchNorm):
     """
 
     _min_ndim, _max_ndim = 4, 4
-
-
-register_norm("gbn", GhostBatchNorm, aliases=("ghostbatchnorm",))
-register_norm("gbn1d", GhostBatchNorm1d, aliases=("ghostbatchnorm1d",))
-register_norm("gbn2d", GhostBatchNorm2d, aliases=("ghostbatchnorm2d",))

@@ -6,15 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normkit import functional as NF
 from normkit._stats import NanPolicy
+from normkit.nn._base import ChannelAffineBase, NormBase
 
 __all__ = ["ChannelNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
 
-class GroupNorm(nn.Module):
+class GroupNorm(ChannelAffineBase):
     """Group normalization (Wu & He 2018, arXiv:1803.08494); twin of :class:`torch.nn.GroupNorm`.
 
     .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,g(c)}}{\\sqrt{\\sigma^2_{n,g(c)} + \\epsilon}}\\gamma_c + \\beta_c
@@ -34,53 +35,35 @@ class GroupNorm(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
         if num_groups < 1 or num_channels % num_groups:
             raise ValueError(
                 f"num_groups={num_groups} must divide num_channels={num_channels}; pick a divisor "
                 f"of {num_channels}"
             )
+        super().__init__(num_channels, eps, affine, device, dtype, bias=bias, backend=backend)
         self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        self.backend = backend
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-
-    def reset_parameters(self) -> None:
-        """``weight = 1``, ``bias = 0``."""
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.ndim < 2 or input.shape[1] != self.num_channels:
-            raise ValueError(
-                f"GroupNorm expects input (N, {self.num_channels}, *) (got shape "
-                f"{tuple(input.shape)}); num_channels must equal the input's dim 1"
-            )
+        self._check_channels(input)
         return NF.group_norm(
             input, self.num_groups, self.weight, self.bias, self.eps, backend=self.backend
         )
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return f"{self.num_groups}, " + super().extra_repr()
 
 
-class _InstanceNorm(nn.Module):
+class _InstanceNorm(NormBase):
     """Instance normalization (Ulyanov, Vedaldi & Lempitsky 2016, arXiv:1607.08022).
 
     .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,c}}{\\sqrt{\\sigma^2_{n,c} + \\epsilon}}\\gamma_c + \\beta_c
 
-    Same constructor, defaults (``affine=False``, ``track_running_stats=False``) and buffers as
-    the torch.nn twin; unbatched ``(C, *)`` inputs accepted.
+    Same constructor (``bias=False`` included), defaults (``affine=False``,
+    ``track_running_stats=False``) and buffers as the torch.nn twin; unbatched ``(C, *)`` inputs
+    accepted.
     """
 
     _spatial_dims = 2
@@ -95,34 +78,50 @@ class _InstanceNorm(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         nan_policy: NanPolicy = "skip",
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_features = num_features
-        self.eps = eps
-        self.momentum = momentum
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        self.nan_policy: NanPolicy = nan_policy
-        self.backend = backend
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_features, **factory))
-            self.bias = nn.Parameter(torch.zeros(num_features, **factory))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        super().__init__(
+            num_features,
+            eps,
+            momentum,
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
+            nan_policy=nan_policy,
+            backend=backend,
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Version 1 dropped the running buffers of layers that do not track them (torch 0.4):
+        # an unversioned checkpoint that still has them is reported and the keys are dropped.
+        if local_metadata.get("version") is None and not self.track_running_stats:
+            keys = [prefix + n for n in ("running_mean", "running_var") if prefix + n in state_dict]
+            if keys:
+                name = type(self).__name__
+                error_msgs.append(
+                    f"Unexpected running stats buffer(s) {' and '.join(map(repr, keys))} for "
+                    f"{name} with track_running_stats=False (a checkpoint saved before torch "
+                    f"0.4.0?); remove these keys from the state_dict, or build {name} with "
+                    "track_running_stats=True to use them"
+                )
+                for key in keys:
+                    state_dict.pop(key)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def forward(self, input: Tensor) -> Tensor:
         name = type(self).__name__
@@ -154,12 +153,6 @@ class _InstanceNorm(nn.Module):
         )
         return y.squeeze(0) if unbatched else y
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-        )
-
 
 class InstanceNorm1d(_InstanceNorm):
     __doc__ = (_InstanceNorm.__doc__ or "") + (
@@ -185,7 +178,7 @@ class InstanceNorm3d(_InstanceNorm):
     _spatial_dims = 3
 
 
-class ChannelNorm(nn.Module):
+class ChannelNorm(ChannelAffineBase):
     """Channel normalization (Dai & Heckel 2019, arXiv:1908.10196).
 
     .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,c}}{\\sqrt{\\sigma^2_{n,c} + \\epsilon}}\\gamma_c + \\beta_c
@@ -197,35 +190,8 @@ class ChannelNorm(nn.Module):
     >>> y = ChannelNorm(16)(torch.randn(4, 16, 128))
     """
 
-    def __init__(
-        self,
-        num_channels: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        self.backend = backend
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+    _min_ndim = 3
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.ndim < 3 or input.shape[1] != self.num_channels:
-            raise ValueError(
-                f"ChannelNorm({self.num_channels}) expects input (N, {self.num_channels}, L, ...) "
-                f"with at least one position dim (got shape {tuple(input.shape)})"
-            )
+        self._check_channels(input, " and at least one position dim")
         return NF.channel_norm(input, self.weight, self.bias, self.eps, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"

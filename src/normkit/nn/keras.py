@@ -13,7 +13,6 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from normkit import functional as NF
 from normkit._stats import NanPolicy
-from normkit.nn.registry import register_norm
 
 __all__ = ["BatchNormalization"]
 
@@ -53,7 +52,6 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     """
 
     cls_to_become = None
-    is_batchnorm = True  # for normkit.nn.freeze_batchnorm
 
     def __init__(
         self,
@@ -197,10 +195,3 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             f"axis={self.axis}, momentum={self.momentum}, epsilon={self.epsilon}, "
             f"center={self.center}, scale={self.scale}, num_features={self.num_features}"
         )
-
-
-def _keras_bn(num_features: int, **kwargs: Any) -> BatchNormalization:
-    return BatchNormalization(num_features=num_features, **kwargs)
-
-
-register_norm("keras_bn", _keras_bn, aliases=("batchnormalization",))

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from normkit import functional as NF
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
+from normkit.nn._base import ChannelAffineBase, _backend_repr, init_affine
 
 __all__ = ["LayerNorm", "LayerNorm2d", "RMSNorm"]
 
@@ -71,21 +72,12 @@ class LayerNorm(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.normalized_shape = _shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.casting, self.offset = _preset(casting, offset, zero_centered, LAYER_NORM_CASTINGS)
         self.backend = backend
-        if elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        init_affine(self, self.normalized_shape, elementwise_affine, bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -112,8 +104,10 @@ class LayerNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+            f"bias={self.bias is not None}"
             + _preset_repr(self.casting, self.offset)
+            + _backend_repr(self.backend)
         )
 
 
@@ -151,12 +145,7 @@ class RMSNorm(nn.Module):
         self.elementwise_affine = elementwise_affine
         self.casting, self.offset = _preset(casting, offset, zero_centered, CASTINGS)
         self.backend = backend
-        if elementwise_affine:
-            self.weight = nn.Parameter(
-                torch.empty(self.normalized_shape, device=device, dtype=dtype)
-            )
-        else:
-            self.register_parameter("weight", None)
+        init_affine(self, self.normalized_shape, elementwise_affine, False, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -179,6 +168,7 @@ class RMSNorm(nn.Module):
         return (
             f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
             + _preset_repr(self.casting, self.offset)
+            + _backend_repr(self.backend)
         )
 
     @classmethod
@@ -261,7 +251,7 @@ class RMSNorm(nn.Module):
         return hf
 
 
-class LayerNorm2d(nn.Module):
+class LayerNorm2d(ChannelAffineBase):
     """Layer norm across channels at each position of a channels-first input (ConvNeXt, timm).
 
     .. math:: y_{n,:,p} = \\frac{x_{n,:,p} - \\mu_{n,p}}{\\sqrt{\\sigma^2_{n,p} + \\epsilon}} \\odot \\gamma + \\beta
@@ -280,27 +270,11 @@ class LayerNorm2d(nn.Module):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        self.num_channels = num_channels
-        self.eps = eps
-        self.affine = affine
-        self.backend = backend
-        if affine:
-            self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        super().__init__(num_channels, eps, affine, device, dtype, bias=bias, backend=backend)
 
     def forward(self, input: Tensor) -> Tensor:
-        if input.ndim < 2 or input.shape[1] != self.num_channels:
-            raise ValueError(
-                f"LayerNorm2d({self.num_channels}) expects input (N, {self.num_channels}, ...) "
-                f"(got shape {tuple(input.shape)}); for channels-last tensors use LayerNorm"
-            )
+        self._check_channels(input, "; for channels-last tensors use LayerNorm")
         return NF.layer_norm_2d(input, self.weight, self.bias, self.eps, backend=self.backend)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_channels}, eps={self.eps}, affine={self.affine}"

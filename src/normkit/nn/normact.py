@@ -1,22 +1,23 @@
 """Norm + activation layers (timm's idea): ``BatchNormAct2d``, ``GroupNormAct``, ``LayerNormAct``,
-and ``FrozenBatchNormAct2d``. Each is its plain norm followed by an activation, with the plain
-norm's state_dict (so they load plain-norm weights)."""
+``FrozenBatchNormAct2d`` and ``SyncBatchNormAct2d``. Each is its plain norm followed by an
+activation (:class:`normkit.nn._base.ActivationMixin`), with the plain norm's state_dict (so they
+load plain-norm weights)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from normkit._stats import NanPolicy
+from normkit.nn._base import Activation, ActivationMixin, make_activation
 from normkit.nn.batchnorm import BatchNorm2d
-from normkit.nn.frozen import FROZEN_TWINS, FrozenBatchNorm, FrozenBatchNorm2d
+from normkit.nn.frozen import FrozenBatchNorm, FrozenBatchNorm2d
 from normkit.nn.groupnorm import GroupNorm
 from normkit.nn.layernorm import LayerNorm
-from normkit.nn.registry import register_norm
-from normkit.nn.sync import SYNC_TWINS, SyncBatchNorm
+from normkit.nn.sync import SyncBatchNorm
 
 __all__ = [
     "Activation",
@@ -28,58 +29,8 @@ __all__ = [
     "make_activation",
 ]
 
-Activation = str | Callable[[Tensor], Tensor] | nn.Module | None
 
-_ACTS: dict[str, Callable[[bool], nn.Module]] = {
-    "relu": lambda inplace: nn.ReLU(inplace=inplace),
-    "gelu": lambda inplace: nn.GELU(),
-    "silu": lambda inplace: nn.SiLU(inplace=inplace),
-    "swish": lambda inplace: nn.SiLU(inplace=inplace),
-    "identity": lambda inplace: nn.Identity(),
-}
-
-
-class _Lambda(nn.Module):
-    """A parameter-free module around a plain callable activation."""
-
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return getattr(self.fn, "__name__", repr(self.fn))
-
-
-def make_activation(act: Activation, *, inplace: bool = False) -> nn.Module:
-    """An activation module from ``"relu" | "gelu" | "silu" | "identity"``, ``None`` (identity),
-    an ``nn.Module`` (used as is) or a callable ``Tensor -> Tensor``.
-
-    ``inplace`` applies to ``relu``/``silu`` (GELU has no in-place form).
-
-    >>> make_activation("silu", inplace=True)
-    SiLU(inplace=True)
-    """
-    if act is None:
-        return nn.Identity()
-    if isinstance(act, nn.Module):
-        return act
-    if isinstance(act, str):
-        try:
-            return _ACTS[act.lower()](inplace)
-        except KeyError:
-            raise ValueError(
-                f"unknown activation {act!r}; expected one of {sorted(_ACTS)}, an nn.Module or a "
-                "callable"
-            ) from None
-    if callable(act):
-        return _Lambda(act)
-    raise TypeError(f"act must be a string, nn.Module or callable (got {type(act).__name__})")
-
-
-class BatchNormAct2d(BatchNorm2d):
+class BatchNormAct2d(ActivationMixin, BatchNorm2d):
     """:class:`normkit.nn.BatchNorm2d` followed by an activation — the "BN between the conv and
     the ReLU" of Ioffe & Szegedy 2015 as one layer (timm's ``BatchNormAct2d``).
 
@@ -104,6 +55,7 @@ class BatchNormAct2d(BatchNorm2d):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         act: Activation = "relu",
         inplace: bool = False,
         axis: int = 1,
@@ -118,17 +70,15 @@ class BatchNormAct2d(BatchNorm2d):
             track_running_stats,
             device,
             dtype,
+            bias=bias,
             axis=axis,
             nan_policy=nan_policy,
             backend=backend,
         )
-        self.act = make_activation(act, inplace=inplace)
-
-    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.act(super().forward(input, mask))
+        self.set_activation(act, inplace)
 
 
-class GroupNormAct(GroupNorm):
+class GroupNormAct(ActivationMixin, GroupNorm):
     """:class:`normkit.nn.GroupNorm` followed by an activation (timm's ``GroupNormAct``).
 
     .. math:: y = \\mathrm{act}\\big(\\mathrm{GN}(x)\\big)
@@ -147,18 +97,18 @@ class GroupNormAct(GroupNorm):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         act: Activation = "relu",
         inplace: bool = False,
         backend: str = "auto",
     ) -> None:
-        super().__init__(num_groups, num_channels, eps, affine, device, dtype, backend=backend)
-        self.act = make_activation(act, inplace=inplace)
+        super().__init__(
+            num_groups, num_channels, eps, affine, device, dtype, bias=bias, backend=backend
+        )
+        self.set_activation(act, inplace)
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self.act(super().forward(input))
 
-
-class LayerNormAct(LayerNorm):
+class LayerNormAct(ActivationMixin, LayerNorm):
     """:class:`normkit.nn.LayerNorm` followed by an activation (timm's ``LayerNormAct``).
 
     .. math:: y = \\mathrm{act}\\big(\\mathrm{LN}(x)\\big)
@@ -185,13 +135,10 @@ class LayerNormAct(LayerNorm):
         super().__init__(
             normalized_shape, eps, elementwise_affine, bias, device, dtype, backend=backend
         )
-        self.act = make_activation(act, inplace=inplace)
-
-    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.act(super().forward(input, mask))
+        self.set_activation(act, inplace)
 
 
-class FrozenBatchNormAct2d(FrozenBatchNorm2d):
+class FrozenBatchNormAct2d(ActivationMixin, FrozenBatchNorm2d):
     """:class:`normkit.nn.FrozenBatchNorm2d` followed by an activation (timm's
     ``FrozenBatchNormAct2d``); what :func:`normkit.nn.freeze_batchnorm` makes of a
     :class:`BatchNormAct2d`.
@@ -223,7 +170,7 @@ class FrozenBatchNormAct2d(FrozenBatchNorm2d):
             axis=axis,
             backend=backend,
         )
-        self.act = make_activation(act, inplace=inplace)
+        self.set_activation(act, inplace)
 
     @classmethod
     def from_batchnorm(cls, bn: nn.Module, *, requires_grad: bool = False) -> FrozenBatchNorm:
@@ -238,14 +185,8 @@ class FrozenBatchNormAct2d(FrozenBatchNorm2d):
         bn.act = self.act
         return bn
 
-    def forward(self, input: Tensor) -> Tensor:
-        return self.act(super().forward(input))
 
-
-FROZEN_TWINS[BatchNormAct2d] = FrozenBatchNormAct2d
-
-
-class SyncBatchNormAct2d(SyncBatchNorm):
+class SyncBatchNormAct2d(ActivationMixin, SyncBatchNorm):
     """:class:`normkit.nn.SyncBatchNorm` followed by an activation (timm's ``SyncBatchNormAct``);
     what :func:`normkit.nn.convert_sync_batchnorm` makes of a :class:`BatchNormAct2d`.
 
@@ -263,6 +204,7 @@ class SyncBatchNormAct2d(SyncBatchNorm):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         act: Activation = "relu",
         inplace: bool = False,
         strict: bool = False,
@@ -279,33 +221,15 @@ class SyncBatchNormAct2d(SyncBatchNorm):
             process_group,
             device,
             dtype,
+            bias=bias,
             strict=strict,
             axis=axis,
             nan_policy=nan_policy,
             backend=backend,
         )
-        self.act = make_activation(act, inplace=inplace)
+        self.set_activation(act, inplace)
 
     @staticmethod
     def twin_kwargs(module: nn.Module) -> dict[str, Any]:
         """Constructor options taken from the layer being converted (its activation)."""
         return {"act": module.act}
-
-    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.act(super().forward(input, mask))
-
-
-SYNC_TWINS[BatchNormAct2d] = SyncBatchNormAct2d
-register_norm("bnact2d", BatchNormAct2d, aliases=("batchnormact2d",))
-register_norm("frozenbnact2d", FrozenBatchNormAct2d, aliases=("frozenbatchnormact2d",))
-register_norm("syncbnact2d", SyncBatchNormAct2d, aliases=("syncbatchnormact2d",))
-register_norm("lnact", LayerNormAct, aliases=("layernormact",))
-
-
-def _group_norm_act(num_features: int, num_groups: int | None = None, **kw: Any) -> GroupNormAct:
-    if num_groups is None:
-        num_groups = max(g for g in range(1, min(32, num_features) + 1) if num_features % g == 0)
-    return GroupNormAct(num_groups, num_features, **kw)
-
-
-register_norm("gnact", _group_norm_act, aliases=("groupnormact",))

@@ -11,7 +11,6 @@ from torch import Tensor
 from normkit import functional as NF
 from normkit._stats import NanPolicy
 from normkit.nn.batchnorm import BatchNorm
-from normkit.nn.registry import register_norm
 
 __all__ = ["BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
 
@@ -54,6 +53,7 @@ class BatchRenorm(BatchNorm):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         r_max: float = 3.0,
         d_max: float = 5.0,
         warmup_steps: int = 0,
@@ -85,6 +85,7 @@ class BatchRenorm(BatchNorm):
             track_running_stats,
             device,
             dtype,
+            bias=bias,
             axis=axis,
             nan_policy=nan_policy,
             backend=backend,
@@ -112,31 +113,31 @@ class BatchRenorm(BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Renormalize ``input`` (training) or batch-normalize it with the running statistics."""
         self._check_input_dim(input)
-        assert self.running_mean is not None and self.running_var is not None
+        running_mean, running_var, training, num_batches_tracked = self.batch_state()
         r_max, d_max = self.clip_limits() if self.training else (self.r_max, self.d_max)
         return NF.batch_renorm(
             input,
-            self.running_mean,
-            self.running_var,
+            running_mean,  # type: ignore[arg-type]
+            running_var,  # type: ignore[arg-type]
             self.weight,
             self.bias,
-            self.training,
+            training,
             self.momentum,
             self.eps,
             r_max=r_max,
             d_max=d_max,
             axis=self.axis,
-            num_batches_tracked=self.num_batches_tracked if self.training else None,
+            num_batches_tracked=num_batches_tracked,
             nan_policy=self.nan_policy,
             mask=mask,
             backend=self.backend,
         )
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}"
+    def extra_options(self) -> str:
+        s = f", r_max={self.r_max}, d_max={self.d_max}"
         if self.warmup_steps:
             s += f", warmup_steps={self.warmup_steps}"
-        return s
+        return s + super().extra_options()
 
 
 class BatchRenorm1d(BatchRenorm):
@@ -164,9 +165,3 @@ class BatchRenorm3d(BatchRenorm):
     """
 
     _min_ndim, _max_ndim = 5, 5
-
-
-register_norm("brn", BatchRenorm, aliases=("batchrenorm",))
-register_norm("brn1d", BatchRenorm1d, aliases=("batchrenorm1d",))
-register_norm("brn2d", BatchRenorm2d, aliases=("batchrenorm2d",))
-register_norm("brn3d", BatchRenorm3d, aliases=("batchrenorm3d",))

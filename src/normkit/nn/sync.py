@@ -1,4 +1,6 @@
-"""Synchronized batch norm across processes: ``SyncBatchNorm`` and ``convert_sync_batchnorm``."""
+"""Synchronized batch norm across processes: ``SyncBatchNorm``.
+
+:func:`normkit.nn.convert_sync_batchnorm` puts it in place of a model's batch norms."""
 
 from __future__ import annotations
 
@@ -7,17 +9,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from normkit import _reference
 from normkit import functional as NF
 from normkit._stats import Moments, NanPolicy, accumulation_dtype, moments
 from normkit.distributed import all_gather_moments, is_distributed
-from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from normkit.nn.ghost import GhostBatchNorm
-from normkit.nn.registry import register_norm
+from normkit.nn.batchnorm import BatchNorm
 
-__all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
+__all__ = ["SyncBatchNorm"]
 
 
 class SyncBatchNorm(BatchNorm):
@@ -61,6 +60,7 @@ class SyncBatchNorm(BatchNorm):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         strict: bool = False,
         axis: int = 1,
         nan_policy: NanPolicy = "skip",
@@ -74,6 +74,7 @@ class SyncBatchNorm(BatchNorm):
             track_running_stats,
             device,
             dtype,
+            bias=bias,
             axis=axis,
             nan_policy=nan_policy,
             backend=backend,
@@ -143,91 +144,11 @@ class SyncBatchNorm(BatchNorm):
             )
         return NF._keep_format(y, input)
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (", strict=True" if self.strict else "")
+    @staticmethod
+    def twin_kwargs(module: nn.Module) -> dict[str, Any]:
+        """Constructor options :func:`normkit.nn.convert_sync_batchnorm` takes from the layer it
+        replaces, beyond the batch-norm ones (none here; the activation for norm+act layers)."""
+        return {}
 
-
-# Exact classes converted to SyncBatchNorm (subclasses with other behaviour are not, see below).
-_CONVERTIBLE: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    BatchNorm,
-    BatchNorm1d,
-    BatchNorm2d,
-    BatchNorm3d,
-    SyncBatchNorm,
-)
-# Subclasses with their own sync twin (e.g. BatchNormAct2d -> SyncBatchNormAct2d) register here.
-SYNC_TWINS: dict[type[nn.Module], type[SyncBatchNorm]] = {}
-
-
-def convert_sync_batchnorm(
-    module: nn.Module, process_group: Any = None, *, strict: bool = False
-) -> nn.Module:
-    """Replace every batch norm of ``module`` by a :class:`SyncBatchNorm` (in place).
-
-    Converts ``torch.nn.BatchNorm1d/2d/3d``, ``torch.nn.SyncBatchNorm``, normkit's
-    ``BatchNorm``/``BatchNorm1d/2d/3d``/``SyncBatchNorm`` and ``BatchNormAct2d`` (→
-    ``SyncBatchNormAct2d``). The same ``Parameter`` and buffer objects are reused, so an
-    optimizer built before still works. ``GhostBatchNorm`` (local by design) and
-    ``FrozenBatchNorm`` (no batch statistics) are left as they are; ``BatchRenorm`` and the
-    Keras-style ``BatchNormalization`` are left local with a warning. Returns ``module`` (or the
-    new layer when ``module`` itself is a batch norm).
-
-    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
-    >>> type(convert_sync_batchnorm(model)[1]).__name__
-    'SyncBatchNorm'
-    """
-    cls = type(module)
-    twin = SYNC_TWINS.get(cls)
-    if twin is not None or cls in _CONVERTIBLE:
-        target = twin or SyncBatchNorm
-        rm = getattr(module, "running_mean", None)
-        ref = rm if rm is not None else getattr(module, "weight", None)
-        kwargs: dict[str, Any] = {
-            "axis": getattr(module, "axis", 1),
-            "nan_policy": getattr(module, "nan_policy", "skip"),
-            "backend": getattr(module, "backend", "auto"),
-            "strict": strict,
-        }
-        if twin is not None:
-            kwargs.update(target.twin_kwargs(module))  # type: ignore[attr-defined]
-        new = target(
-            module.num_features,  # type: ignore[arg-type]
-            module.eps,  # type: ignore[arg-type]
-            module.momentum,  # type: ignore[arg-type]
-            module.affine,  # type: ignore[arg-type]
-            module.track_running_stats,  # type: ignore[arg-type]
-            process_group,
-            device=None if ref is None else ref.device,
-            dtype=None if ref is None else ref.dtype,
-            **kwargs,
-        )
-        if module.affine:
-            new.weight = module.weight  # type: ignore[assignment]
-            new.bias = module.bias  # type: ignore[assignment]
-        if module.track_running_stats:
-            new.running_mean = module.running_mean
-            new.running_var = module.running_var
-            new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    if isinstance(module, _BatchNorm | BatchNorm) or getattr(module, "is_batchnorm", False):
-        if not isinstance(module, GhostBatchNorm):
-            warnings.warn(
-                f"convert_sync_batchnorm: {cls.__name__} has no synchronized version and stays "
-                "local to each process",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return module
-    for name, child in module.named_children():
-        new_child = convert_sync_batchnorm(child, process_group, strict=strict)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module
-
-
-register_norm("syncbn", SyncBatchNorm, aliases=("syncbatchnorm",))
+    def extra_options(self) -> str:
+        return (", strict=True" if self.strict else "") + super().extra_options()

@@ -1,0 +1,215 @@
+"""Walk the catalog: every row's every derived view (get_norm, freeze, sync, fold, convert,
+diagnostics) says what the row says."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import normkit.nn as nkn
+from normkit.diagnostics import check_model, is_bn_like, is_norm_like
+from normkit.inference import TWINS, convert, fold_batchnorm
+from normkit.inference.fold import _extractor, foldable_norm_types
+from normkit.nn import _catalog, catalog
+
+CLASS_ROWS = [r for r in catalog.CATALOG if isinstance(r.cls, type)]
+C = 4
+
+
+def _name(row: catalog.NormKind) -> str:
+    return row.qualname.replace("normkit.nn.", "nk.").replace("torch.nn.modules.", "torch.")
+
+
+def _instance(row: catalog.NormKind) -> nn.Module:
+    """A small instance of the row's class with C features."""
+    if row.names:
+        return row.build(C)
+    cls = row.cls
+    if cls is nkn.ConditionalBatchNorm2d:
+        return cls(C, num_classes=3)
+    if cls is nkn.AdaIN:
+        return cls()
+    if cls in (nn.GroupNorm,):
+        return cls(2, C)
+    if cls in (nn.LocalResponseNorm, nn.CrossMapLRN2d):
+        return cls(3)
+    if cls.__name__.startswith("Lazy"):
+        return cls()
+    return cls(C)
+
+
+def _rank(m: nn.Module) -> int:
+    name = type(m).__name__
+    if name.endswith("1d") or isinstance(m, nkn.BatchNormalization):
+        return 2
+    return 5 if name.endswith("3d") else 4
+
+
+def _producer(rank: int) -> nn.Module:
+    return {2: nn.Linear(3, C), 4: nn.Conv2d(3, C, 1), 5: nn.Conv3d(3, C, 1)}[rank]
+
+
+def _randomized(m: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for t in (*m.parameters(), *m.buffers()):
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+    return m
+
+
+@pytest.mark.parametrize("row", CLASS_ROWS, ids=_name)
+def test_lookup_finds_the_row(row):
+    assert catalog.lookup(row.cls) is row
+    assert catalog.lookup(row.cls, exact=True) is row
+    m = _instance(row)
+    assert catalog.lookup(m) is row and catalog.family(m) == row.family and catalog.is_norm(m)
+
+    class Sub(row.cls):  # a user's subclass: the base's row, but not an exact match
+        pass
+
+    assert catalog.lookup(Sub) is row and catalog.lookup(Sub, exact=True) is None
+
+
+@pytest.mark.parametrize("row", [r for r in catalog.CATALOG if r.names], ids=_name)
+def test_get_norm_builds_the_row(row):
+    for name in row.names:
+        layer = nkn.get_norm(name.upper(), C)
+        assert type(layer) is row.cls
+        assert name in nkn.norm_names()
+
+
+@pytest.mark.parametrize("row", CLASS_ROWS, ids=_name)
+def test_freeze_follows_the_row(row):
+    m = _instance(row)
+    if row.family != "batch":
+        assert nkn.freeze_batchnorm(m) is m
+        return
+    if row.cls.__name__.startswith("Lazy"):
+        with pytest.raises(ValueError, match="has not seen an input yet"):
+            nkn.freeze_batchnorm(m)
+        return
+    frozen = nkn.freeze_batchnorm(_randomized(m))
+    assert type(frozen) is (row.frozen or nkn.FrozenBatchNorm)
+    x = torch.randn(2, C, *[3] * (_rank(m) - 2))
+    if getattr(m, "axis", 1) != 1:
+        x = x.movedim(1, -1)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen.train()(x), m.eval()(x))
+    back = nkn.unfreeze_batchnorm(frozen)
+    assert back is m
+
+
+@pytest.mark.filterwarnings("ignore:SyncBatchNorm. torch.distributed is not initialized")
+@pytest.mark.parametrize("row", CLASS_ROWS, ids=_name)
+def test_convert_sync_follows_the_row(row):
+    m = _instance(row)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        new = nkn.convert_sync_batchnorm(m)
+    warned = any("no synchronized version" in str(w.message) for w in caught)
+    if row.sync is not None:
+        assert type(new) is row.sync and not warned
+        assert new.weight is m.weight and new.running_mean is m.running_mean
+    else:
+        assert new is m
+        assert warned == (row.family == "batch" and not row.local)
+
+
+@pytest.mark.parametrize("row", CLASS_ROWS, ids=_name)
+def test_fold_follows_the_row(row):
+    m = _instance(row)
+    assert (_extractor(m) is not None) == (row.fold is not None)
+    assert (row.cls in foldable_norm_types()) == (row.fold is not None)
+    if row.fold is None:
+        return
+    rank = _rank(m)
+    model = nn.Sequential(_producer(rank), _randomized(m)).eval()
+    x = torch.randn(2, 3, *[3] * (rank - 2))
+    folded, report = fold_batchnorm(model, return_report=True)
+    assert len(report.folded) == 1, str(report)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_twins_are_the_rows_with_a_torch_twin():
+    rows = {(r.torch_twin, r.cls) for r in catalog.CATALOG if r.torch_twin is not None}
+    assert {(t.torch_cls, t.normkit_cls) for t in TWINS} == rows
+
+
+@pytest.mark.parametrize("row", [r for r in CLASS_ROWS if r.torch_twin], ids=_name)
+def test_convert_follows_the_row(row):
+    ours = _randomized(_instance(row))
+    theirs = convert(ours, "torch")
+    assert type(theirs) is row.torch_twin
+    back = convert(theirs, "normkit")
+    assert type(back) is row.cls
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("row", CLASS_ROWS, ids=_name)
+def test_diagnostics_detect_the_row(row):
+    m = _instance(row)
+    assert is_norm_like(m)
+    assert is_bn_like(m) == (row.family == "batch")
+    leaf = next(m.children(), None) is None  # the checks look at leaf modules
+    if row.family == "batch" and leaf and not row.cls.__name__.startswith("Lazy"):
+        rank = _rank(m)
+        model = nn.Sequential(_producer(rank), m)
+        findings = check_model(model, torch.randn(2, 3, *[3] * (rank - 2)))
+        assert "bias-before-norm" in {f.code for f in findings}
+
+
+def test_family_of_classes_outside_the_catalog_follows_torch_conventions():
+    class MyBN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.momentum = 0.1
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                self.register_buffer(name, torch.zeros(2))
+
+    class MyFrozen(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("running_mean", torch.zeros(2))
+            self.register_buffer("running_var", torch.ones(2))
+
+    class ScaleNorm(nn.Module):
+        pass
+
+    assert catalog.family(MyBN()) == "batch"
+    assert catalog.family(MyFrozen()) == "frozen_batch"
+    assert catalog.family(ScaleNorm()) == "other"
+    assert catalog.family(nn.Linear(2, 2)) is None and not catalog.is_norm(nn.ReLU())
+
+
+def test_classes_of_other_libraries_are_found_by_name():
+    frozen_bn = type("FrozenBatchNorm2d", (nn.Module,), {"__module__": "torchvision.ops.misc"})
+    rms = type("RmsNorm", (nn.Module,), {"__module__": "timm.layers.norm"})
+    assert catalog.family(frozen_bn()) == "frozen_batch"
+    assert catalog.family(rms()) == "rms"
+
+
+def test_register_norm_adds_a_row(monkeypatch):
+    monkeypatch.setattr(_catalog, "CATALOG", list(catalog.CATALOG))
+    _catalog._index.cache_clear()
+    try:
+
+        class ScaledLayerNorm(nkn.LayerNorm):
+            pass
+
+        nkn.register_norm("sln", ScaledLayerNorm, aliases=("scaledln",), family="layer")
+        assert type(nkn.get_norm("ScaledLN", 8)) is ScaledLayerNorm
+        assert catalog.lookup(ScaledLayerNorm).names == ("sln", "scaledln")
+        nkn.register_norm("twice", lambda n, **kw: nkn.LayerNorm(n, **kw))
+        assert catalog.lookup(nkn.get_norm("twice", 4)).cls is nkn.LayerNorm
+        with pytest.raises(ValueError, match="'gn' is already registered"):
+            nkn.register_norm("gn", nkn.GroupNorm)
+    finally:
+        monkeypatch.undo()
+        _catalog._index.cache_clear()
+    assert "sln" not in nkn.norm_names()
