@@ -23,14 +23,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm as _TorchInstanceNorm
 from torch.nn.parameter import is_lazy
 
 from normkit._stats import Moments, accumulation_dtype, merge_moments
+from normkit.nn import _catalog as catalog
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
-from normkit.nn.frozen import FrozenBatchNorm
-from normkit.nn.groupnorm import _InstanceNorm
 from normkit.nn.keras import BatchNormalization
 
 __all__ = ["LayerRecalibration", "RecalibrationReport", "recalibrate_batchnorm"]
@@ -107,13 +104,12 @@ class _Target:
 def _kind(m: nn.Module) -> tuple[Kind, int, bool] | None:
     """(kind, feature axis, stores unbiased variance) for a layer with running statistics."""
     rm = getattr(m, "running_mean", None)
-    if isinstance(m, FrozenBatchNorm) or not isinstance(rm, Tensor) or is_lazy(rm):
+    if not isinstance(rm, Tensor) or is_lazy(rm):
         return None
-    if isinstance(m, BatchNormalization):
-        return "batch", m.axis, False
-    if isinstance(m, _BatchNorm | BatchNorm):
-        return "batch", getattr(m, "axis", 1), True
-    if isinstance(m, _TorchInstanceNorm | _InstanceNorm):
+    family = catalog.family(m)
+    if family == "batch":
+        return "batch", getattr(m, "axis", 1), not isinstance(m, BatchNormalization)
+    if family == "instance":
         return "instance", 1, True
     return None
 
