@@ -3,8 +3,9 @@
 A layer holds state only; the math lives in :mod:`normkit.functional`. What every layer shares
 is written here once:
 
-- :func:`init_affine` / :func:`reset_affine`: the ``weight`` (ones) and ``bias`` (zeros)
-  parameters of the given shape, or ``None`` — torch's registration, ``bias=False`` included.
+- :func:`init_affine` / :func:`reset_affine`: the ``weight`` and ``bias`` parameters of the
+  given shape, or ``None`` — torch's registration, ``bias=False`` included — and their reset
+  to ones and zeros.
 - :class:`NormBase`: per-feature norms with optional running statistics (the batch-norm family
   and the instance norms): torch's constructor ``(num_features, eps, momentum, affine,
   track_running_stats, device, dtype, *, bias)``, the buffers ``running_mean``,
@@ -15,6 +16,8 @@ is written here once:
   prologue of torch's ``_BatchNorm.forward`` (which statistics normalize, which buffers move),
   used by every batch-norm layer (BatchNorm, BatchRenorm, GhostBatchNorm, SyncBatchNorm, the
   norm+activation layers, the lazy layers).
+- :class:`ChannelAffineBase`: per-sample norms with a per-channel affine map and no running
+  statistics (GroupNorm, ChannelNorm, LayerNorm2d).
 - :class:`ActivationMixin`: "this norm, then an activation" for the norm+activation layers.
 """
 
