@@ -32,6 +32,8 @@ def _instance(row: catalog.NormKind) -> nn.Module:
         return cls(C, num_classes=3)
     if cls is nkn.AdaIN:
         return cls()
+    if cls is nkn.EvoNorm2dS0:
+        return cls(C, groups=2)
     if cls in (nn.GroupNorm,):
         return cls(2, C)
     if cls in (nn.LocalResponseNorm, nn.CrossMapLRN2d):

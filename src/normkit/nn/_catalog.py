@@ -39,12 +39,24 @@ from typing import Any, Literal
 
 from torch import nn
 
-from normkit.nn.attention import UnitNormalization
+from normkit.nn.attention import QKNorm, UnitNormalization
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
+from normkit.nn.cnn_norms import (
+    EvoNorm2dB0,
+    EvoNorm2dS0,
+    FilterResponseNorm2d,
+    GlobalResponseNorm,
+    SplitBatchNorm2d,
+)
 from normkit.nn.conditional import (
     AdaGroupNorm,
+    AdaIN,
+    AdaLayerNorm,
+    AdaLNZero,
+    ConditionalBatchNorm2d,
     FiLM,
 )
+from normkit.nn.dyt import DyT
 from normkit.nn.frozen import (
     FrozenBatchNorm,
     FrozenBatchNorm1d,
@@ -290,6 +302,21 @@ CATALOG: list[NormKind] = [
     NormKind(LayerNorm2d, "layer", ("ln2d", "layernorm2d")),
     NormKind(RMSNorm, "rms", ("rms", "rmsnorm"), torch_twin=nn.RMSNorm),
     NormKind(AddRMSNorm, "rms", signature_twin=nn.RMSNorm),
+    # ---- normkit's CNN, transformer and conditional norms
+    NormKind(SplitBatchNorm2d, "batch", frozen=FrozenBatchNorm2d, fold=_BN),
+    NormKind(EvoNorm2dB0, "other"),  # divides by a batch/instance std without centring
+    NormKind(EvoNorm2dS0, "other"),
+    NormKind(FilterResponseNorm2d, "other"),  # mean square, no centring
+    NormKind(GlobalResponseNorm, "other"),
+    NormKind(DyT, "other", ("dyt", "dynamictanh")),
+    NormKind(AdaLayerNorm, "layer", ("adaln", "adalayernorm")),
+    NormKind(AdaLNZero, "layer", ("adaln-zero", "adalnzero")),
+    NormKind(AdaGroupNorm, "group", ("adagn", "adagroupnorm"), factory=_ada_group_norm),
+    NormKind(ConditionalBatchNorm2d, "other"),  # its batch norm is the child ``bn``
+    NormKind(AdaIN, "instance"),
+    NormKind(FiLM, "other", ("film",), factory=_film),
+    NormKind(QKNorm, "other", ("qknorm",)),
+    NormKind(UnitNormalization, "other", ("unit", "l2", "unitnormalization"), factory=_unit_norm),
     # ---- torch.nn
     NormKind(nn.BatchNorm1d, "batch", frozen=FrozenBatchNorm1d, sync=SyncBatchNorm, fold=_BN),
     NormKind(nn.BatchNorm2d, "batch", frozen=FrozenBatchNorm2d, sync=SyncBatchNorm, fold=_BN),
