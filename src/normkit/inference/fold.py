@@ -44,6 +44,7 @@ from torch.nn.parameter import is_lazy
 from torch.nn.utils import parametrize
 
 from normkit.nn import catalog
+from normkit.nn.weight import StdConv2d
 
 __all__ = [
     "FoldReport",
@@ -244,7 +245,7 @@ def _compatibility(layer: nn.Module, norm: FoldableNorm) -> str | None:
             f"the norm normalizes axis {norm.axis} but the conv's channels are on axis 1; only "
             "channels-first norms fold into a conv"
         )
-    if isinstance(layer, nkn.StdConv2d):
+    if isinstance(layer, StdConv2d):
         return (
             "the conv standardizes its weight on every call (weight standardization), so the "
             "weight it uses is computed; bake it first: a plain Conv2d with the conv's "

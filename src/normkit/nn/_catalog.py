@@ -230,6 +230,13 @@ def _film(num_features: int, cond_dim: int | None = None, **kw: Any) -> FiLM:
     return FiLM(num_features, cond_dim or num_features, **kw)
 
 
+def _evonorm_s0(num_features: int, groups: int | None = None, **kw: Any) -> EvoNorm2dS0:
+    """EvoNorm-S0 with, by default, the largest divisor of ``num_features`` not above 32 groups."""
+    if groups is None and kw.get("group_size") is None:
+        groups = _largest_group_count(num_features)
+    return EvoNorm2dS0(num_features, groups if groups is not None else 32, **kw)
+
+
 def _unit_norm(num_features: int | None = None, **kw: Any) -> UnitNormalization:
     return UnitNormalization(**kw)
 
@@ -303,11 +310,13 @@ CATALOG: list[NormKind] = [
     NormKind(RMSNorm, "rms", ("rms", "rmsnorm"), torch_twin=nn.RMSNorm),
     NormKind(AddRMSNorm, "rms", signature_twin=nn.RMSNorm),
     # ---- normkit's CNN, transformer and conditional norms
-    NormKind(SplitBatchNorm2d, "batch", frozen=FrozenBatchNorm2d, fold=_BN),
-    NormKind(EvoNorm2dB0, "other"),  # divides by a batch/instance std without centring
-    NormKind(EvoNorm2dS0, "other"),
-    NormKind(FilterResponseNorm2d, "other"),  # mean square, no centring
-    NormKind(GlobalResponseNorm, "other"),
+    NormKind(SplitBatchNorm2d, "batch", ("splitbn2d", "splitbatchnorm2d"),
+             signature_twin=nn.BatchNorm2d, frozen=FrozenBatchNorm2d, fold=_BN),
+    # divides by a batch/instance std without centring
+    NormKind(EvoNorm2dB0, "other", ("evonorm_b0", "evonorm2db0")),
+    NormKind(EvoNorm2dS0, "other", ("evonorm_s0", "evonorm2ds0"), factory=_evonorm_s0),
+    NormKind(FilterResponseNorm2d, "other", ("frn", "filterresponsenorm2d")),  # no centring
+    NormKind(GlobalResponseNorm, "other", ("grn", "globalresponsenorm")),
     NormKind(DyT, "other", ("dyt", "dynamictanh")),
     NormKind(AdaLayerNorm, "layer", ("adaln", "adalayernorm")),
     NormKind(AdaLNZero, "layer", ("adaln-zero", "adalnzero")),
