@@ -8,7 +8,10 @@ stays at the pool's size. Rows report the time of each pass, the speed-up over s
 (total), and the largest differences from scikit-learn's statistics and outputs, checked in
 an untimed pass (``max |Δ out|`` is 0 when the outputs are bit-identical). normkit runs once
 with one torch thread (scikit-learn's numpy passes are single-threaded: the like-for-like
-row) and once with the default thread count (torch's and numba's).
+row) and once with the default thread count (torch's and numba's). normkit's CPU passes are
+single-threaded by design (serial Numba kernels and numpy ufuncs: on a small shared machine a
+second thread cost more than it brought), so the two rows measure the same code and differ
+only by noise; a row far below the other would mean a thread pool crept back in.
 
 scikit-learn is imported only when the suite runs (it is the ``data`` extra).
 """
