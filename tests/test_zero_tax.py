@@ -225,3 +225,23 @@ def test_auto_layers_compile_fullgraph_without_warnings(dynamic, table):
             x = torch.randn(n, 3, 7, 7)
             torch.testing.assert_close(fn(x), twin(x))
     torch.testing.assert_close(model[1].running_var, twin[1].running_var)
+
+
+def test_ghost_closed_form_update_equals_sequential_updates_and_skips_per_virtual_batch():
+    ours = nkn.GhostBatchNorm1d(3, virtual_batch_size=4).double()
+    bn = nn.BatchNorm1d(3).double()
+    x = torch.randn(16, 3, dtype=torch.float64) * 2 + 1
+    ours(x)
+    for chunk in x.split(4):
+        bn(chunk)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(bn, name))
+    x[5, 1] = float("nan")  # the second of four virtual batches
+    with pytest.warns(RuntimeWarning, match="left unchanged"):
+        ours(x)
+    for i, chunk in enumerate(x.split(4)):
+        if i != 1:
+            bn(chunk)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(ours, name), getattr(bn, name))
+    assert ours.num_batches_tracked.item() == 4 + 3

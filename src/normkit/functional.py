@@ -305,6 +305,54 @@ def _batch_norm_fused(
     return y
 
 
+@torch.no_grad()
+def _update_running_buffers_k(
+    running_mean: Tensor,
+    running_var: Tensor,
+    batch_means: Tensor,
+    batch_vars: Tensor,
+    count: int,
+    momentum: float | None,
+    num_batches_tracked: Tensor | None,
+    nan_policy: NanPolicy,
+) -> None:
+    """:func:`update_running_buffers` for ``k`` batches in order (rows of ``batch_means`` and
+    the biased ``batch_vars``), in closed form when every batch is finite and ``momentum`` fixed:
+
+    .. math:: r_k = (1-m)^k\\, r_0 + \\sum_{i<k} m (1-m)^{k-1-i}\\, b_i
+
+    (a handful of ops instead of ``k`` updates); otherwise batch by batch, so that
+    ``nan_policy`` acts per batch.
+    """
+    k = batch_means.shape[0]
+    unbiased = bessel_correction(batch_vars, count)
+    closed = (
+        momentum is not None
+        and running_mean.dtype == batch_means.dtype
+        and batch_means.device.type == "cpu"  # the finiteness check syncs with the host
+        and not torch.compiler.is_compiling()
+    )
+    if closed and nan_policy != "propagate":
+        closed = bool(
+            torch.isfinite(batch_means.sum() + unbiased.sum())
+            or (torch.isfinite(batch_means).all() and torch.isfinite(unbiased).all())
+        )
+    if not closed:
+        for mu, var_i in zip(batch_means, batch_vars, strict=True):
+            update_running_buffers(
+                running_mean, running_var, mu, var_i, count, momentum,
+                num_batches_tracked=num_batches_tracked, nan_policy=nan_policy,
+            )  # fmt: skip
+        return
+    assert momentum is not None
+    decay = [momentum * (1 - momentum) ** (k - 1 - i) for i in range(k)]
+    weights = torch.tensor(decay, dtype=batch_means.dtype, device=batch_means.device)
+    running_mean.mul_((1 - momentum) ** k).add_(weights @ batch_means)
+    running_var.mul_((1 - momentum) ** k).add_(weights @ unbiased)
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(k)
+
+
 # --------------------------------------------------------------------------- ops
 
 
@@ -896,17 +944,10 @@ def ghost_batch_norm(
         y = y.reshape(main.shape).movedim(ax, 0).reshape(k * v, *input.shape[1:])
         if running_mean is not None and running_var is not None:
             count = grouped.numel() // grouped.shape[ax]
-            for mu, var_i in zip(mean.view(k, -1), var.view(k, -1), strict=True):
-                update_running_buffers(
-                    running_mean,
-                    running_var,
-                    mu,
-                    var_i,
-                    count,
-                    momentum,
-                    num_batches_tracked=num_batches_tracked,
-                    nan_policy=nan_policy,
-                )
+            _update_running_buffers_k(
+                running_mean, running_var, mean.view(k, -1), var.view(k, -1), count,
+                momentum, num_batches_tracked, nan_policy,
+            )  # fmt: skip
         if rest:  # updates the buffers as the full virtual batches did (one kind of update)
             tail_x = input[k * v :]
             tail, mu, var_i = backends.dispatch(
