@@ -310,8 +310,9 @@ CATALOG: list[NormKind] = [
     NormKind(RMSNorm, "rms", ("rms", "rmsnorm"), torch_twin=nn.RMSNorm),
     NormKind(AddRMSNorm, "rms", signature_twin=nn.RMSNorm),
     # ---- normkit's CNN, transformer and conditional norms
+    # timm's constructor (num_splits is its sixth positional argument), not torch's
     NormKind(SplitBatchNorm2d, "batch", ("splitbn2d", "splitbatchnorm2d"),
-             signature_twin=nn.BatchNorm2d, frozen=FrozenBatchNorm2d, fold=_BN),
+             frozen=FrozenBatchNorm2d, fold=_BN),
     # divides by a batch/instance std without centring
     NormKind(EvoNorm2dB0, "other", ("evonorm_b0", "evonorm2db0")),
     NormKind(EvoNorm2dS0, "other", ("evonorm_s0", "evonorm2ds0"), factory=_evonorm_s0),
