@@ -11,7 +11,7 @@ Timing helpers (:func:`measure`, :func:`copy_baseline`) and the report writers
 in-process memory copy of the same bytes the same way.
 
 >>> from normkit.bench import register_suite
->>> register_suite("demo", lambda quick: [{"op": "noop", "ms": 0.0}], "a demo suite")
+>>> register_suite("demo", lambda quick: [{"op": "noop", "ms": 0.0}], "a demo suite")  # doctest: +SKIP
 """
 
 from normkit.bench._registry import Suite, get_suite, load_suites, register_suite, suite_names

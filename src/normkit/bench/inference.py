@@ -73,7 +73,7 @@ def run_inference_bench(
     ``norm_backend``, ``original_ms``, ``optimized_ms``, ``speedup`` (original / optimized,
     median of an interleaved loop), ``max_abs_error``.
 
-    >>> rows = run_inference_bench(quick=True)
+    >>> rows = run_inference_bench(quick=True)  # doctest: +SKIP
     """
     warmup = 1 if quick else 3
     reps = reps or (5 if quick else 20)

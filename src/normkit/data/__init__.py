@@ -22,7 +22,7 @@ Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``
 
 >>> from normkit.data import StandardScaler
 >>> sc = StandardScaler().fit(np.random.rand(100, 3))
->>> z = sc.transform(torch.rand(8, 3, device="cuda"))   # tensor in, tensor out on cuda
+>>> z = sc.transform(torch.rand(8, 3))   # tensor in, tensor out (same device and dtype)
 """
 
 from normkit.data._power import PowerTransformer

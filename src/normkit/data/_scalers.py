@@ -229,7 +229,7 @@ class StandardScaler(StreamingScaler):
 
     >>> sc = StandardScaler()
     >>> for chunk in torch.randn(10_000, 4).split(1000):
-    ...     sc.partial_fit(chunk)
+    ...     _ = sc.partial_fit(chunk)
     >>> z = sc.transform(torch.randn(5, 4))       # tensor in, tensor out
     """
 

@@ -40,8 +40,10 @@ class TargetScaler(BaseEstimator):
 
     Shapes: ``y`` is ``(n,)`` or ``(n, targets)``; predictions likewise.
 
-    >>> ts = TargetScaler().fit(y_train)                 # StandardScaler by default
-    >>> loss = F.mse_loss(model(x), ts.transform(y))     # train in scaled units
+    >>> x, y = torch.randn(64, 3), 1000 + 50 * torch.randn(64, 1)   # targets in large units
+    >>> model = nn.Linear(3, 1)
+    >>> ts = TargetScaler().fit(y)                       # StandardScaler by default
+    >>> loss = nn.functional.mse_loss(model(x), ts.transform(y))   # train in scaled units
     >>> predictor = ts.wrap(model)                       # predicts in original units
     """
 

@@ -11,8 +11,10 @@
 - :func:`render_findings` prints findings as a rich table.
 
 >>> from normkit.diagnostics import watch
+>>> from normkit.diagnostics.examples import digits_cnn
+>>> model = digits_cnn()
 >>> with watch(model) as rec:
-...     train(model)
+...     model(torch.randn(64, 1, 8, 8)).logsumexp(1).mean().backward()
 >>> for f in rec.verdict():
 ...     print(f.severity, f.code, f.message, f.fix)
 """

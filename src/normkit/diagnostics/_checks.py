@@ -154,8 +154,9 @@ def check_model(
     BN-like layers are found by duck typing (``running_mean``, ``running_var``, ``momentum``,
     ``num_batches_tracked``), so torch.nn, normkit and user layers are all covered.
 
-    >>> check_model(torchvision.models.resnet18(), torch.randn(8, 3, 224, 224))
-    []
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    >>> [f.code for f in check_model(model, torch.randn(8, 3, 16, 16))]
+    ['bias-before-norm']
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"check_model expects a torch.nn.Module (got {type(model).__name__})")

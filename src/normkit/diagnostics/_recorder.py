@@ -750,9 +750,16 @@ def watch(
     The parameter gradients recorded are those of the recorded step's backward (with gradient
     accumulation: that micro-batch's, not the accumulated ``.grad``).
 
-    >>> with watch(model, every=10) as rec:
-    ...     train(model, steps=100)
-    >>> rec.verdict()                      # [Finding(code="vanishing-gradients", ...), ...]
-    >>> rec.plot("gradient_flow.png")
+    >>> from normkit.diagnostics.examples import deep_mlp
+    >>> model = deep_mlp(30)                       # 30 sigmoid layers: gradients vanish
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> with watch(model, every=5) as rec:
+    ...     for _ in range(10):
+    ...         loss = model(torch.randn(32, 64)).square().mean()
+    ...         opt.zero_grad()
+    ...         loss.backward()
+    ...         opt.step()
+    >>> [f.code for f in rec.verdict() if f.code == "vanishing-gradients"]
+    ['vanishing-gradients']
     """
     return Recorder(model, every=every, optimizer=optimizer, hist_every=hist_every, record=record)

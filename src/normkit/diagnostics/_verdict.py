@@ -460,7 +460,13 @@ def diagnose(run: Recording | HasRecording, **thresholds: float) -> list[Finding
 
     Keyword overrides: any field of :class:`Thresholds`.
 
-    >>> diagnose(rec, vanishing_warning=1e-3)
+    >>> from normkit.diagnostics import watch
+    >>> from normkit.diagnostics.examples import deep_mlp
+    >>> model = deep_mlp(30)
+    >>> with watch(model) as rec:
+    ...     model(torch.randn(32, 64)).square().mean().backward()
+    >>> [f.severity for f in diagnose(rec, vanishing_error=1e-30) if f.code == "vanishing-gradients"]
+    ['warning']
     """
     names = {f.name for f in fields(Thresholds)}
     unknown = set(thresholds) - names

@@ -114,8 +114,12 @@ def register_foldable_norm(cls: type[nn.Module] | str, extract: Extractor | None
     refusing layers in training mode or without running stats; a norm+activation layer passes
     ``activation=`` so that the activation stays after folding.
 
+    >>> class MyFrozenBN(nn.BatchNorm2d):             # a BN subclass fold does not know yet
+    ...     pass
     >>> register_foldable_norm(MyFrozenBN)
-    >>> register_foldable_norm(MyBNAct, lambda m: batchnorm_protocol(m, activation=m.act))
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), MyFrozenBN(8)).eval()
+    >>> fold_batchnorm(model)[1]
+    Identity()
     """
     if isinstance(cls, str):
         _FOLDABLE_BY_NAME[cls] = extract or batchnorm_protocol

@@ -215,8 +215,10 @@ def optimize(
         tolerance: ``(rtol, atol)`` overriding the per-dtype default.
         return_report: also return an :class:`OptimizeReport` (choices, timings, speedup).
 
-    >>> fast, report = optimize(model.eval(), torch.randn(8, 3, 128, 128), return_report=True)
-    >>> report.speedup
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()).eval()
+    >>> fast, report = optimize(model, torch.randn(2, 3, 16, 16), return_report=True)
+    >>> report.speedup > 0                   # original time / optimized time, measured here
+    True
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"optimize expects an nn.Module (got {type(model).__name__})")

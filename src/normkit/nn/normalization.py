@@ -79,7 +79,7 @@ class Normalization(nn.Module):
     Shapes: input ``(*, F, *)`` with ``F`` at ``axis``; output the same shape.
 
     >>> norm = Normalization(axis=-1)
-    >>> norm.adapt(torch.randn(1000, 8) * 3 + 5)          # or an iterable of batches
+    >>> norm = norm.adapt(torch.randn(1000, 8) * 3 + 5)   # or an iterable of batches
     >>> y = norm(torch.randn(4, 8))                       # ≈ zero mean, unit variance
     >>> model = nn.Sequential(norm, nn.Linear(8, 1))      # saved together with the statistics
     """

@@ -1,0 +1,91 @@
+"""A griffe extension that makes normkit's docstrings render as Markdown in the API reference.
+
+The docstrings are written for ``help()`` and doctest as much as for the site, so they use a few
+reStructuredText forms that Markdown does not know. This rewrites them when mkdocstrings loads the
+package (the source files are not touched):
+
+* ``:class:`x```, ``:func:`~a.b```, ... (Sphinx roles) become inline code;
+* ``.. math:: expr`` (one line, or an indented block) becomes a ``$$ ... $$`` display formula;
+* doctest examples (``>>>`` lines and their output) become ``pycon`` code blocks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|const|ref|doc):`~?([^`]+)`")
+_MATH = re.compile(r"^(\s*)\.\. math::\s*(.*)$")
+
+
+def _role(match: re.Match[str]) -> str:
+    target = match.group(1)
+    if match.group(0).split("`")[1].startswith("~"):
+        target = target.rsplit(".", 1)[-1]
+    return f"`{target}`"
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def rewrite(text: str) -> str:
+    """Return ``text`` with Sphinx roles, ``.. math::`` and doctest blocks turned into Markdown.
+
+    >>> rewrite(":class:`~torch.nn.LayerNorm` and :func:`normkit.functional.layer_norm`")
+    '`LayerNorm` and `normkit.functional.layer_norm`'
+    >>> print(rewrite(".. math:: y = x"))
+    $$
+    y = x
+    $$
+    """
+    lines = _ROLE.sub(_role, text).splitlines()
+    out: list[str] = []
+    i = 0
+    in_fence = False
+    while i < len(lines):
+        line = lines[i]
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+            out.append(line)
+            i += 1
+            continue
+        if in_fence:
+            out.append(line)
+            i += 1
+            continue
+        math = _MATH.match(line)
+        if math:
+            pad, formula = math.group(1), [math.group(2)] if math.group(2) else []
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(pad)):
+                if lines[i].strip():
+                    formula.append(lines[i].strip())
+                elif formula:
+                    break
+                i += 1
+            out += [f"{pad}$$", *(pad + f for f in formula), f"{pad}$$"]
+            continue
+        if line.lstrip().startswith(">>>"):
+            pad = line[: _indent(line)]
+            block = []
+            while i < len(lines) and lines[i].strip() and _indent(lines[i]) >= len(pad):
+                block.append(lines[i][len(pad) :])
+                i += 1
+            if out and out[-1].strip():
+                out.append("")
+            out += [f"{pad}```pycon", *(pad + b for b in block), f"{pad}```"]
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out)
+
+
+class RstToMarkdown(griffe.Extension):
+    """Rewrite every docstring of the loaded objects with :func:`rewrite`."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = rewrite(obj.docstring.value)
