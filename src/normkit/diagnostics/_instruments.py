@@ -68,7 +68,12 @@ def top_hessian_eigenvalue(
     ``(λ, products used)``. Gradient descent on the quadratic model of the loss is stable
     for lr < 2/λ (LeCun, Simard & Pearlmutter 1993).
 
+    >>> import torch.nn.functional as F
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     >>> lam, n = top_hessian_eigenvalue(model, F.cross_entropy, (x, y))
+    >>> n <= 50
+    True
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1 (got {iters})")
@@ -112,7 +117,12 @@ def gradient_noise(
     size gives per-sample gradients. ``layers`` maps names to parameters (default: each
     parameter its own layer). Returns ``(batch, groups, {layer: SNR}, total SNR, B)``.
 
+    >>> import torch.nn.functional as F
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     >>> batch, m, per_layer, snr, scale = gradient_noise(model, F.cross_entropy, (x, y))
+    >>> batch, m
+    (32, 8)
     """
     x, y = _check_batch(batch)
     n = len(x)

@@ -653,8 +653,14 @@ class Recorder:
         ``optimizer``), ``lr`` overrides; the model's parameters, buffers and mode are left as
         they were.
 
-        >>> c = rec.curvature(F.cross_entropy, (x, y))
-        >>> c.eigenvalue, c.bound, c.lr
+        >>> import torch.nn.functional as F
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> from normkit.diagnostics import watch
+        >>> with watch(model) as rec:
+        ...     c = rec.curvature(F.cross_entropy, (x, y), lr=0.1)
+        >>> c.lr, c.bound == 2 / abs(c.eigenvalue)
+        (0.1, True)
         """
         opt = self._optimizer or (self._last_opt() if self._last_opt is not None else None)
         group = opt.param_groups[0] if opt is not None else {}
@@ -679,8 +685,14 @@ class Recorder:
         :func:`normkit.diagnostics.gradient_noise`). Parameters, buffers and ``.grad`` are left
         as they were.
 
-        >>> g = rec.gradient_noise(F.cross_entropy, (x, y), groups=8)
-        >>> g.total_snr, g.noise_scale
+        >>> import torch.nn.functional as F
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        >>> from normkit.diagnostics import watch
+        >>> with watch(model) as rec:
+        ...     g = rec.gradient_noise(F.cross_entropy, (x, y), groups=8)
+        >>> g.batch, g.groups
+        (32, 8)
         """
         result = self._paused_run(
             lambda: _instruments.gradient_noise(
