@@ -29,7 +29,7 @@ SRC = ROOT / "src"
 
 # Packages of optional extras: a module that needs one that is not installed is not collected for
 # doctests (its tests skip themselves), instead of failing collection.
-OPTIONAL = {"numba", "sklearn", "matplotlib", "triton", "keras", "scipy"}
+OPTIONAL = {"numba", "sklearn", "matplotlib", "triton", "keras", "scipy", "dask", "distributed"}
 
 
 def _module_name(path: Path) -> str:
