@@ -31,7 +31,7 @@ def make_norm(
     ``make_norm("gbn1d", 64, virtual_batch_size=8)``).
 
     >>> make_norm("bn", 64)
-    BatchNorm1d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    BatchNorm1d(64, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
     """
     if name == "none":
         return nn.Identity()
