@@ -53,3 +53,32 @@ def test_lab_with_an_unknown_experiment_id_exits_2_with_the_known_ids(capsys):
     assert cli.main(["lab", "--only", "gradient_flow", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "unknown experiment id(s) ['gradient_flow']" in err and "gradient-flow" in err
+
+
+def test_version_is_the_installed_metadata(capsys):
+    import importlib.metadata
+
+    import normkit
+
+    assert normkit.__version__ == importlib.metadata.version("normkit")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"normkit {normkit.__version__}\n"
+
+
+def test_python_dash_m_normkit_is_the_command(tmp_path):
+    import subprocess
+    import sys
+
+    import normkit
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "normkit", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"normkit {normkit.__version__}\n"

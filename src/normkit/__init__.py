@@ -5,8 +5,13 @@ Layers in :mod:`normkit.nn`, functions in :mod:`normkit.functional`, backends in
 :mod:`normkit._stats`.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from normkit import backends, diagnostics, functional, inference, nn
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("normkit")
+except PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__", "backends", "diagnostics", "functional", "inference", "nn"]

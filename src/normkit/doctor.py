@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normkit._optional import require
+
 __all__ = ["add_parser", "load_factory", "run_doctor"]
 
 DEFAULT_MODEL = "normkit.diagnostics.examples:digits_cnn"
@@ -83,6 +85,7 @@ def _data(
                 f"--data digits needs an input shape of 64 values such as 1,8,8 or 64 (got "
                 f"{shape}); use --data random for other shapes"
             )
+        require("sklearn", extra="doctor", feature="normkit doctor --data digits")
         from normkit.diagnostics.examples import digits
 
         x, y = digits()
@@ -111,12 +114,14 @@ def run_doctor(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.overhead:
+        require("sklearn", extra="doctor", feature="normkit doctor --overhead")  # digits data
         from normkit.bench import print_table
         from normkit.diagnostics.bench import run_diagnostics_bench
 
         rows = run_diagnostics_bench(args.quick, device=args.device)
         print_table(rows, title="normkit doctor --overhead: cost of watch() per training step")
         return 0
+    require("matplotlib", extra="doctor", feature="normkit doctor")  # it writes a figure
     torch.manual_seed(args.seed)
     model = load_factory(args.model)()
     if not isinstance(model, nn.Module):

@@ -4,8 +4,7 @@
 optional backends register themselves on import when their dependencies are present.
 """
 
-import importlib.util
-
+from normkit._optional import installed
 from normkit.backends import (  # noqa: F401  (registration side effect)
     reference,
     torch_native,
@@ -22,7 +21,7 @@ from normkit.backends.registry import (
     resolve,
 )
 
-if importlib.util.find_spec("numba") is not None:  # optional extra: normkit[fast]
+if installed("numba"):  # optional extra: normkit[fast]
     from normkit.backends import numba_backend  # noqa: F401
 
 __all__ = ["OPS", "Backend", "available", "dispatch", "get", "names", "register", "resolve"]

@@ -59,6 +59,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normkit._optional import require
+
 __all__ = [
     "OPS",
     "Backend",
@@ -128,6 +130,9 @@ class Backend:
 
 _REGISTRY: dict[str, Backend] = {}
 
+#: Backends that register themselves only when their extra is installed: name -> (module, extra).
+_OPTIONAL: dict[str, tuple[str, str]] = {"numba": ("numba", "fast")}
+
 
 def register(backend: Backend, *, replace: bool = False) -> None:
     """Add a backend under its name (``replace=True`` to override an existing one)."""
@@ -156,6 +161,9 @@ def get(name: str) -> Backend:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in _OPTIONAL:  # not registered because its dependency is missing: say so
+            module, extra = _OPTIONAL[name]
+            require(module, extra=extra, feature=f"backend={name!r}")
         raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of {names()}") from None
 
 

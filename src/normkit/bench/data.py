@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from normkit._optional import installed, require
 from normkit.bench._registry import register_suite
 
 __all__ = ["run_data_bench"]
@@ -46,10 +47,10 @@ def _pool(n: int, seed: int = 0) -> list[np.ndarray]:
 def _set_threads(n: int) -> None:
     """Thread count of torch and, when installed, numba (the moments kernel's pool)."""
     torch.set_num_threads(n)
-    try:
-        import numba
-    except ImportError:
+    if not installed("numba"):
         return
+    import numba
+
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
@@ -92,8 +93,7 @@ def _compare(ours: Any, theirs: Any, chunks: list[Any], pool: list[np.ndarray]) 
 def run_data_bench(quick: bool, reps: int | None = None) -> list[dict[str, Any]]:
     """Time the streaming StandardScaler (fit pass + transform pass) for scikit-learn and
     normkit on numpy, torch CPU tensors and (when available) CUDA tensors."""
-    from sklearn.preprocessing import StandardScaler as SkStandardScaler
-
+    preprocessing = require("sklearn.preprocessing", extra="data", feature="normkit bench --data")
     from normkit.data import StandardScaler
 
     n_rows = 1_000_000 if quick else 10_000_000
@@ -110,7 +110,7 @@ def run_data_bench(quick: bool, reps: int | None = None) -> list[dict[str, Any]]
     t_chunks = [t_pool[i % len(pool)] for i in range(n_chunks)]
     # (impl, class, chunks, sync, torch threads); scikit-learn's passes are single-threaded numpy
     cases: list[tuple[str, Any, list[Any], Callable[[], None], int]] = [
-        ("scikit-learn", SkStandardScaler, np_chunks, no_sync, 1),
+        ("scikit-learn", preprocessing.StandardScaler, np_chunks, no_sync, 1),
         ("normkit", StandardScaler, np_chunks, no_sync, 1),
         ("normkit", StandardScaler, np_chunks, no_sync, threads),
         ("normkit", StandardScaler, t_chunks, no_sync, threads),
@@ -120,7 +120,7 @@ def run_data_bench(quick: bool, reps: int | None = None) -> list[dict[str, Any]]
         g_chunks = [g_pool[i % len(pool)] for i in range(n_chunks)]
         cases.append(("normkit", StandardScaler, g_chunks, torch.cuda.synchronize, threads))
 
-    ref = SkStandardScaler()
+    ref = preprocessing.StandardScaler()
     for c in np_chunks:
         ref.partial_fit(c)
     rows = []

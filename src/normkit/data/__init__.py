@@ -3,7 +3,7 @@ tensors (CPU or GPU), stream over data that does not fit in memory, merge across
 processes, and turn into an ``nn.Module`` so preprocessing ships inside the model.
 
 Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``Pipeline``):
-``pip install normkit[data]`` (scikit-learn >= 1.6).
+``pip install 'normkit[data]'`` (scikit-learn >= 1.9).
 
 * :class:`StandardScaler`, :class:`MinMaxScaler`, :class:`MaxAbsScaler`,
   :class:`RobustScaler`, :class:`Normalizer`, :func:`normalize` — scikit-learn's parameters,
@@ -25,6 +25,11 @@ Needs scikit-learn (the scalers are real scikit-learn estimators, usable in a ``
 >>> z = sc.transform(torch.rand(8, 3))   # tensor in, tensor out (same device and dtype)
 """
 
+from normkit._optional import require
+
+require("sklearn", extra="data", feature="normkit.data")
+
+# ruff: noqa: E402  (the imports below come after the dependency check)
 from normkit.data._power import PowerTransformer
 from normkit.data._quantile import QuantileTransformer
 from normkit.data._scalers import (

@@ -18,6 +18,8 @@ import torch
 from sklearn.utils.validation import FLOAT_DTYPES, check_array, validate_data
 from torch import Tensor
 
+from normkit._optional import installed
+
 __all__ = [
     "ArrayLike",
     "Batch",
@@ -96,10 +98,9 @@ def from_numpy(X: np.ndarray) -> Tensor:
 @functools.cache
 def serial_kernels() -> Any:
     """:mod:`normkit.data._kernels` (single-threaded Numba kernels), or None without numba."""
-    try:
-        from normkit.backends import numba_backend  # noqa: F401  (sets the kernel cache first)
-    except ImportError:
+    if not installed("numba"):
         return None
+    from normkit.backends import numba_backend  # noqa: F401  (sets the kernel cache first)
     from normkit.data import _kernels
 
     return _kernels

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from normkit._optional import require
 from normkit.diagnostics._data import Recording
 from normkit.diagnostics._findings import Finding, render_findings, sort_findings
 
@@ -165,7 +166,12 @@ def print_report(
     render_findings(findings, console=console)
 
 
+def _require_matplotlib() -> None:
+    require("matplotlib", extra="plot", feature="the diagnostics figures (Recorder.plot, to_html)")
+
+
 def _figure(rec: Recording) -> Figure:
+    _require_matplotlib()
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -268,6 +274,7 @@ def _over_steps(
 def figures(rec: Recording) -> dict[str, Figure]:
     """``{title: figure}``: the gradient-flow figure, then one per instrument that has data
     (distance from initialization, normalization health, gradient noise, curvature)."""
+    _require_matplotlib()
     from matplotlib.figure import Figure
 
     out = {"Gradient flow": _figure(rec)}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from normkit._optional import require
+
 __all__ = ["deep_mlp", "digits", "digits_cnn", "resnet18"]
 
 
@@ -111,7 +113,7 @@ def digits() -> tuple[Tensor, Tensor]:
     """scikit-learn's bundled 8×8 digits (1797 images, no download) as ``(x, y)``: ``x`` float32
     ``(1797, 1, 8, 8)`` scaled to [0, 1], ``y`` int64 labels 0–9."""
     import torch
-    from sklearn.datasets import load_digits
 
-    x, y = load_digits(return_X_y=True)
+    datasets = require("sklearn.datasets", extra="data", feature="the digits example data")
+    x, y = datasets.load_digits(return_X_y=True)
     return torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8), torch.tensor(y)

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from normkit._optional import require
+
 __all__ = ["add_parser"]
 
 
@@ -33,6 +35,8 @@ def _list() -> int:
 def _main(args: argparse.Namespace) -> int:
     if args.action == "list":
         return _list()
+    for module in ("sklearn", "matplotlib"):  # say what is missing before any work
+        require(module, extra="lab", feature="normkit lab")
     from rich.console import Console
     from rich.table import Table
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normkit._optional import require
+
 __all__ = ["Split", "digits", "long_range", "tabular"]
 
 DigitsForm = Literal["images", "vectors", "sequence"]
@@ -43,8 +45,7 @@ class Split:
 
 @cache
 def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn import datasets
-
+    datasets = require("sklearn.datasets", extra="lab", feature="normkit lab")
     if name == "digits":
         d = datasets.load_digits()
         return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
@@ -70,8 +71,9 @@ def _split(
     n_train: int | None,
     stratify: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
+    train_test_split = require(
+        "sklearn.model_selection", extra="lab", feature="normkit lab"
+    ).train_test_split
     xtr, xte, ytr, yte = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y if stratify else None
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from normkit._optional import require
 from normkit.lab.config import LabConfig
 from normkit.lab.experiment import get_experiment
 from normkit.lab.runner import ExperimentResult
@@ -56,9 +57,7 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _write_png(path: Path, res: ExperimentResult) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", extra="lab", feature="normkit lab").use("Agg")
     from matplotlib.figure import Figure
 
     exp = get_experiment(res.id)

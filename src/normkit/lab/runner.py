@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from normkit._optional import installed
 from normkit.lab.config import LabConfig, config_hash
 from normkit.lab.experiment import Experiment, Record, experiment_ids, get_experiment
 from normkit.lab.verdict import CheckResult, decide, evaluate
@@ -100,11 +101,9 @@ def _set_threads(n: int) -> int:
     count. Numba matters: its OpenMP launches reset the shared runtime's thread count, so a
     numba kernel picked by ``backend="auto"`` would otherwise bring back 2+ threads per worker."""
     old = torch.get_num_threads()
-    try:
+    if installed("numba"):  # first: starting numba's OpenMP layer resets the shared thread count
         import numba
-    except ImportError:
-        pass
-    else:  # first: starting numba's OpenMP layer resets the shared thread count
+
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(n)
     return old

@@ -35,7 +35,6 @@ else, for the LSTM, a hand-written ``autograd.Function`` on torch ops
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -46,6 +45,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from normkit import backends
+from normkit._optional import installed
 from normkit.nn import _recurrent_core as core
 from normkit.nn._recurrent_fused import fused_lstm_direction
 
@@ -185,7 +185,7 @@ def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> s
         backend in ("auto", "numba")
         and steps > 0
         and step.device.type == "cpu"
-        and importlib.util.find_spec("numba") is not None
+        and installed("numba")
     ):
         return "numba"
     if mask is None and backends.resolve("layer_norm", step, backend).name == "torch":
