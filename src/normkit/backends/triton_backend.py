@@ -27,9 +27,16 @@ _MAX_ROW = 65536
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@cache
+_AVAILABLE: dict[str, bool] = {}
+
+
 def _available() -> bool:
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+    # A dict memo, not functools.cache: torch.compile warns on every lru_cache-wrapped call.
+    if "triton" not in _AVAILABLE:
+        _AVAILABLE["triton"] = (
+            importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+        )
+    return _AVAILABLE["triton"]
 
 
 def _supports(op: str, x: Tensor) -> str | None:
