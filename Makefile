@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-slow lint format bench docs docs-serve clean
+.PHONY: demo test test-slow test-min dist-check lint format bench docs docs-serve clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -n 2 -m slow -q
 
+# The suite against the declared minimum versions (constraints-min.txt), in its own venv.
+test-min:
+	$(PYTHON) -m venv .venv-min || python3 -m venv .venv-min
+	.venv-min/bin/python -m pip install -q -c constraints-min.txt -e '.[test,lab]'
+	.venv-min/bin/python -m pytest -n 2 -m "not slow" -q
+
+# Build the sdist and wheel, twine check, install the wheel without extras in a fresh venv and
+# smoke-test it from outside the source tree (CI runs it after `make test`).
+dist-check: $(STAMP)
+	bash scripts/dist_check.sh $(PY) $(PYTHON)
+
 format: $(STAMP)
 	$(VENV)/bin/ruff format src tests scripts
 	$(VENV)/bin/ruff check --fix src tests scripts
@@ -48,4 +59,4 @@ bench: $(STAMP)
 	$(VENV)/bin/normkit bench --quick --csv bench/results.csv
 
 clean:
-	rm -rf $(VENV) build site *.egg-info src/*.egg-info
+	rm -rf $(VENV) .venv-min build dist site *.egg-info src/*.egg-info
