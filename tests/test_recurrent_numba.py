@@ -70,10 +70,7 @@ def test_loop_choice_rule(monkeypatch):
     assert recurrent._lstm_loop("auto", step.half(), None, 7) == "autograd"
     assert recurrent._lstm_loop("auto", step, None, 0) == "torch"  # empty sequence
     # numba not installed: auto falls back to the torch-ops loop
-    real = recurrent.importlib.util.find_spec
-    monkeypatch.setattr(
-        recurrent.importlib.util, "find_spec", lambda n, *a: None if n == "numba" else real(n, *a)
-    )
+    monkeypatch.setattr(recurrent, "installed", lambda name: name != "numba")
     assert recurrent._lstm_loop("auto", step, None, 7) == "torch"
 
 
