@@ -36,7 +36,8 @@ def _last(xs: Sequence[float]) -> float:
 def summary_rows(rec: Recording) -> list[dict[str, Any]]:
     """One row per watched layer: last activation mean/std, last dead/saturated fraction and the
     medians over the recorded steps of the output-gradient norm, the parameter-gradient norm and
-    the update ratio (``nan`` where not applicable)."""
+    the update ratio, and the last distance from initialization (``nan`` where not
+    applicable)."""
     series = {
         m: rec.series(m)
         for m in (
@@ -47,6 +48,7 @@ def summary_rows(rec: Recording) -> list[dict[str, Any]]:
             "grad_out_norm",
             "grad_norm",
             "update_ratio",
+            "init_distance",
         )
     }
     rows = []
@@ -67,6 +69,7 @@ def summary_rows(rec: Recording) -> list[dict[str, Any]]:
                 "grad_out_norm": get("grad_out_norm", _median),
                 "grad_norm": get("grad_norm", _median),
                 "update_ratio": get("update_ratio", _median),
+                "init_distance": get("init_distance", _last),
             }
         )
     return rows
@@ -82,6 +85,7 @@ _COLUMNS = (
     ("grad_out_norm", "‖∂L/∂out‖"),
     ("grad_norm", "‖∂L/∂θ‖"),
     ("update_ratio", "‖Δθ‖/‖θ‖"),
+    ("init_distance", "‖θ−θ₀‖/‖θ₀‖"),
 )
 
 
