@@ -93,7 +93,7 @@ def test_batch_too_small_is_reported_when_noise_dominates_and_not_otherwise() ->
     for offset, expected in ((0.0, True), (10.0, False)):
         model = _Bias(5)
         with torch.no_grad():
-            model.b.fill_(t.mean().item() + offset)  # at the optimum: the gradient is noise
+            model.b.copy_(t.mean(0) + offset)  # at the optimum: the gradient is all noise
         with watch(model, every=1) as rec:
             found = rec.gradient_noise(_half_sq, (t, t), groups=16)
         hits = [f for f in rec.verdict() if f.code == "batch-too-small"]

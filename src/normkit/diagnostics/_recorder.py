@@ -751,7 +751,8 @@ def watch(
     never). ``record`` picks the groups (:data:`RECORD`): ``"activations"`` (output
     statistics, norm health, histograms), ``"gradients"`` (output- and parameter-gradient
     norms: the gradient-flow data) and ``"updates"`` (weight norm, update ratio, distance from
-    the start). :meth:`Recorder.curvature` and :meth:`Recorder.gradient_noise` measure the
+    the start; it keeps a copy of the parameters as they were when ``watch`` started, on their
+    device: leave ``"updates"`` out where that memory matters). :meth:`Recorder.curvature` and :meth:`Recorder.gradient_noise` measure the
     loss's sharpness and the gradient noise on demand.
 
     Vanishing gradients: the gradient reaching layer ``l`` is the product of the Jacobians of

@@ -52,8 +52,8 @@ class Thresholds:
     lag_error: float = 1.0
     lr_bound_warning: float = 1.0
     lr_bound_error: float = 2.0
-    snr_warning: float = 1.0
-    snr_error: float = 0.1
+    snr_warning: float = 0.1
+    snr_error: float = 0.01
 
 
 def _finite(xs: Sequence[float]) -> list[float]:
@@ -413,13 +413,15 @@ def _noise(rec: Recording, t: Thresholds) -> list[Finding]:
         return []
     worst = min(g.layers, key=lambda n: g.layers[n]) if g.layers else None
     scale = "unbounded" if math.isinf(g.noise_scale) else f"≈ {g.noise_scale:.0f}"
+    steps = f"about 1 + 1/SNR = {1 + 1 / g.total_snr:.3g}×" if g.total_snr > 0 else "unboundedly"
     return [
         Finding(
             "batch-too-small",
             sev,
             f"the gradient of a batch of {g.batch} is mostly noise: signal-to-noise "
             f"‖G‖²/(tr Σ/B) = {g.total_snr:.2g} from {g.groups} micro-batch gradients at step "
-            f"{g.step}; the noise scale (the batch where signal = noise) is {scale}"
+            f"{g.step}; the noise scale (the batch where signal = noise) is {scale}, so "
+            f"training takes {steps} the fewest steps possible"
             + (f"; lowest layer {worst!r} with {g.layers[worst]:.2g}" if worst else ""),
             "use a larger batch (or accumulate gradients) up to the noise scale, or lower the "
             "learning rate in proportion (McCandlish et al. 2018)",
@@ -456,7 +458,9 @@ def diagnose(run: Recording | HasRecording, **thresholds: float) -> list[Finding
     - ``lr-above-curvature-bound`` (after :meth:`Recorder.curvature`): lr > 2(1 + β)/λ
       (error > 2×).
     - ``batch-too-small`` (after :meth:`Recorder.gradient_noise`): the batch gradient's
-      signal-to-noise ratio < 1 (error < 0.1).
+      signal-to-noise ratio < 0.1 (error < 0.01), i.e. the batch is below a tenth of the noise
+      scale B, where training needs about 1 + B/batch times the fewest steps possible
+      (McCandlish et al. 2018).
 
     Keyword overrides: any field of :class:`Thresholds`.
 
