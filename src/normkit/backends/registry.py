@@ -305,6 +305,8 @@ def resolve(
     Cached per (backend name, :func:`signature`); registering a backend or setting a table
     clears the cache.
     """
+    if torch.compiler.is_exporting():
+        return _for_export(op, x)
     if torch.compiler.is_compiling():  # resolved while tracing: nothing cached (no side effect)
         return _resolve(op, x, backend, _kind(op, x, needs_grad))
     sig = signature(op, x, needs_grad)
@@ -313,6 +315,18 @@ def resolve(
     if hit is None:
         hit = _RESOLVED[key] = _resolve(op, x, backend, sig)
     return hit
+
+
+def _for_export(op: str, x: Tensor) -> Backend:
+    """While ``torch.export``/``torch.onnx`` trace: the backend built from standard torch ops
+    (``torch``, else ``reference``), whatever was asked, so the graph holds operators every
+    runtime knows (ONNX ``BatchNormalization``, ``LayerNormalization``, ...) and never a
+    normkit custom op; the numbers are the eager ones up to the ops' rounding."""
+    for n in ("torch", "reference"):
+        b = _REGISTRY.get(n)
+        if b is not None and b.check(op, x) is None:
+            return b
+    raise ValueError(f"no backend built from standard torch ops implements {op!r} for export")
 
 
 def _resolve(op: str, x: Tensor, backend: str, sig: tuple[Any, ...]) -> Backend:

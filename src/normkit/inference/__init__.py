@@ -3,6 +3,7 @@ normkit norms, and ``optimize(model, example_inputs)`` (fold + measured layout/b
 checked against the original)."""
 
 from normkit.inference.convert import TWINS, ConversionReport, Converted, Twin, convert
+from normkit.inference.export import ExportReport, export_onnx
 from normkit.inference.fold import (
     FoldableNorm,
     FoldedPair,
@@ -19,6 +20,7 @@ __all__ = [
     "TWINS",
     "ConversionReport",
     "Converted",
+    "ExportReport",
     "FoldReport",
     "FoldableNorm",
     "FoldedPair",
@@ -27,6 +29,7 @@ __all__ = [
     "OptimizeReport",
     "Twin",
     "convert",
+    "export_onnx",
     "fold_batchnorm",
     "fold_into",
     "foldable_norm_types",

@@ -7,6 +7,9 @@ Two input forms:
 * a state_dict (``torch.save(model.state_dict(), path)``) plus ``--factory module:function``
   that builds the (unfolded) architecture; loaded with ``weights_only=True``, no ``--trust``.
 
+``--onnx OUT.onnx`` also exports the folded model (:func:`normkit.inference.export_onnx`,
+checked with onnxruntime on the ``--input-shape`` input).
+
 OUT_FILE receives the folded module (``torch.save``; load it with ``weights_only=False``) or,
 with ``--state-dict``, only its state_dict — which loads into
 ``fold_batchnorm(factory().eval())`` because folding changes the same modules every time. A table
@@ -103,6 +106,12 @@ def _main(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(folded.state_dict() if args.state_dict else folded, out)
     print(f"wrote {'state_dict' if args.state_dict else 'folded module'} to {out}")
+    if args.onnx:
+        if not args.input_shape:
+            raise SystemExit("--onnx needs --input-shape (the example input the export traces)")
+        from normkit.inference.export import export_onnx
+
+        print(export_onnx(folded, x, args.onnx, fold=False))
     return 0
 
 
@@ -132,5 +141,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="N,C,H,W",
         help="check folded vs original on a random input of this shape",
+    )
+    p.add_argument(
+        "--onnx",
+        default=None,
+        metavar="OUT.onnx",
+        help="also export the folded model to ONNX and check it with onnxruntime "
+        "(needs --input-shape and normkit[export])",
     )
     p.set_defaults(func=_main)

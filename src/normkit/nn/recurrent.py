@@ -163,8 +163,8 @@ def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> s
     The rule, for one sequence of ``steps`` time steps (``step`` is a per-step ``(B, 4, H)``
     sample of the input's dtype and device):
 
-    * float16/bfloat16 or an empty batch: the autograd loop (per-step ops recorded by autograd,
-      any backend);
+    * float16/bfloat16, an empty batch, or while ``torch.export``/``torch.onnx`` trace: the
+      autograd loop (per-step ops recorded by autograd, any backend; exported unrolled);
     * ``backend="auto"`` or ``"numba"`` on the CPU in float32/float64 with numba installed
       (and ``steps ≥ 1``), padded sequences (``PackedSequence``, ``mask``) included: the Numba
       loop (:mod:`normkit.nn._recurrent_numba`: per step one ``torch.mm`` and one kernel for
@@ -180,6 +180,8 @@ def _lstm_loop(backend: str, step: Tensor, mask: Tensor | None, steps: int) -> s
     loops compute the same function; they differ only in speed (``normkit bench --rnn``).
     """
     if step.dtype not in (torch.float32, torch.float64) or step.numel() == 0:
+        return "autograd"
+    if torch.compiler.is_exporting():  # torch.export / ONNX: per-step standard ops, unrolled
         return "autograd"
     if (
         backend in ("auto", "numba")
