@@ -12,7 +12,6 @@ their running statistics, and the NaN guard of training is absent.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normkit._optional import installed, require
 from normkit.inference.fold import FoldReport, fold_batchnorm
 
 __all__ = ["ExportReport", "export_onnx"]
@@ -122,11 +122,8 @@ def export_onnx(
     >>> report.operators.get("BatchNormalization", 0)
     0
     """
-    for name, extra in (("onnx", "export"), ("onnxscript", "export")):
-        if importlib.util.find_spec(name) is None:
-            raise ImportError(
-                f"export_onnx needs {name}; install it with pip install 'normkit[{extra}]'"
-            )
+    for name in ("onnx", "onnxscript"):
+        require(name, extra="export", feature="normkit.inference.export_onnx")
     args = example if isinstance(example, tuple) else (example,)
     eager_model = copy.deepcopy(model).eval()
     target = eager_model
@@ -164,7 +161,7 @@ def _default_opset() -> int | None:
     else the exporter's default."""
     import onnx
 
-    if onnx.defs.onnx_opset_version() < 23 or importlib.util.find_spec("onnxruntime") is None:
+    if onnx.defs.onnx_opset_version() < 23 or not installed("onnxruntime"):
         return None
     import onnxruntime as ort
 
@@ -173,14 +170,9 @@ def _default_opset() -> int | None:
 
 
 def _check(report: ExportReport, eager_model: nn.Module, args: tuple[Any, ...]) -> None:
-    if importlib.util.find_spec("onnxruntime") is None:
-        raise ImportError(
-            "export_onnx(check=True) needs onnxruntime; install it with pip install "
-            "'normkit[export]' or pass check=False"
-        )
     import numpy as np
-    import onnxruntime as ort
 
+    ort = require("onnxruntime", extra="export", feature="export_onnx(check=True)")
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     tensors = [a for a in args if isinstance(a, Tensor)]
     feeds = {}
