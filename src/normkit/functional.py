@@ -729,7 +729,7 @@ def channel_norm(
     *,
     backend: str = "auto",
 ) -> Tensor:
-    """Channel normalization (Dai & Heckel 2019, arXiv:1908.10196): each channel of each sample
+    """Channel normalization (Dai & Heckel 2019, arXiv:1907.09539): each channel of each sample
     centred and scaled by its own statistics over the positions, then a per-channel affine.
 
     .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,c}}{\\sqrt{\\sigma^2_{n,c} + \\epsilon}}\\gamma_c + \\beta_c

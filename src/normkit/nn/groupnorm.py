@@ -179,7 +179,7 @@ class InstanceNorm3d(_InstanceNorm):
 
 
 class ChannelNorm(ChannelAffineBase):
-    """Channel normalization (Dai & Heckel 2019, arXiv:1908.10196).
+    """Channel normalization (Dai & Heckel 2019, arXiv:1907.09539).
 
     .. math:: y_{n,c} = \\frac{x_{n,c} - \\mu_{n,c}}{\\sqrt{\\sigma^2_{n,c} + \\epsilon}}\\gamma_c + \\beta_c
 
