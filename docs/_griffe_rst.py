@@ -6,11 +6,13 @@ package (the source files are not touched):
 
 * ``:class:`x```, ``:func:`~a.b```, ... (Sphinx roles) become inline code;
 * ``.. math:: expr`` (one line, or an indented block) becomes a ``$$ ... $$`` display formula;
-* doctest examples (``>>>`` lines and their output) become ``pycon`` code blocks.
+* doctest examples (``>>>`` lines and their output) become ``pycon`` code blocks;
+* simple tables (``=====  =====`` borders) become Markdown tables.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
@@ -18,6 +20,32 @@ import griffe
 
 _ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|const|ref|doc):`~?([^`]+)`")
 _MATH = re.compile(r"^(\s*)\.\. math::\s*(.*)$")
+_BORDER = re.compile(r"^\s*=+(?:\s+=+)+\s*$")
+
+
+def _table(lines: list[str]) -> list[str]:
+    """A reStructuredText simple table (its lines, borders included) as a Markdown table."""
+    border = lines[0]
+    spans = [(m.start(), m.end()) for m in re.finditer(r"=+", border)]
+    starts = [a for a, _ in spans] + [None]
+
+    def cells(line: str) -> list[str]:
+        return [line[a:b].strip() for a, b in itertools.pairwise(starts)]
+
+    rows: list[list[str]] = []
+    for line in lines[1:]:
+        if _BORDER.match(line) or not line.strip():
+            continue
+        row = cells(line)
+        if rows and not row[0]:
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], row, strict=True)]
+        else:
+            rows.append(row)
+    pad = border[: len(border) - len(border.lstrip())]
+    out = [pad + "| " + " | ".join(rows[0]) + " |", pad + "|" + "---|" * len(spans)]
+    return out + [
+        pad + "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]
+    ]
 
 
 def _role(match: re.Match[str]) -> str:
@@ -40,6 +68,10 @@ def rewrite(text: str) -> str:
     $$
     y = x
     $$
+    >>> print(rewrite("==  ===\\na   b\\n==  ===\\n1   x\\n    y\\n==  ==="))
+    | a | b |
+    |---|---|
+    | 1 | x y |
     """
     lines = _ROLE.sub(_role, text).splitlines()
     out: list[str] = []
@@ -55,6 +87,16 @@ def rewrite(text: str) -> str:
         if in_fence:
             out.append(line)
             i += 1
+            continue
+        if _BORDER.match(line):
+            block = [line]
+            i += 1
+            borders = 1
+            while i < len(lines) and borders < 3:
+                block.append(lines[i])
+                borders += bool(_BORDER.match(lines[i]))
+                i += 1
+            out += _table(block) if borders == 3 else block
             continue
         math = _MATH.match(line)
         if math:
