@@ -88,7 +88,13 @@ def _feature_axis(x: Tensor, axis: int, op: str) -> int:
 
 
 def memory_format_of(x: Tensor) -> torch.memory_format | None:
-    """``channels_last``/``channels_last_3d`` when ``x`` is (strictly) in that format, else None."""
+    """``channels_last``/``channels_last_3d`` when ``x`` is (strictly) in that format, else None.
+
+    >>> memory_format_of(torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))
+    torch.channels_last
+    >>> memory_format_of(torch.randn(2, 3, 4, 4)) is None
+    True
+    """
     if x.is_contiguous():
         return None
     if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
@@ -169,6 +175,12 @@ def update_running_buffers(
     does: ``"skip"`` leaves every buffer (and ``num_batches_tracked``) untouched and warns (on
     CPU; on accelerators the skip happens without a host sync and without the warning),
     ``"raise"`` raises :class:`FloatingPointError`, ``"propagate"`` updates as torch.nn would.
+
+    >>> rm, rv = torch.zeros(2), torch.ones(2)
+    >>> update_running_buffers(rm, rv, torch.tensor([1.0, 2.0]), torch.tensor([3.0, 3.0]),
+    ...                        momentum=0.5, count=4)
+    >>> rm, rv                      # (1 − m)·old + m·batch; the variance made unbiased: 3·4/3
+    (tensor([0.5000, 1.0000]), tensor([2.5000, 2.5000]))
     """
     _check_nan_policy(nan_policy)
     if momentum is None and (convention != "torch" or num_batches_tracked is None):

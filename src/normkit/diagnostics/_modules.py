@@ -31,13 +31,21 @@ def is_bn_like(m: nn.Module) -> bool:
     """A batch-norm-style layer (batch statistics in training, running statistics in eval):
     the ``"batch"`` family of :func:`normkit.nn.catalog.family` — torch.nn.BatchNorm*,
     SyncBatchNorm, normkit's batch norms, and any layer following torch's conventions
-    (``running_mean``, ``running_var``, ``momentum``, ``num_batches_tracked``)."""
+    (``running_mean``, ``running_var``, ``momentum``, ``num_batches_tracked``).
+
+    >>> is_bn_like(nn.BatchNorm2d(8)), is_bn_like(nn.LayerNorm(8))
+    (True, False)
+    """
     return catalog.family(m) == "batch"
 
 
 def is_norm_like(m: nn.Module) -> bool:
     """Any normalization layer (:func:`normkit.nn.catalog.is_norm`): the catalog's norms, layers
-    following torch's batch-norm conventions, and classes whose name contains "norm"."""
+    following torch's batch-norm conventions, and classes whose name contains "norm".
+
+    >>> is_norm_like(nn.LayerNorm(8)), is_norm_like(nn.Linear(8, 8))
+    (True, False)
+    """
     return catalog.is_norm(m)
 
 
@@ -51,14 +59,22 @@ def norm_kind(m: nn.Module) -> Literal["batch", "norm"] | None:
 
 def is_depth_layer(m: nn.Module) -> bool:
     """A layer that carries depth: a conv/linear-like module with a weight of rank ≥ 2 that is
-    not a normalization layer. Vanishing/exploding gradients are measured across these."""
+    not a normalization layer. Vanishing/exploding gradients are measured across these.
+
+    >>> is_depth_layer(nn.Conv2d(3, 8, 3)), is_depth_layer(nn.BatchNorm2d(8))
+    (True, False)
+    """
     w = getattr(m, "weight", None)
     return isinstance(w, nn.Parameter) and w.ndim >= 2 and not is_norm_like(m)
 
 
 def activation_kind(m: nn.Module) -> ActivationKind | None:
     """``"relu"`` for ReLU/ReLU6 (units can die), ``"sigmoid"``/``"tanh"`` for the saturating
-    ones (Sigmoid, Tanh, Hardsigmoid, Hardtanh), ``None`` otherwise."""
+    ones (Sigmoid, Tanh, Hardsigmoid, Hardtanh), ``None`` otherwise.
+
+    >>> activation_kind(nn.ReLU()), activation_kind(nn.Tanh()), activation_kind(nn.GELU())
+    ('relu', 'tanh', None)
+    """
     if isinstance(m, (nn.ReLU, nn.ReLU6)):
         return "relu"
     if isinstance(m, (nn.Sigmoid, nn.Hardsigmoid)):

@@ -144,7 +144,11 @@ def _catalog_extractor(fold: catalog.Fold) -> Extractor:
 
 def foldable_norm_types() -> tuple[type[nn.Module] | str, ...]:
     """The norm classes (and class names) :func:`fold_batchnorm` knows how to fold: the
-    catalog's rows with a fold rule, then the registered ones."""
+    catalog's rows with a fold rule, then the registered ones.
+
+    >>> nn.BatchNorm2d in foldable_norm_types()
+    True
+    """
     known = tuple(r.cls for r in catalog.rows() if r.fold is not None and r.cls is not None)
     return (*known, *_FOLDABLE, *_FOLDABLE_BY_NAME)
 
