@@ -40,6 +40,8 @@ def _module_name(path: Path) -> str:
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if collection_path.suffix != ".py" or SRC not in collection_path.parents:
         return None
+    if collection_path.name == "__main__.py":  # runs the command line when imported
+        return True
     try:
         importlib.import_module(_module_name(collection_path))
     except ModuleNotFoundError as exc:

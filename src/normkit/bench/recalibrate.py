@@ -42,7 +42,7 @@ def run_recalibrate_bench(
     Returns one row per case: ``case``, ``batches``, ``shape``, ``threads``, ``eval_ms``,
     ``recalibrate_ms`` (medians over ``reps`` alternating rounds) and ``ratio``.
 
-    >>> rows = run_recalibrate_bench(quick=True, reps=1)
+    >>> rows = run_recalibrate_bench(quick=True, reps=1)  # doctest: +SKIP
     """
     n = 20 if quick else 100
     reps = reps or (3 if quick else 5)
