@@ -36,6 +36,7 @@ CLI: dict[str, list[str]] = {
         ["doctor", "--steps", "1", "--out", "doctor-out"],
     ],
     "numba": [],
+    "transformers": [],
 }
 
 
@@ -101,10 +102,17 @@ def _without_numba() -> None:
     )
 
 
+def _to_hf() -> None:
+    import normkit.nn as nkn
+
+    nkn.RMSNorm(8, casting="llama").to_hf()
+
+
 LIBRARY: dict[str, dict[str, Callable[[], None]]] = {
     "sklearn": {"import normkit.data": _data_import, "digits()": _digits},
     "matplotlib": {"Recorder.plot": _plot},
     "numba": {"backend='numba'": _numba_backend, "fallbacks": _without_numba},
+    "transformers": {"RMSNorm.to_hf": _to_hf},
 }
 
 

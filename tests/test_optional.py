@@ -117,6 +117,15 @@ def test_numba_backend_by_name_without_numba_says_which_extra(without_numba):
     ]
 
 
+def test_rmsnorm_to_hf_without_transformers_says_which_extra(tmp_path_factory):
+    results, _ = _hide("transformers", tmp_path_factory)
+    assert results["RMSNorm.to_hf"] == [
+        2,
+        "MissingDependencyError",
+        _line("RMSNorm.to_hf", "transformers", "hf"),
+    ]
+
+
 @pytest.mark.skipif(not installed("numba"), reason="compares against the numba paths")
 def test_without_numba_every_numba_path_falls_back_to_torch(without_numba):
     from sklearn.preprocessing import StandardScaler

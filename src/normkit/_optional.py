@@ -76,8 +76,9 @@ def require(name: str, *, extra: str, feature: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as err:
-        if err.name not in (top, name):  # installed, but one of *its* imports is missing
-            raise
+        missing = err.name or ""
+        if not (name == missing or name.startswith(missing + ".")):
+            raise  # installed, but one of *its* own imports is missing
         package = _DISTRIBUTIONS.get(top, top)
         raise MissingDependencyError(
             f"{feature} needs {package}, which is not installed; "

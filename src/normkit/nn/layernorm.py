@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ from torch import Tensor, nn
 
 from normkit import functional as NF
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
+from normkit._optional import require
 from normkit.nn._base import ChannelAffineBase, _backend_repr, init_affine
 
 __all__ = ["LayerNorm", "LayerNorm2d", "RMSNorm"]
@@ -221,7 +221,8 @@ class RMSNorm(nn.Module):
         """The Hugging Face transformers module this norm's preset mirrors, same weights.
 
         ``"llama"`` → ``LlamaRMSNorm``, ``"gemma"`` → ``GemmaRMSNorm``, ``"t5"`` →
-        ``T5LayerNorm``; needs ``transformers`` installed and a 1-d ``normalized_shape``.
+        ``T5LayerNorm``; needs ``transformers`` (``pip install 'normkit[hf]'``) and a 1-d
+        ``normalized_shape``.
         """
         classes = {
             ("llama", 0.0): ("llama", "LlamaRMSNorm"),
@@ -237,12 +238,9 @@ class RMSNorm(nn.Module):
                 "casting='llama', 'gemma' (offset 1) or 't5' (offset 0)"
             )
         family, cls_name = classes[key]
-        try:
-            module = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-        except ImportError as e:
-            raise ImportError(
-                "RMSNorm.to_hf needs Hugging Face transformers: pip install transformers"
-            ) from e
+        module = require(
+            f"transformers.models.{family}.modeling_{family}", extra="hf", feature="RMSNorm.to_hf"
+        )
         eps = self.eps if self.eps is not None else torch.finfo(self.weight.dtype).eps
         hf = getattr(module, cls_name)(self.normalized_shape[0], eps=eps)
         hf = hf.to(device=self.weight.device, dtype=self.weight.dtype)
