@@ -79,6 +79,13 @@ class NormSpec:
         return x
 
 
+def _materialized(m: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    """A lazy layer after one eval call on zeros of ``shape``: its parameters exist, its
+    statistics are untouched."""
+    m.eval()(torch.zeros(shape))
+    return m.train()
+
+
 def _bn(cls, *a, **kw):
     return lambda backend="auto": cls(*a, backend=backend, **kw)
 
@@ -353,6 +360,42 @@ SPECS: list[NormSpec] = [
     NormSpec("evonorm-s0", lambda backend="auto": nkn.EvoNorm2dS0(6, groups=3), None, (2, 6, 3, 3)),
     NormSpec("frn-tlu", lambda backend="auto": nkn.FilterResponseNorm2d(6), None, (2, 6, 3, 3)),
     NormSpec("split-bn2d", _bn(nkn.SplitBatchNorm2d, 6, num_splits=2), None, (4, 6, 3, 3)),
+    # the rest of torch.nn's set: local response norms (torch.nn is their oracle in every rank in
+    # tests/test_nn_lazy_lrn.py; torch's CrossMapLRN2d deviates from its formula there) and the
+    # lazy layers, materialized by one eval call (their first call is checked there too)
+    NormSpec(  # no twin: torch's 4-D LRN runs avg_pool3d, which has no CPU bf16/fp16 kernel
+        "lrn",
+        _bn(nkn.LocalResponseNorm, 3, alpha=0.5, beta=0.75, k=1.0),
+        None,
+        (4, 6, 5, 5),
+        op="local_response_norm",
+    ),
+    NormSpec(
+        "lrn-3d-even",
+        _bn(nkn.LocalResponseNorm, 4, alpha=0.3, beta=0.6, k=2.0),
+        lambda: nn.LocalResponseNorm(4, alpha=0.3, beta=0.6, k=2.0),
+        (3, 6, 7),
+        op="local_response_norm",
+    ),
+    NormSpec(
+        "crossmap-lrn2d",
+        _bn(nkn.CrossMapLRN2d, 4, alpha=0.3, beta=0.75, k=2.0),
+        None,
+        (2, 6, 3, 3),
+        op="local_response_norm",
+    ),
+    NormSpec(
+        "lazy-bn2d",
+        lambda backend="auto": _materialized(nkn.LazyBatchNorm2d(backend=backend), (4, 6, 3, 3)),
+        lambda: _materialized(nn.LazyBatchNorm2d(), (4, 6, 3, 3)),
+        (4, 6, 3, 3),
+    ),
+    NormSpec(
+        "lazy-in1d",
+        lambda backend="auto": _materialized(nkn.LazyInstanceNorm1d(backend=backend), (4, 6, 9)),
+        lambda: _materialized(nn.LazyInstanceNorm1d(), (4, 6, 9)),
+        (4, 6, 9),
+    ),
 ]
 
 SPEC_IDS = [s.id for s in SPECS]

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 import normkit.nn as nkn
 from normkit.diagnostics import check_model, is_bn_like, is_norm_like
@@ -58,7 +59,7 @@ def _randomized(m: nn.Module) -> nn.Module:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for t in (*m.parameters(), *m.buffers()):
-            if t.is_floating_point():
+            if not is_lazy(t) and t.is_floating_point():
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5)
     return m
 
@@ -145,12 +146,12 @@ def test_twins_are_the_rows_with_a_torch_twin():
 @pytest.mark.parametrize("row", [r for r in CLASS_ROWS if r.torch_twin], ids=_name)
 def test_convert_follows_the_row(row):
     ours = _randomized(_instance(row))
-    theirs = convert(ours, "torch")
+    theirs = convert(ours, "torch", inplace=True)  # lazy layers cannot be deep-copied
     assert type(theirs) is row.torch_twin
-    back = convert(theirs, "normkit")
+    back = convert(theirs, "normkit", inplace=True)
     assert type(back) is row.cls
     for k, v in ours.state_dict().items():
-        assert torch.equal(back.state_dict()[k], v), k
+        assert is_lazy(v) or torch.equal(back.state_dict()[k], v), k
 
 
 @pytest.mark.parametrize("row", CLASS_ROWS, ids=_name)

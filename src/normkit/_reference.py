@@ -198,3 +198,13 @@ def modulate(
     if gate is not None:
         xa = xa * per_sample(gate)
     return xa.to(x.dtype)
+
+
+def local_response_norm(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    """Local response normalization across dim 1 (Krizhevsky et al. 2012), in the accumulation
+    dtype: ``x / (k + alpha/size · Σ window x²)^beta`` over channels ``c − ⌊size/2⌋ …
+    c + ⌊(size−1)/2⌋`` (zeros beyond the edges), as :func:`torch.nn.functional.local_response_norm`."""
+    xa = x.to(accumulation_dtype(x.dtype))
+    squares = torch.nn.functional.pad(xa.square().movedim(1, -1), (size // 2, (size - 1) // 2))
+    window = squares.unfold(-1, size, 1).sum(-1).movedim(-1, 1)
+    return (xa / (window * (alpha / size) + k).pow(beta)).to(x.dtype)

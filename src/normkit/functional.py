@@ -43,6 +43,7 @@ __all__ = [
     "instance_norm",
     "layer_norm",
     "layer_norm_2d",
+    "local_response_norm",
     "memory_format_of",
     "modulate",
     "rms_norm",
@@ -778,6 +779,41 @@ def layer_norm_2d(
     y = backends.dispatch(
         "layer_norm", input.movedim(1, -1), (c,), weight, bias, eps, backend=backend
     ).movedim(-1, 1)
+    return _keep_format(y, input)
+
+
+def local_response_norm(
+    input: Tensor,
+    size: int,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 1.0,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """Local response normalization across channels (Krizhevsky, Sutskever & Hinton 2012,
+    AlexNet §3.3), as :func:`torch.nn.functional.local_response_norm`.
+
+    .. math:: y_c = x_c \\Big(k + \\frac{\\alpha}{n}
+        \\sum_{c'=c-\\lfloor n/2\\rfloor}^{c+\\lfloor (n-1)/2\\rfloor} x_{c'}^2\\Big)^{-\\beta}
+
+    with ``n = size`` and zeros beyond the first and last channel. Shapes: ``input`` ``(N, C, *)``
+    with at least one position dim; the output has its shape (and memory format). An empty
+    input is returned as is, as torch does.
+
+    >>> y = local_response_norm(torch.randn(2, 16, 8, 8), size=5, alpha=1e-4, beta=0.75, k=2.0)
+    """
+    op = "local_response_norm"
+    if input.ndim < 3:
+        raise ValueError(
+            f"{op} expects input (N, C, *) with at least one position dim (got {input.ndim}D input "
+            f"of shape {tuple(input.shape)}); add one with input.unsqueeze(-1)"
+        )
+    if size < 1:
+        raise ValueError(f"{op}: size must be a positive int (got {size})")
+    if input.numel() == 0:
+        return input
+    y = backends.dispatch(op, input, size, alpha, beta, k, backend=backend)
     return _keep_format(y, input)
 
 

@@ -67,6 +67,7 @@ BACKEND = Backend(
         "rms_norm": ref.rms_norm,
         "group_norm": ref.group_norm,
         "instance_norm": ref.instance_norm,
+        "local_response_norm": ref.local_response_norm,
         "add_layer_norm": _add_layer_norm,
         "add_rms_norm": _add_rms_norm,
         "rms_norm_cast": rms_norm_cast,

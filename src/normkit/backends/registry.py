@@ -15,6 +15,7 @@ layer_norm          x, normalized_shape, weight, bias, eps                 y
 rms_norm            x, normalized_shape, weight, eps                       y
 group_norm          x, num_groups, weight, bias, eps                       y
 instance_norm       x, weight, bias, eps                                   y
+local_response_norm x, size, alpha, beta, k                              y
 rms_norm_cast       x, normalized_shape, weight, eps, casting, offset      y
 layer_norm_cast     x, normalized_shape, weight, bias, eps, casting,       y
                     offset

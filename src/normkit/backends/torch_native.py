@@ -128,6 +128,12 @@ def _instance_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: f
     return F.instance_norm(x.to(acc), None, None, w, b, True, 0.0, eps).to(x.dtype)
 
 
+def _local_response_norm(x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:
+    return F.local_response_norm(x.to(accumulation_dtype(x.dtype)), size, alpha, beta, k).to(
+        x.dtype
+    )
+
+
 def _add_layer_norm(
     x: Tensor,
     residual: Tensor,
@@ -183,6 +189,7 @@ BACKEND = Backend(
         "rms_norm": _rms_norm,
         "group_norm": _group_norm,
         "instance_norm": _instance_norm,
+        "local_response_norm": _local_response_norm,
         "add_layer_norm": _add_layer_norm,
         "add_rms_norm": _add_rms_norm,
         "rms_norm_cast": rms_norm_cast,

@@ -20,6 +20,7 @@ from typing import Any, Literal, overload
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from normkit.nn import catalog
 
@@ -100,7 +101,7 @@ class ConversionReport:
 
 def _factory_of(m: nn.Module) -> dict[str, Any]:
     for t in (*m.parameters(recurse=False), *m.buffers(recurse=False)):
-        if t.is_floating_point():
+        if is_lazy(t) or t.is_floating_point():  # a lazy layer's uninitialized tensors too
             return {"device": t.device, "dtype": t.dtype}
     return {}
 
@@ -115,11 +116,12 @@ def _convert_one(m: nn.Module, twin: Twin, to: str, backend: str | None) -> nn.M
     for (_, p_old), (_, p_new) in zip(
         m.named_parameters(recurse=False), new.named_parameters(recurse=False), strict=True
     ):
-        p_new.requires_grad_(p_old.requires_grad)
+        if not is_lazy(p_new):  # uninitialized parameters take no calls
+            p_new.requires_grad_(p_old.requires_grad)
     # buffers keep their own device (e.g. a long num_batches_tracked created on the device)
     for name, b in m.named_buffers(recurse=False):
         nb = getattr(new, name)
-        if nb is not None and nb.device != b.device:
+        if nb is not None and not is_lazy(nb) and nb.device != b.device:
             setattr(new, name, nb.to(b.device))
     new.train(m.training)
     return new

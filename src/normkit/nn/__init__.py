@@ -44,6 +44,15 @@ from normkit.nn.groupnorm import (
 )
 from normkit.nn.keras import BatchNormalization
 from normkit.nn.layernorm import LayerNorm, LayerNorm2d, RMSNorm
+from normkit.nn.lazy import (
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+    LazyInstanceNorm1d,
+    LazyInstanceNorm2d,
+    LazyInstanceNorm3d,
+)
+from normkit.nn.localresponse import CrossMapLRN2d, LocalResponseNorm
 from normkit.nn.normact import (
     BatchNormAct2d,
     FrozenBatchNormAct2d,
@@ -95,6 +104,7 @@ __all__ = [
     "BatchRenorm3d",
     "ChannelNorm",
     "ConditionalBatchNorm2d",
+    "CrossMapLRN2d",
     "DyT",
     "EvoNorm2dB0",
     "EvoNorm2dS0",
@@ -124,6 +134,13 @@ __all__ = [
     "LayerNormRNN",
     "LayerNormRNNCell",
     "LayerRecalibration",
+    "LazyBatchNorm1d",
+    "LazyBatchNorm2d",
+    "LazyBatchNorm3d",
+    "LazyInstanceNorm1d",
+    "LazyInstanceNorm2d",
+    "LazyInstanceNorm3d",
+    "LocalResponseNorm",
     "Normalization",
     "QKNorm",
     "RMSNorm",

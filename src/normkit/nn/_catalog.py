@@ -73,6 +73,15 @@ from normkit.nn.groupnorm import (
 )
 from normkit.nn.keras import BatchNormalization
 from normkit.nn.layernorm import LayerNorm, LayerNorm2d, RMSNorm
+from normkit.nn.lazy import (
+    LazyBatchNorm1d,
+    LazyBatchNorm2d,
+    LazyBatchNorm3d,
+    LazyInstanceNorm1d,
+    LazyInstanceNorm2d,
+    LazyInstanceNorm3d,
+)
+from normkit.nn.localresponse import CrossMapLRN2d, LocalResponseNorm
 from normkit.nn.normact import (
     BatchNormAct2d,
     FrozenBatchNormAct2d,
@@ -282,6 +291,15 @@ CATALOG: list[NormKind] = [
              sync=SyncBatchNormAct2d, fold=Fold(activation=_act)),
     NormKind(BatchNormalization, "batch", ("keras_bn", "batchnormalization"), factory=_keras_bn,
              frozen=FrozenBatchNorm, fold=_BN),
+    NormKind(LazyBatchNorm1d, "batch", ("lazybn1d", "lazybatchnorm1d"),
+             torch_twin=nn.LazyBatchNorm1d, frozen=FrozenBatchNorm1d,
+             convert_blocker=_axis_blocker),
+    NormKind(LazyBatchNorm2d, "batch", ("lazybn2d", "lazybatchnorm2d"),
+             torch_twin=nn.LazyBatchNorm2d, frozen=FrozenBatchNorm2d,
+             convert_blocker=_axis_blocker),
+    NormKind(LazyBatchNorm3d, "batch", ("lazybn3d", "lazybatchnorm3d"),
+             torch_twin=nn.LazyBatchNorm3d, frozen=FrozenBatchNorm3d,
+             convert_blocker=_axis_blocker),
     NormKind(FrozenBatchNorm, "frozen_batch", ("frozenbn", "frozenbatchnorm"), fold=_FROZEN),
     NormKind(FrozenBatchNorm1d, "frozen_batch", ("frozenbn1d", "frozenbatchnorm1d"),
              fold=_FROZEN),
@@ -302,6 +320,12 @@ CATALOG: list[NormKind] = [
              torch_twin=nn.InstanceNorm2d),
     NormKind(InstanceNorm3d, "instance", ("in3d", "instancenorm3d"),
              torch_twin=nn.InstanceNorm3d),
+    NormKind(LazyInstanceNorm1d, "instance", ("lazyin1d", "lazyinstancenorm1d"),
+             torch_twin=nn.LazyInstanceNorm1d),
+    NormKind(LazyInstanceNorm2d, "instance", ("lazyin2d", "lazyinstancenorm2d"),
+             torch_twin=nn.LazyInstanceNorm2d),
+    NormKind(LazyInstanceNorm3d, "instance", ("lazyin3d", "lazyinstancenorm3d"),
+             torch_twin=nn.LazyInstanceNorm3d),
     NormKind(ChannelNorm, "instance", ("cn", "channelnorm")),
     NormKind(LayerNorm, "layer", ("ln", "layernorm"), torch_twin=nn.LayerNorm),
     NormKind(LayerNormAct, "layer", ("lnact", "layernormact"), signature_twin=nn.LayerNorm),
@@ -327,6 +351,10 @@ CATALOG: list[NormKind] = [
     NormKind(FiLM, "other", ("film",), factory=_film),
     NormKind(QKNorm, "other", ("qknorm",)),
     NormKind(UnitNormalization, "other", ("unit", "l2", "unitnormalization"), factory=_unit_norm),
+    NormKind(LocalResponseNorm, "local_response", ("lrn", "localresponsenorm"),
+             torch_twin=nn.LocalResponseNorm),
+    NormKind(CrossMapLRN2d, "local_response", ("crossmaplrn2d",),
+             signature_twin=nn.CrossMapLRN2d),
     # ---- torch.nn
     NormKind(nn.BatchNorm1d, "batch", frozen=FrozenBatchNorm1d, sync=SyncBatchNorm, fold=_BN),
     NormKind(nn.BatchNorm2d, "batch", frozen=FrozenBatchNorm2d, sync=SyncBatchNorm, fold=_BN),
