@@ -15,9 +15,17 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from normkit.nn import get_norm
+from normkit.nn import DyT, QKNorm, ResidualNorm, get_norm
 
-__all__ = ["CNN", "MLP", "ElmanRNN", "ResidualNet", "init_weights", "make_norm"]
+__all__ = [
+    "CNN",
+    "MLP",
+    "ElmanRNN",
+    "ResidualNet",
+    "TinyTransformer",
+    "init_weights",
+    "make_norm",
+]
 
 Placement = Literal["pre", "post"]
 
@@ -232,3 +240,77 @@ class ElmanRNN(nn.Module):
         for t in range(x.shape[1]):
             h = torch.tanh(self.norm(xs[:, t] + self.wh(h)))
         return self.head(h)
+
+
+class _Attention(nn.Module):
+    """Multi-head self-attention with an optional QK-norm; keeps the largest |logit| it saw."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: str | None) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.qk = QKNorm(self.head_dim, qk_norm) if qk_norm else None
+        self.max_logit = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qk is not None:
+            q, k = self.qk(q, k)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        self.max_logit = max(self.max_logit, float(logits.detach().abs().max()))
+        y = logits.softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+
+class TinyTransformer(nn.Module):
+    """A small transformer classifier over token sequences (digits as 8 rows of 8 pixels).
+
+    Embedding + learned positions, ``depth`` blocks of attention and MLP sublayers, each wrapped
+    in :class:`~normkit.nn.ResidualNorm` with ``placement`` (``"pre"``, ``"post"``, ...), norm
+    ``norm`` (``"ln"``, ``"rms"``, ``"dyt"``), optional QK-norm (``qk_norm="layer"``/``"rms"``),
+    a final norm for Pre-LN, mean-pooling and a linear head.
+
+    >>> TinyTransformer()(torch.randn(4, 8, 8)).shape
+    torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 8,
+        seq_len: int = 8,
+        dim: int = 32,
+        heads: int = 2,
+        depth: int = 2,
+        classes: int = 10,
+        *,
+        placement: str = "pre",
+        norm: str = "ln",
+        qk_norm: str | None = None,
+        mlp_ratio: int = 2,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_dim, dim)
+        self.pos = nn.Parameter(torch.randn(1, seq_len, dim) * 0.02)
+
+        def make(d: int) -> nn.Module:
+            return DyT(d) if norm == "dyt" else get_norm(norm, d)
+
+        blocks: list[nn.Module] = []
+        for _ in range(depth):
+            mlp = nn.Sequential(
+                nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+            )
+            for f in (_Attention(dim, heads, qk_norm), mlp):
+                blocks.append(ResidualNorm(f, dim, placement, norm=make, num_layers=2 * depth))
+        self.blocks = nn.Sequential(*blocks)
+        self.final = make(dim) if placement in ("pre", "sandwich") else nn.Identity()
+        self.head = nn.Linear(dim, classes)
+
+    def attentions(self) -> list[_Attention]:
+        return [m for m in self.modules() if isinstance(m, _Attention)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(self.embed(x) + self.pos)
+        return self.head(self.final(h).mean(1))

@@ -13,6 +13,7 @@ MODULES: tuple[str, ...] = (
     "inference",
     "recalibration",
     "weight_norm",
+    "transformers",
     "data_scaling",
 )
 
