@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from normkit import functional as NF
-from normkit.nn.layernorm import LayerNorm, RMSNorm
 
 __all__ = ["DyT", "replace_norms"]
 
@@ -81,12 +80,27 @@ class DyT(nn.Module):
 
 
 _TARGETS = ("dyt",)
-#: The norms ``replace_norms`` swaps: per-token norms over the last dim, torch's and normkit's.
-_TOKEN_NORMS = (nn.LayerNorm, nn.RMSNorm, LayerNorm, RMSNorm)
+_TOKEN_TWINS = (nn.LayerNorm, nn.RMSNorm)
+
+
+def _is_token_norm(module: nn.Module) -> bool:
+    """A catalogued layer or RMS norm that takes one input and normalizes its last dim: torch's
+    LayerNorm/RMSNorm and their exact twins (the catalog's ``torch_twin``)."""
+    from normkit.nn import _catalog  # the catalog imports this module
+
+    kind = _catalog.lookup(module)
+    if kind is None or kind.family not in ("layer", "rms"):
+        return False
+    if not (kind.cls in _TOKEN_TWINS or kind.torch_twin in _TOKEN_TWINS):
+        return False
+    return len(getattr(module, "normalized_shape", ())) == 1
 
 
 def replace_norms(model: nn.Module, target: str = "dyt", **kwargs: Any) -> nn.Module:
     """Swap every LayerNorm/RMSNorm of ``model`` over one trailing dim for ``target``, in place.
+
+    The norms are found through :mod:`normkit.nn.catalog`: torch's LayerNorm/RMSNorm and every
+    catalogued exact twin of them (normkit's, subclasses included).
 
     ``target="dyt"``: :class:`DyT` with the norm's γ (and β) copied, so that only the
     normalization changes; an RMSNorm's DyT gets β = 0, as in the paper's LLaMA runs (kwargs
@@ -101,7 +115,7 @@ def replace_norms(model: nn.Module, target: str = "dyt", **kwargs: Any) -> nn.Mo
     if target not in _TARGETS:
         raise ValueError(f"replace_norms: target must be one of {_TARGETS} (got {target!r})")
     for name, child in list(model.named_children()):
-        if isinstance(child, _TOKEN_NORMS) and len(child.normalized_shape) == 1:
+        if _is_token_norm(child):
             setattr(model, name, _to_dyt(child, **kwargs))
         else:
             replace_norms(child, target, **kwargs)
