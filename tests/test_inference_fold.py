@@ -490,3 +490,15 @@ def test_parametrized_or_hooked_weights_are_not_folded():
     lin.register_forward_hook(lambda m, i, o: o * 2)
     _, report = _check(nn.Sequential(lin, nn.BatchNorm1d(4)), torch.randn(5, 3), 0)
     assert "hooks" in report.skipped[0].reason
+    observed = nn.Linear(3, 4)
+    observed.register_forward_hook(lambda m, i, o: None)  # observes only: folding is fine
+    _, report = _check(nn.Sequential(observed, nn.BatchNorm1d(4)), torch.randn(5, 3), 1)
+
+    class Scaled(nn.Conv2d):  # a subclass whose forward is not the conv of its weight
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    _, report = _check(
+        nn.Sequential(Scaled(3, 4, 3), nn.BatchNorm2d(4)), torch.randn(2, 3, 6, 6), 0
+    )
+    assert "overrides Conv2d.forward" in report.skipped[0].reason

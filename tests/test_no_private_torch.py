@@ -22,9 +22,7 @@ FORBIDDEN = (
     "_forward_pre_hooks",
     "_foreach_norm",
 )
-#: Uses owned by other modules, to be removed there (Module._forward_hooks is checked to tell
-#: whether a layer can be folded away).
-KNOWN = {("inference/fold.py", "_forward_hooks"), ("inference/fold.py", "_forward_pre_hooks")}
+KNOWN: set[tuple[str, str]] = set()
 
 
 def test_no_private_torch_internals_or_raw_addresses_in_normkit() -> None:

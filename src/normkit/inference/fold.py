@@ -264,14 +264,42 @@ def _compatibility(layer: nn.Module, norm: FoldableNorm) -> str | None:
             "the layer's weight is parametrized (weight_norm/spectral_norm/...); remove the "
             "parametrization (torch.nn.utils.parametrize.remove_parametrizations) first"
         )
-    if layer._forward_pre_hooks or layer._forward_hooks:
-        return (
-            "the layer has forward hooks (e.g. the old torch.nn.utils.weight_norm, which "
-            "recomputes the weight on every call); remove them first"
-        )
     if not layer.weight.is_floating_point():  # type: ignore[union-attr]
         return "the layer's weight is not floating point (quantized?)"
+    base = next(c for c in type(layer).__mro__ if c in _PRODUCERS)
+    if type(layer).forward is not base.forward:
+        return (
+            f"{type(layer).__name__} overrides {base.__name__}.forward, so its output need not "
+            "be the linear map of its stored weight; fold into a plain layer"
+        )
+    if any(hasattr(layer, f"weight{s}") for s in ("_g", "_orig")):
+        return (
+            "the layer's weight is recomputed on every call (the old torch.nn.utils.weight_norm "
+            "or spectral_norm: weight_g/weight_v or weight_orig); remove it first"
+        )
+    if _hooks_change_output(layer, base):
+        return "the layer has forward hooks that change its output; remove them first"
     return None
+
+
+@torch.no_grad()
+def _hooks_change_output(layer: nn.Module, base: type[nn.Module]) -> bool:
+    """Whether calling ``layer`` (hooks included) differs from its class's forward on a
+    one-sample probe: public APIs do not list a module's hooks, so their effect is measured."""
+    w = layer.weight
+    g = torch.Generator(device=w.device).manual_seed(0)
+    if isinstance(layer, nn.Linear):
+        shape: tuple[int, ...] = (1, layer.in_features)
+    else:
+        k, d = layer.kernel_size, layer.dilation  # type: ignore[attr-defined]
+        cin = layer.in_channels  # type: ignore[attr-defined]
+        shape = (1, cin, *(di * (ki - 1) + 1 for ki, di in zip(k, d, strict=True)))
+    probe = torch.randn(shape, generator=g, device=w.device, dtype=w.dtype)
+    called = layer(probe)
+    plain = base.forward(layer, probe)
+    return not (
+        isinstance(called, Tensor) and called.shape == plain.shape and torch.equal(called, plain)
+    )
 
 
 # --------------------------------------------------------------------------- the report
