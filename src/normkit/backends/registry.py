@@ -136,7 +136,10 @@ _OPTIONAL: dict[str, tuple[str, str]] = {"numba": ("numba", "fast")}
 
 
 def register(backend: Backend, *, replace: bool = False) -> None:
-    """Add a backend under its name (``replace=True`` to override an existing one)."""
+    """Add a backend under its name (``replace=True`` to override an existing one).
+
+    >>> register(get("reference"), replace=True)     # a new backend: register(Backend(...))
+    """
     if backend.name == "auto":
         raise ValueError("'auto' is reserved for the automatic choice; pick another backend name")
     if backend.name in _REGISTRY and not replace:
@@ -148,17 +151,29 @@ def register(backend: Backend, *, replace: bool = False) -> None:
 
 
 def names() -> list[str]:
-    """All registered backend names, highest priority first (available or not)."""
+    """All registered backend names, highest priority first (available or not).
+
+    >>> names()[-1]                                 # priority 0: accepts every input
+    'reference'
+    """
     return [b.name for b in sorted(_REGISTRY.values(), key=lambda b: -b.priority)]
 
 
 def available() -> list[str]:
-    """Names of the backends usable on this machine, highest priority first."""
+    """Names of the backends usable on this machine, highest priority first.
+
+    >>> {"torch", "reference"} <= set(available())
+    True
+    """
     return [n for n in names() if _REGISTRY[n].is_available()]
 
 
 def get(name: str) -> Backend:
-    """The backend registered as ``name``."""
+    """The backend registered as ``name``.
+
+    >>> get("torch").name
+    'torch'
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -305,6 +320,11 @@ def resolve(
 
     Cached per (backend name, :func:`signature`); registering a backend or setting a table
     clears the cache.
+
+    >>> resolve("layer_norm", torch.randn(4, 8), "reference").name
+    'reference'
+    >>> resolve("layer_norm", torch.randn(4, 8)).name in available()   # the auto choice
+    True
     """
     if torch.compiler.is_exporting():
         return _for_export(op, x)
@@ -348,6 +368,11 @@ def dispatch(op: str, x: Tensor, *args: Any, backend: str = "auto") -> Any:
 
     The direction of the auto rule is forward + backward when autograd records ``x`` or any
     tensor argument (e.g. a weight that requires grad).
+
+    >>> x = torch.randn(4, 8)
+    >>> y = dispatch("layer_norm", x, (8,), None, None, 1e-5)
+    >>> torch.allclose(y, torch.nn.functional.layer_norm(x, (8,)), atol=1e-6)
+    True
     """
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(isinstance(a, Tensor) and a.requires_grad for a in args)

@@ -61,7 +61,11 @@ def render_findings(
     title: str = "normkit doctor: findings",
     console: Console | None = None,
 ) -> None:
-    """Print ``findings`` as a rich table (or a green "no findings" line when there are none)."""
+    """Print ``findings`` as a rich table (or a green "no findings" line when there are none).
+
+    >>> render_findings([])
+    normkit doctor: findings: no findings
+    """
     from rich.console import Console
     from rich.table import Table
 

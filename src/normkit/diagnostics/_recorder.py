@@ -145,6 +145,13 @@ class Recorder:
     measure more on demand with :meth:`curvature` and :meth:`gradient_noise`; judge with
     :meth:`verdict`; show with :meth:`print`, :meth:`plot` and :meth:`to_html`. :meth:`close`
     (or leaving the ``with`` block) removes every hook.
+
+    >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> with watch(model, every=1) as rec:
+    ...     for _ in range(3):
+    ...         model(torch.randn(16, 4)).sum().backward()
+    >>> rec.steps, rec.layers
+    ([0, 1, 2], ['0', '1', '2'])
     """
 
     def __init__(

@@ -168,6 +168,10 @@ def deepnorm_init_(
     """DeepNorm's initialisation: Xavier-normal weights with gain ``beta`` for every
     ``nn.Linear`` in ``module`` (FFN, value and output projections), gain 1 for those whose
     name ends with one of ``skip`` (query and key projections); biases to zero. In place.
+
+    >>> alpha, beta = deepnorm_coefficients(12)                  # a 12-layer encoder
+    >>> block = nn.ModuleDict({"q_proj": nn.Linear(8, 8), "v_proj": nn.Linear(8, 8)})
+    >>> block = deepnorm_init_(block, beta)
     """
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
