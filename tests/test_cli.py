@@ -12,11 +12,11 @@ def test_top_level_help_lists_every_subcommand(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("compare", "bench", "lab", "doctor", "fold"):
+    for name in ("compare", "bench", "tune", "lab", "doctor", "fold"):
         assert name in out
 
 
-@pytest.mark.parametrize("command", ["compare", "bench", "lab", "doctor", "fold"])
+@pytest.mark.parametrize("command", ["compare", "bench", "tune", "lab", "doctor", "fold"])
 def test_subcommand_help_renders(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
@@ -82,3 +82,28 @@ def test_python_dash_m_normkit_is_the_command(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"normkit {normkit.__version__}\n"
+
+
+def test_tune_writes_a_table_auto_then_follows(tmp_path, monkeypatch, capsys):
+    from normkit.backends import registry
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    args = ["tune", "--sizes", "13", "--ops", "layer_norm", "--reps", "1"]
+    try:
+        assert cli.main(args) == 0
+        path = tmp_path / "normkit" / "auto_table.json"
+        assert registry.auto_table_path() == path
+        rows = registry.auto_table()
+        assert {(r["op"], r["dir"], r["numel"]) for r in rows} == {
+            ("layer_norm", "fwd", 1 << 13),
+            ("layer_norm", "fwd+bwd", 1 << 13),
+        }
+        assert all(r["backend"] in registry.available() for r in rows)
+        assert cli.main(["tune", "--show"]) == 0
+        assert str(path) in capsys.readouterr().out
+        path.write_text("not json")
+        with pytest.warns(RuntimeWarning, match="ignoring the auto table"):
+            registry.set_auto_table(None)
+    finally:
+        monkeypatch.delenv("XDG_CACHE_HOME")
+        registry.set_auto_table(None)
