@@ -5,7 +5,10 @@ large), mode (train, eval), direction (forward, forward + backward) and memory l
 (contiguous, channels_last for 4-D/5-D inputs) it reports:
 
 * ``ratio`` — normkit time / torch.nn time, the two measured in alternation in one run (a
-  change of machine load hits both alike); ``> 1`` means normkit is slower;
+  change of machine load hits both alike); ``> 1`` means normkit is slower. With one intra-op
+  thread (``OMP_NUM_THREADS=1``) the times are medians of the calling thread's CPU time, which
+  leave out the time other processes hold the core; with more threads, the fastest wall time
+  of the rounds;
 * ``ops`` / ``torch ops`` — the ATen ops one call dispatches (counted with a
   :class:`~torch.utils._python_dispatch.TorchDispatchMode`; device-independent, so it stands in
   for the kernel launches of the same call on a GPU);
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -338,6 +342,13 @@ def _timed_call(
     return fwd_bwd, clear
 
 
+def clock() -> Callable[[], float]:
+    """The timer of the comparisons: CPU time of the calling thread with one intra-op thread
+    (all the work happens on it, and time the core spends on other processes is left out), wall
+    time otherwise."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def compare_pair(
     pair: Pair,
     size: str = "small",
@@ -373,11 +384,16 @@ def compare_pair(
         if setup is not None:
             setup()
         counts[name] = sum(count_ops(fn).values())
-    t = measure_interleaved(calls, reps=reps, warmup=2)
-    # the fastest of the interleaved repetitions: on a shared machine, load only adds time
-    row["normkit ms"] = t["ours"].min * 1e3
-    row["torch ms"] = t["theirs"].min * 1e3
-    row["ratio"] = t["ours"].min / t["theirs"].min
+    cpu = torch.get_num_threads() == 1
+    t = measure_interleaved(calls, reps=reps, warmup=2, clock=clock())
+    # one thread: medians of the thread's CPU time; else the fastest wall time of the rounds
+    # (on a shared machine, load only adds wall time)
+    ours_s, theirs_s = (
+        (t["ours"].median, t["theirs"].median) if cpu else (t["ours"].min, t["theirs"].min)
+    )
+    row["normkit ms"] = ours_s * 1e3
+    row["torch ms"] = theirs_s * 1e3
+    row["ratio"] = ours_s / theirs_s
     row["ops"] = counts["ours"]
     row["torch ops"] = counts["theirs"]
     row["target"] = 1.10 if pair.twin else 1.30
@@ -468,7 +484,7 @@ def run_model_steps(reps: int = 10) -> list[dict[str, Any]]:
         ours = convert(theirs, "normkit")
         calls = {"ours": (_train_step(ours, x, target), None)}
         calls["theirs"] = (_train_step(theirs, x, target), None)
-        t = measure_interleaved(calls, reps=reps, warmup=2)
+        t = measure_interleaved(calls, reps=reps, warmup=2, clock=clock())
         rows.append(
             {
                 "model": name,

@@ -2,7 +2,8 @@
 
 Declarative specs (op, shape, dtype, layout, direction); for each the same process measures a
 memory copy of the same bytes (the bandwidth limit), torch eager, optionally torch.compile
-(cold compile time reported separately), ``normkit auto`` (what a layer runs by default: the
+(cold compile time reported separately; with one intra-op thread all times are the calling
+thread's CPU time), ``normkit auto`` (what a layer runs by default: the
 backend the measured auto table picks) and every available normkit backend except the slow
 ``reference`` oracle. Backends that can write into caller-provided buffers (``numba``) are also
 timed with reused outputs (``out=``), which removes the glibc page-fault cost of fresh outputs
@@ -229,6 +230,12 @@ def _normkit_fn(spec: BenchSpec, case: _Case, backend: str) -> Callable[..., Any
     raise ValueError(f"unknown benchmark op {op!r}; expected one of {OPS}")
 
 
+def _clock() -> Callable[[], float]:
+    """CPU time of the calling thread with one intra-op thread (every kernel then runs on it;
+    time the core spends on other processes is left out), wall time otherwise."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
 def _registry_op(spec: BenchSpec) -> str:
     return {"batch_norm": "batch_norm_train", "rms_norm_llama": "rms_norm_cast"}.get(
         spec.op, spec.op
@@ -388,7 +395,7 @@ def run_kernels_bench(
                     calls[f"normkit {b} out="] = reused
             # Interleaved: every round runs each implementation once, so a change of machine
             # load hits all of them alike instead of one implementation's whole block.
-            timings = measure_interleaved(calls, reps=reps)
+            timings = measure_interleaved(calls, reps=reps, clock=_clock())
             copy, eager = timings.pop("copy"), timings["torch eager"]
             for impl, t in timings.items():
                 cold: float | None = None

@@ -78,12 +78,17 @@ def measure_interleaved(
     *,
     reps: int = 15,
     warmup: int = 3,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Median times of several ``(fn, setup)`` calls measured in alternation.
 
     Each of the ``reps`` rounds runs every call once, so a change of machine load during the
     measurement affects all of them alike (on a shared machine, timing one implementation's
     whole block after another's can flip a comparison). ``first`` is each call's first run.
+    ``clock`` is wall time by default; ``time.thread_time`` (CPU time of the calling thread)
+    leaves out the time other processes hold the core, which on an oversubscribed machine
+    dominates wall time, but counts only work done on this thread: use it with one intra-op
+    thread (``torch.set_num_threads(1)``).
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1 (got {reps})")
@@ -92,10 +97,10 @@ def measure_interleaved(
         for k in range(max(warmup, 1)):
             if setup is not None:
                 setup()
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
             if k == 0:
-                first[name] = time.perf_counter() - t0
+                first[name] = clock() - t0
     times: dict[str, list[float]] = {name: [] for name in calls}
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -104,9 +109,9 @@ def measure_interleaved(
             for name, (fn, setup) in calls.items():
                 if setup is not None:
                     setup()
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
     finally:
         if gc_was_enabled:
             gc.enable()
