@@ -344,3 +344,36 @@ def test_large_cpu_chunks_never_reach_torchs_thread_pool():
             sc.transform(torch.from_numpy(X))
     # (lift_fresh/detach/alias: wrapping a numpy array as a tensor, no pass over memory)
     assert sorted({op for op in big if not op.startswith(NO_COMPUTE)}) == []
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class Recorder:
+    """A scikit-learn fit callback that records its hooks."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, object]] = []
+
+    def setup(self, estimator, context):
+        self.calls.append(("setup", None))
+
+    def on_fit_task_begin(self, estimator, context, *, X=None, y=None, metadata=None, **_):
+        self.calls.append(("begin", None if metadata is None else metadata.get("sample_weight")))
+
+    def on_fit_task_end(self, estimator, context, *, X=None, y=None, metadata=None, **_):
+        self.calls.append(("end", None))
+
+    def teardown(self, estimator, context):
+        self.calls.append(("teardown", None))
+
+
+def test_fit_callbacks_are_called_as_sklearns():
+    pytest.importorskip("sklearn.callback")
+    X, w = weighted_data(50, 3, 0)
+    for method in ("fit", "partial_fit"):
+        ours, theirs = Recorder(), Recorder()
+        getattr(nd.StandardScaler().set_callbacks(ours), method)(X, sample_weight=w)
+        getattr(skp.StandardScaler().set_callbacks(theirs), method)(X, sample_weight=w)
+        assert [c[0] for c in ours.calls] == [c[0] for c in theirs.calls]
+        assert ours.calls[1][1] is w and theirs.calls[1][1] is w

@@ -200,7 +200,18 @@ def _batch_moments(batch: Batch, weight: Tensor | None = None) -> Moments:
     return _exact_constants(x, m, keep, weight)
 
 
-class StandardScaler(StreamingScaler):
+try:  # scikit-learn >= 1.9: fit callbacks (``set_callbacks``)
+    from sklearn.callback import CallbackSupportMixin, with_callbacks
+except ImportError:  # older scikit-learn: no callbacks
+
+    class CallbackSupportMixin:  # type: ignore[no-redef]
+        """Stands for scikit-learn's callback mixin where scikit-learn has none."""
+
+    def with_callbacks(method: Any) -> Any:  # type: ignore[no-redef]
+        return method
+
+
+class StandardScaler(CallbackSupportMixin, StreamingScaler):
     """Standardize features: remove the mean and scale to unit variance (scikit-learn's
     ``StandardScaler``, on numpy arrays and torch tensors).
 
@@ -245,6 +256,7 @@ class StandardScaler(StreamingScaler):
         self.with_mean = with_mean
         self.with_std = with_std
 
+    @with_callbacks
     def fit(
         self, X: ArrayLike, y: Any = None, sample_weight: ArrayLike | None = None
     ) -> StandardScaler:
@@ -252,15 +264,30 @@ class StandardScaler(StreamingScaler):
 
         ``sample_weight`` (n_samples,): one weight per sample (None: all 1); the statistics
         are then the weighted mean and variance, and ``n_samples_seen_`` the sum of the weights.
+        With scikit-learn >= 1.9, callbacks set by ``set_callbacks`` see the fit as one task.
         """
-        return self._fit(X, sample_weight)
+        self._reset()
+        return self._fit_task(X, y, sample_weight)
 
+    @with_callbacks
     def partial_fit(
         self, X: ArrayLike, y: Any = None, sample_weight: ArrayLike | None = None
     ) -> StandardScaler:
         """Add the batch ``X`` (with its ``sample_weight``) to the statistics, exactly: any
         chunking, weighted or not, gives the statistics of one :meth:`fit`."""
-        return self._partial_fit(X, sample_weight)
+        return self._fit_task(X, y, sample_weight)
+
+    def _fit_task(self, X: ArrayLike, y: Any, sample_weight: Any) -> StandardScaler:
+        """One ``partial_fit``, announced to scikit-learn's callbacks (where scikit-learn has
+        them) as its ``StandardScaler`` announces it: one task, with the sample weights."""
+        if not hasattr(self, "_init_callback_context"):
+            return self._partial_fit(X, sample_weight)
+        ctx = self._init_callback_context()
+        task = {"estimator": self, "X": X, "y": y, "metadata": {"sample_weight": sample_weight}}
+        ctx.call_on_fit_task_begin(**task)
+        self._partial_fit(X, sample_weight)
+        ctx.call_on_fit_task_end(**task, reconstruction_attributes={})
+        return self
 
     @property
     def _takes_sparse(self) -> bool:  # type: ignore[override]
