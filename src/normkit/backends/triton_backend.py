@@ -6,7 +6,10 @@ and a single write of ``y`` forward; backward reads ``x``, ``dy`` once and write
 by torch (deterministic, no atomics). Statistics accumulate in float32 whatever the input dtype.
 
 Available when Triton imports and a CUDA device is present; supports CUDA tensors of float32,
-float16 and bfloat16; rows (product of ``normalized_shape``) longer than one block (65536
+float16 and bfloat16. With ``TRITON_INTERPRET=1`` set before Triton is imported (Triton's own
+switch: its interpreter runs the same kernels with numpy), the backend is also available without
+a GPU and runs on CPU tensors, slowly, for testing the kernels; ``"auto"`` never picks it for CPU
+tensors. Rows (product of ``normalized_shape``) longer than one block (65536
 elements) run the native torch kernel. Other inputs go to the next backend by the auto rule. Kernel layout follows the
 Triton layer-norm tutorial (Tillet et al.), with per-block partial sums in place of its lock-based
 reduction.
@@ -15,6 +18,7 @@ reduction.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from functools import cache
 
@@ -30,25 +34,35 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _AVAILABLE: dict[str, bool] = {}
 
 
+def _interpreted() -> bool:
+    """Whether Triton runs its interpreter (``TRITON_INTERPRET=1``): kernels on CPU tensors."""
+    if "interpret" not in _AVAILABLE:
+        _AVAILABLE["interpret"] = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _AVAILABLE["interpret"]
+
+
 def _available() -> bool:
     # A dict memo, not functools.cache: torch.compile warns on every lru_cache-wrapped call.
     if "triton" not in _AVAILABLE:
-        _AVAILABLE["triton"] = (
-            importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
+        _AVAILABLE["triton"] = importlib.util.find_spec("triton") is not None and (
+            torch.cuda.is_available() or _interpreted()
         )
     return _AVAILABLE["triton"]
 
 
 def _supports(op: str, x: Tensor) -> str | None:
-    if x.device.type != "cuda":
-        return "the triton backend runs on CUDA tensors only"
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and _interpreted()):
+        return (
+            "the triton backend runs on CUDA tensors only (CPU tensors under Triton's "
+            "interpreter, TRITON_INTERPRET=1)"
+        )
     if x.dtype not in _DTYPES:
         return f"the triton backend supports {[str(d) for d in _DTYPES]} (got {x.dtype})"
     return None
 
 
 @cache
-def _kernels():  # pragma: no cover - needs a GPU
+def _kernels():
     import triton
     import triton.language as tl
 
@@ -143,7 +157,7 @@ def _launch_cfg(n: int) -> tuple[int, int]:
     return block, warps
 
 
-class _RowNorm(torch.autograd.Function):  # pragma: no cover - needs a GPU
+class _RowNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, n: int, eps: float, rms: bool):  # type: ignore[override]
         _, fwd, _, _ = _kernels()
@@ -171,7 +185,8 @@ class _RowNorm(torch.autograd.Function):  # pragma: no cover - needs a GPU
         n, m = ctx.n, x2.shape[0]
         dy2 = dy.reshape(-1, n).contiguous()
         dx = torch.empty_like(x2)
-        sms = _sm_count(x2.device.index if x2.device.index is not None else 0)
+        # interpreted (CPU): a few programs, so the partial-sum reduction of dW/dB is exercised
+        sms = _sm_count(x2.device.index or 0) if x2.is_cuda else 1
         progs = min(m, 4 * sms)
         rows_per_prog = -(-m // progs)
         progs = -(-m // rows_per_prog)
@@ -225,11 +240,11 @@ def _row_norm(
     return _RowNorm.apply(x, w, b, n, float(eps), rms)
 
 
-def _layer_norm(x, normalized_shape, weight, bias, eps):  # pragma: no cover - needs a GPU
+def _layer_norm(x, normalized_shape, weight, bias, eps):
     return _row_norm(x, normalized_shape, weight, bias, eps, rms=False)
 
 
-def _rms_norm(x, normalized_shape, weight, eps):  # pragma: no cover - needs a GPU
+def _rms_norm(x, normalized_shape, weight, eps):
     return _row_norm(x, normalized_shape, weight, None, eps, rms=True)
 
 
@@ -240,7 +255,8 @@ _AUTO_MIN_NUMEL = 1 << 26
 
 
 def _prefers(op: str, x: Tensor) -> bool:
-    return x.numel() >= _AUTO_MIN_NUMEL
+    # the interpreter is a correctness tool: never the automatic choice for CPU tensors
+    return x.device.type == "cuda" and x.numel() >= _AUTO_MIN_NUMEL
 
 
 BACKEND = Backend(
