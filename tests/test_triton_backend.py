@@ -131,3 +131,51 @@ def test_triton_auto_choice_and_long_rows():
     long = torch.randn(2, 70000, device="cuda")
     y = NF.layer_norm(long, (70000,), backend="triton")
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(long, (70000,)))
+
+
+@needs_backend
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize(
+    "shape, axis, channels_last",
+    [((4, 6, 5, 5), 1, False), ((4, 6, 5, 5), 1, True), ((8, 3, 6), -1, False)],
+)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_triton_batch_norm_matches_float64_reference(dtype, shape, axis, channels_last, train):
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = (torch.randn(shape, device=DEVICE, generator=g) * 3 + 1).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    c = shape[axis]
+    w = (torch.rand(c, device=DEVICE, generator=g) + 0.5).requires_grad_()
+    b = torch.randn(c, device=DEVICE, generator=g).requires_grad_()
+    rm = torch.randn(c, device=DEVICE, generator=g)
+    rv = torch.rand(c, device=DEVICE, generator=g) + 0.5
+    ops = normkit.backends.get("triton").ops
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    if train:
+        y, mean, var = ops["batch_norm_train"](x, w, b, 1e-5, axis)
+        y64, mean64, var64 = ref.batch_norm(x64, None, None, w64, b64, True, 1e-5, axis)
+        assert mean.dtype == var.dtype == torch.float32 and not mean.requires_grad
+        torch.testing.assert_close(mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(var.double(), var64.detach(), rtol=1e-5, atol=1e-5)
+    else:
+        y = ops["batch_norm_eval"](x, rm, rv, w, b, 1e-5, axis)
+        y64 = ref.batch_norm(x64, rm.double(), rv.double(), w64, b64, False, 1e-5, axis)[0]
+    assert y.dtype == dtype and y.shape == x.shape
+    if channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, device=DEVICE, generator=g, dtype=torch.float64)
+    (y.double() * dy).sum().backward()
+    (y64 * dy).sum().backward()
+    tol = TOL[dtype]
+    for a, e in ((y, y64), (x.grad, x64.grad), (w.grad, w64.grad), (b.grad, b64.grad)):
+        scale = e.abs().max().item()
+        assert (a.double() - e).abs().max().item() <= tol * max(scale, 1.0) * 4
+
+
+@needs_backend
+def test_auto_never_picks_the_untimed_batch_norm_kernels():
+    x = torch.empty(64, 256, 64, 64, device=DEVICE)  # 2^26 elements: row norms would be taken
+    for op in ("batch_norm_train", "batch_norm_eval"):
+        assert not normkit.backends.get("triton").prefers(op, x)

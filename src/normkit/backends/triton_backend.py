@@ -1,9 +1,16 @@
-"""The ``triton`` backend: fused GPU kernels for the row-wise norms (LayerNorm, RMSNorm).
+"""The ``triton`` backend: fused GPU kernels for the row-wise norms (LayerNorm, RMSNorm) and
+BatchNorm.
 
 One program normalizes one row (all of ``normalized_shape``) in registers: a single read of ``x``
 and a single write of ``y`` forward; backward reads ``x``, ``dy`` once and writes ``dx``, while the
 ``weight``/``bias`` gradients are reduced per program block into a small float32 buffer and summed
 by torch (deterministic, no atomics). Statistics accumulate in float32 whatever the input dtype.
+
+BatchNorm runs one program per channel of ``x`` viewed as ``(N, C, S)`` (other feature axes and
+channels_last inputs are made channels-first contiguous first): two passes for the mean and the
+centred variance, one to normalize; backward sums ``dy`` and ``dy * xhat`` per channel (these are
+the bias and weight gradients, deterministic) and writes ``dx`` in a second pass. The running
+statistics are updated by the caller from the returned batch statistics.
 
 Available when Triton imports and a CUDA device is present; supports CUDA tensors of float32,
 float16 and bfloat16. With ``TRITON_INTERPRET=1`` set before Triton is imported (Triton's own
@@ -145,6 +152,101 @@ def _kernels():
 
 
 @cache
+def _channel_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def bn_fwd(X, Y, W, B, Mean, Rstd, RM, RV, N, C, S, eps,
+               TRAIN: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+               BLOCK: tl.constexpr):  # fmt: skip
+        # one program per channel c of x viewed as (N, C, S): statistics, then normalize
+        c = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        count = N * S
+        if TRAIN:
+            acc = tl.zeros((BLOCK,), dtype=tl.float32)
+            for n in range(0, N):
+                base = n * C * S + c * S
+                for s0 in range(0, S, BLOCK):
+                    m = s0 + offs < S
+                    acc += tl.load(X + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+            mean = tl.sum(acc, axis=0) / count
+            acc2 = tl.zeros((BLOCK,), dtype=tl.float32)
+            for n in range(0, N):
+                base = n * C * S + c * S
+                for s0 in range(0, S, BLOCK):
+                    m = s0 + offs < S
+                    x = tl.load(X + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+                    d = tl.where(m, x - mean, 0.0)
+                    acc2 += d * d
+            var = tl.sum(acc2, axis=0) / count
+            tl.store(Mean + c, mean)
+        else:
+            mean = tl.load(RM + c).to(tl.float32)
+            var = tl.load(RV + c).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        tl.store(Rstd + c, rstd)
+        if TRAIN:
+            tl.store(RV + c, var)
+        scale = rstd
+        shift = -mean * rstd
+        if HAS_W:
+            w = tl.load(W + c).to(tl.float32)
+            scale = scale * w
+            shift = shift * w
+        if HAS_B:
+            shift = shift + tl.load(B + c).to(tl.float32)
+        for n in range(0, N):
+            base = n * C * S + c * S
+            for s0 in range(0, S, BLOCK):
+                m = s0 + offs < S
+                x = tl.load(X + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+                tl.store(Y + base + s0 + offs, (x * scale + shift).to(Y.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def bn_bwd(X, DY, DX, W, Mean, Rstd, DW, DB, N, C, S,
+               TRAIN: tl.constexpr, HAS_W: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        # one program per channel: sum(dy), sum(dy * xhat), then dx; dW/dB are those sums
+        c = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        count = N * S
+        mean = tl.load(Mean + c)
+        rstd = tl.load(Rstd + c)
+        sdy = tl.zeros((BLOCK,), dtype=tl.float32)
+        sdyx = tl.zeros((BLOCK,), dtype=tl.float32)
+        for n in range(0, N):
+            base = n * C * S + c * S
+            for s0 in range(0, S, BLOCK):
+                m = s0 + offs < S
+                x = tl.load(X + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+                dy = tl.load(DY + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+                sdy += dy
+                sdyx += dy * tl.where(m, (x - mean) * rstd, 0.0)
+        sum_dy = tl.sum(sdy, axis=0)
+        sum_dyx = tl.sum(sdyx, axis=0)
+        tl.store(DW + c, sum_dyx)
+        tl.store(DB + c, sum_dy)
+        g = rstd
+        if HAS_W:
+            g = g * tl.load(W + c).to(tl.float32)
+        for n in range(0, N):
+            base = n * C * S + c * S
+            for s0 in range(0, S, BLOCK):
+                m = s0 + offs < S
+                dy = tl.load(DY + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+                if TRAIN:
+                    x = tl.load(X + base + s0 + offs, mask=m, other=0.0).to(tl.float32)
+                    xhat = (x - mean) * rstd
+                    dx = g * (dy - sum_dy / count - xhat * (sum_dyx / count))
+                else:
+                    dx = g * dy
+                tl.store(DX + base + s0 + offs, dx.to(DX.dtype.element_ty), mask=m)
+
+    return bn_fwd, bn_bwd
+
+
+@cache
 def _sm_count(index: int) -> int:  # pragma: no cover - needs a GPU
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -240,6 +342,80 @@ def _row_norm(
     return _RowNorm.apply(x, w, b, n, float(eps), rms)
 
 
+_BN_BLOCK = 1024
+
+
+class _ChannelNorm(torch.autograd.Function):
+    """BatchNorm over dim 1 of a contiguous ``(N, C, *)`` tensor: train (batch statistics,
+    returned detached) or eval (given running statistics)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, rm, rv, eps: float, train: bool):  # type: ignore[override]
+        bn_fwd, _ = _channel_kernels()
+        n, c = x.shape[0], x.shape[1]
+        s = x.numel() // max(n * c, 1)
+        y = torch.empty_like(x)
+        mean = torch.empty(c, device=x.device, dtype=torch.float32) if train else rm
+        var = torch.empty(c, device=x.device, dtype=torch.float32) if train else rv
+        rstd = torch.empty(c, device=x.device, dtype=torch.float32)
+        block = min(_BN_BLOCK, max(16, 1 << (s - 1).bit_length()))
+        bn_fwd[(c,)](
+            x, y, weight if weight is not None else x, bias if bias is not None else x,
+            mean, rstd, mean, var, n, c, s, eps,
+            TRAIN=train, HAS_W=weight is not None, HAS_B=bias is not None, BLOCK=block,
+        )  # fmt: skip
+        mean32 = mean.float() if not train else mean
+        ctx.save_for_backward(x, weight, mean32, rstd)
+        ctx.train, ctx.block, ctx.has_bias = train, block, bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        if train:
+            ctx.mark_non_differentiable(mean, var)
+            return y, mean, var
+        return y
+
+    @staticmethod
+    def backward(ctx, dy, *_):  # type: ignore[override]
+        _, bn_bwd = _channel_kernels()
+        x, weight, mean, rstd = ctx.saved_tensors
+        n, c = x.shape[0], x.shape[1]
+        s = x.numel() // max(n * c, 1)
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        dw = torch.empty(c, device=x.device, dtype=torch.float32)
+        db = torch.empty(c, device=x.device, dtype=torch.float32)
+        bn_bwd[(c,)](
+            x, dy, dx, weight if weight is not None else x, mean, rstd, dw, db, n, c, s,
+            TRAIN=ctx.train, HAS_W=weight is not None, BLOCK=ctx.block,
+        )  # fmt: skip
+        gw = dw.to(weight.dtype) if weight is not None else None
+        gb = db.to(ctx.bias_dtype) if ctx.has_bias else None
+        return dx, gw, gb, None, None, None, None
+
+
+def _channels_first(x: Tensor, axis: int) -> Tensor:
+    return (x if axis % x.ndim == 1 else x.movedim(axis, 1)).contiguous()
+
+
+def _restore(y: Tensor, x: Tensor, axis: int) -> Tensor:
+    y = y if axis % x.ndim == 1 else y.movedim(1, axis)
+    for fmt, ndim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.ndim == ndim and not x.is_contiguous() and x.is_contiguous(memory_format=fmt):
+            return y.contiguous(memory_format=fmt)
+    return y
+
+
+def _batch_norm_train(x, weight, bias, eps, axis):
+    xc = _channels_first(x, axis)
+    y, mean, var = _ChannelNorm.apply(xc, weight, bias, None, None, float(eps), True)
+    return _restore(y, x, axis), mean, var
+
+
+def _batch_norm_eval(x, running_mean, running_var, weight, bias, eps, axis):
+    xc = _channels_first(x, axis)
+    y = _ChannelNorm.apply(xc, weight, bias, running_mean, running_var, float(eps), False)
+    return _restore(y, x, axis)
+
+
 def _layer_norm(x, normalized_shape, weight, bias, eps):
     return _row_norm(x, normalized_shape, weight, bias, eps, rms=False)
 
@@ -252,18 +428,25 @@ def _rms_norm(x, normalized_shape, weight, eps):
 # 84-98% of copy bandwidth, but each call pays ~0.1 ms (fwd) / ~0.5 ms (fwd+bwd) of host-side
 # launch overhead there, so they beat torch eager in both directions only from ~2^26 elements.
 _AUTO_MIN_NUMEL = 1 << 26
+_ROW_OPS = ("layer_norm", "rms_norm")
 
 
 def _prefers(op: str, x: Tensor) -> bool:
-    # the interpreter is a correctness tool: never the automatic choice for CPU tensors
-    return x.device.type == "cuda" and x.numel() >= _AUTO_MIN_NUMEL
+    # the interpreter is a correctness tool: never the automatic choice for CPU tensors; the
+    # BatchNorm kernels have not been timed on a GPU, so only an explicit backend="triton" runs them
+    return op in _ROW_OPS and x.device.type == "cuda" and x.numel() >= _AUTO_MIN_NUMEL
 
 
 BACKEND = Backend(
     name="triton",
     priority=30,
-    description="fused Triton GPU kernels for LayerNorm/RMSNorm (CUDA, fp32/fp16/bf16)",
-    ops={"layer_norm": _layer_norm, "rms_norm": _rms_norm},
+    description="fused Triton GPU kernels for LayerNorm/RMSNorm/BatchNorm (CUDA, fp32/fp16/bf16)",
+    ops={
+        "layer_norm": _layer_norm,
+        "rms_norm": _rms_norm,
+        "batch_norm_train": _batch_norm_train,
+        "batch_norm_eval": _batch_norm_eval,
+    },
     supports=_supports,
     prefers=_prefers,
     is_available=_available,
