@@ -251,12 +251,17 @@ def _sm_count(index: int) -> int:  # pragma: no cover - needs a GPU
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _launch_cfg(n: int) -> tuple[int, int]:
-    import triton
+_LAUNCH: dict[int, tuple[int, int]] = {}
 
-    block = triton.next_power_of_2(n)
-    warps = min(max(block // 256, 1), 16)
-    return block, warps
+
+def _launch_cfg(n: int) -> tuple[int, int]:
+    """Block size and warp count for rows of ``n`` elements, computed once per ``n`` (in plain
+    Python: ``triton.next_power_of_2`` is a Triton-decorated function, slow to call per launch)."""
+    cfg = _LAUNCH.get(n)
+    if cfg is None:
+        block = 1 << max(n - 1, 0).bit_length()
+        cfg = _LAUNCH[n] = (block, min(max(block // 256, 1), 16))
+    return cfg
 
 
 class _RowNorm(torch.autograd.Function):
