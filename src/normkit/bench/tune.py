@@ -5,7 +5,7 @@ Like ``torch.backends.cudnn.benchmark`` for convolutions: the choice depends on 
 (cores, caches, memory bandwidth, how busy it is), so it is measured there. Every cell times the
 public functional call (``normkit.functional.*(..., backend=name)``: what a layer runs) of torch
 and of every other available backend in alternation, and keeps a backend only where it beat
-torch by at least ``--margin``; everywhere else ``auto`` stays on torch. The table is written to
+torch by at least ``--margin`` (10%); everywhere else ``auto`` stays on torch. The table is written to
 :func:`normkit.backends.registry.user_table_path` (or ``--out``) and used from the next
 resolution on; delete the file to go back to the table shipped with normkit.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,9 @@ def _call(cell: TuneCell, backend: str) -> tuple[Callable[[], Any], Callable[[],
 
 
 def measure_cell(cell: TuneCell, contenders: Sequence[str], reps: int) -> dict[str, float]:
-    """Fastest-repetition seconds of each contender (``"torch"`` first) on ``cell``, interleaved."""
+    """Seconds per call of each contender (``"torch"`` first) on ``cell``, interleaved: the
+    median of the calling thread's CPU time with one intra-op thread (time other processes
+    hold the core left out), else the fastest wall time of the rounds."""
     from normkit.bench.timing import measure_interleaved
 
     probe = torch.empty(cell.shape, dtype=cell.dtype)
@@ -129,6 +132,9 @@ def measure_cell(cell: TuneCell, contenders: Sequence[str], reps: int) -> dict[s
         probe = probe.contiguous(memory_format=torch.channels_last)
     usable = [b for b in contenders if backends.get(b).check(cell.op, probe) is None]
     calls = {b: _call(cell, b) for b in ("torch", *[b for b in usable if b != "torch"])}
+    if torch.get_num_threads() == 1:
+        times = measure_interleaved(calls, reps=reps, warmup=2, clock=time.thread_time)
+        return {b: t.median for b, t in times.items()}
     return {b: t.min for b, t in measure_interleaved(calls, reps=reps, warmup=2).items()}
 
 
@@ -138,7 +144,7 @@ def tune(
     ops: Sequence[str] = TUNED_OPS,
     dtypes: Sequence[torch.dtype] = (torch.float32,),
     reps: int = 7,
-    margin: float = 1.05,
+    margin: float = 1.10,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure the grid and return the table (``{"meta": ..., "rows": [...]}``).
@@ -203,7 +209,9 @@ def _main(args: argparse.Namespace) -> int:
         print_table(registry.auto_table(), title="normkit auto table")
         return 0
     dtypes = [getattr(torch, d) for d in args.dtypes]
-    table = tune(args.sizes, ops=args.ops or TUNED_OPS, dtypes=dtypes, reps=args.reps)
+    table = tune(
+        args.sizes, ops=args.ops or TUNED_OPS, dtypes=dtypes, reps=args.reps, margin=args.margin
+    )
     out = Path(args.out) if args.out else registry.user_table_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1) + "\n")
@@ -233,7 +241,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtypes", nargs="+", choices=["float32", "float64"], default=["float32"], help="dtypes"
     )
-    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions per cell")
+    p.add_argument("--reps", type=int, default=9, help="interleaved repetitions per cell")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=1.10,
+        help="a backend replaces torch only where torch's time / its time >= this",
+    )
     p.add_argument("--out", default=None, metavar="PATH", help="write here, not the user cache")
     p.add_argument("--show", action="store_true", help="print the table auto follows and exit")
     p.set_defaults(func=_main)
