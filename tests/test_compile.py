@@ -14,7 +14,7 @@ from torch import nn
 pytest.importorskip("numba")
 
 import normkit.nn as nkn
-from normkit.backends import numba_backend as NB
+from normkit.backends.numba import batch_norm, group_norm, layer_norm
 
 CL = torch.channels_last
 
@@ -94,13 +94,13 @@ def _op_cases():
     x4 = r(2, 6, 3, 3).contiguous(memory_format=CL)
     rows, w5 = r(4, 5), r(5)
     return [
-        (NB._op_layer_norm, (rows, None, w5, w5, 5, 1e-5, True)),
-        (NB._op_layer_norm, (rows, rows.clone(), w5, None, 5, 1e-5, False)),
-        (NB._op_batch_norm, (x3, w6, w6, 1e-5, 1)),
-        (NB._op_batch_norm, (x4, w6, None, 1e-5, 1)),
-        (NB._op_batch_norm_eval, (x3, w6, w6.abs() + 1, w6, w6, 1e-5, 1)),
-        (NB._op_group_norm, (x3, w6, w6, 3, 1e-5)),
-        (NB._op_group_norm, (x4, None, w6, 2, 1e-5)),
+        (layer_norm.LAYER_NORM.op, (rows, None, w5, w5, 5, 1e-5, True)),
+        (layer_norm.LAYER_NORM.op, (rows, rows.clone(), w5, None, 5, 1e-5, False)),
+        (batch_norm.BATCH_NORM.op, (x3, w6, w6, 1e-5, 1)),
+        (batch_norm.BATCH_NORM.op, (x4, w6, None, 1e-5, 1)),
+        (batch_norm.BATCH_NORM_EVAL.op, (x3, w6, w6.abs() + 1, w6, w6, 1e-5, 1)),
+        (group_norm.GROUP_NORM.op, (x3, w6, w6, 3, 1e-5)),
+        (group_norm.GROUP_NORM.op, (x4, None, w6, 2, 1e-5)),
     ]
 
 

@@ -18,7 +18,7 @@ pytest.importorskip("numba")
 
 import normkit
 import normkit.functional as NF
-from normkit.backends import numba_backend as NB
+from normkit.backends import numba as NB
 
 CL = torch.channels_last
 

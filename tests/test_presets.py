@@ -140,7 +140,7 @@ def test_numba_exact_paths_cover_what_the_kernel_cannot_order():
     dtype=st.sampled_from([torch.float32, torch.float64]),
 )
 def test_numba_sum_of_squares_follows_torch_order(rows, n, dtype):
-    from normkit.backends import _numba_transformer as TF
+    from normkit.backends.numba import transformer as TF
 
     lanes = TF.torch_sum_lanes(dtype)
     assert lanes is not None

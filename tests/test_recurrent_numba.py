@@ -19,7 +19,7 @@ pytest.importorskip("numba")
 
 from numba import njit
 
-from normkit.backends import numba_backend
+from normkit.backends.numba import _runtime
 from normkit.nn import _recurrent_numba as R
 from normkit.nn import _recurrent_numba_kernels as K
 
@@ -138,7 +138,7 @@ def test_row_blocks_and_threads(monkeypatch, threaded):
     ref = _run(_lstm(("ih", "hh", "cell")), x, h0, c0)
     threads = torch.get_num_threads()
     if threaded:
-        monkeypatch.setattr(numba_backend, "SERIAL_NUMEL", 0)
+        monkeypatch.setattr(_runtime, "SERIAL_NUMEL", 0)
         monkeypatch.setattr(R, "_kernel", lambda parallel, serial: parallel)
     monkeypatch.setattr(R, "_parts", lambda rows: min(rows, 3))
     ours = _run(_lstm(("ih", "hh", "cell")), x, h0, c0)

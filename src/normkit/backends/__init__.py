@@ -22,6 +22,6 @@ from normkit.backends.registry import (
 )
 
 if installed("numba"):  # optional extra: normkit[fast]
-    from normkit.backends import numba_backend  # noqa: F401
+    from normkit.backends import numba  # noqa: F401  (numba itself is imported on first use)
 
 __all__ = ["OPS", "Backend", "available", "dispatch", "get", "names", "register", "resolve"]

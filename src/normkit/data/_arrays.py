@@ -100,7 +100,6 @@ def serial_kernels() -> Any:
     """:mod:`normkit.data._kernels` (single-threaded Numba kernels), or None without numba."""
     if not installed("numba"):
         return None
-    from normkit.backends import numba_backend  # noqa: F401  (sets the kernel cache first)
     from normkit.data import _kernels
 
     return _kernels

@@ -1,6 +1,6 @@
 """Serial Numba kernels of the data scalers' CPU hot paths (private; imported only when numba
-is installed, through :func:`normkit.data._scalers._kernels`, after
-:mod:`normkit.backends.numba_backend` has set the on-disk kernel cache).
+is installed, through :func:`normkit.data._arrays.serial_kernels`; cached on disk where the numba
+backend's kernels are, :func:`normkit.backends.numba.cache_dir`).
 
 Single-threaded on purpose: a streaming scaler's work per chunk is one or two passes over
 memory, and on a small shared machine a second OpenMP thread costs more in waiting than it
@@ -18,7 +18,8 @@ zero-division branch so the loop vectorizes; a scale is never 0).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from normkit.backends.numba._cache import njit
 
 _FLAGS = {
     "fastmath": {"reassoc", "contract", "nsz"},

@@ -21,10 +21,10 @@ Private, imported only when numba is installed (the optional extra ``normkit[fas
   (a fresh buffer of that size costs milliseconds of page faults).
 
 The kernels split the batch rows over torch's thread budget
-(:func:`normkit.backends.numba_backend._threads`: one thread for small steps). CPU,
+(:func:`normkit.backends.numba._runtime.threads`: one thread for small steps). CPU,
 float32/float64 only; first derivatives (no double backward). Kernels compile on first use per
 dtype (seconds) and are cached on disk like the numba backend's
-(:func:`normkit.backends.numba_backend.cache_dir`); :func:`warm_up` compiles them at once.
+(:func:`normkit.backends.numba.cache_dir`); :func:`warm_up` compiles them at once.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normkit.backends import numba_backend  # (imported first: sets the kernel cache dir)
-from normkit.backends.numba_backend import _np
+from normkit.backends.numba import _runtime
+from normkit.backends.numba._tensors import nd
 from normkit.nn import _recurrent_numba_kernels as K
 
 __all__ = ["numba_gru_direction", "numba_lstm_direction", "supports", "warm_up"]
@@ -54,7 +54,7 @@ def _mask_arg(mask: Tensor | None) -> Tensor | None:
 
 
 def _mask(mask: Tensor | None) -> Any:
-    return np.ones((1, 1), np.uint8) if mask is None else _np(mask)
+    return np.ones((1, 1), np.uint8) if mask is None else nd(mask)
 
 
 def _kernel(parallel: Any, serial: Any) -> Any:
@@ -77,7 +77,7 @@ def _opt(t: Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> Any:
     """The NumPy view of an optional parameter, or a placeholder of the same rank (unused)."""
     if t is None:
         return np.ones(shape, dtype=np.float32 if dtype == torch.float32 else np.float64)
-    return _np(t.contiguous())
+    return nd(t.contiguous())
 
 
 def _chunk_grads(
@@ -150,16 +150,16 @@ class _NumbaLSTM(torch.autograd.Function):
         mu_ih, rs_ih = stats(ln_ih, G)
         mu_hh, rs_hh = stats(ln_hh, G)
         mu_c, rs_c = stats(ln_cell, 1)
-        ain_n, a_n, acts_n, c_n, tc_n, out_n, c0_n = map(_np, (ain, a_hh, acts, c_all, tc, out, c0))
-        h0_n, mask_n = _np(h0), _mask(mask)
-        st_n = tuple(map(_np, (mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c)))
+        ain_n, a_n, acts_n, c_n, tc_n, out_n, c0_n = map(nd, (ain, a_hh, acts, c_all, tc, out, c0))
+        h0_n, mask_n = nd(h0), _mask(mask)
+        st_n = tuple(map(nd, (mu_ih, rs_ih, mu_hh, rs_hh, mu_c, rs_c)))
         gi_n, bias_n, gh_n = (_opt(v, (1, 1), dt) for v in (g_ih, bias, g_hh))
         wc_n, bc_n = _opt(w_c, (1,), dt), _opt(b_c, (1,), dt)
         w_t = w_hh.detach().t()
         steps = range(T - 1, -1, -1) if reverse else range(T)
         prev = 1 if reverse else -1
         h = h0
-        with numba_backend._threads(B * G * H):
+        with _runtime.threads(B * G * H):
             P = _parts(B)
             step_fwd = _kernel(K.lstm_fwd_step, K.lstm_fwd_step_serial)
             for n, t in enumerate(steps):
@@ -206,20 +206,20 @@ class _NumbaLSTM(torch.autograd.Function):
         d_w_ih = w_ih.new_zeros(w_ih.shape) if need[1] else None
         d_w_hh = w_hh.new_zeros(w_hh.shape) if need[6] else None
         f64 = np.float64
-        with numba_backend._threads(B * G * H):
+        with _runtime.threads(B * G * H):
             P = _parts(B)
             step_bwd = _kernel(K.lstm_bwd_step, K.lstm_bwd_step_serial)
             d_g_ih = np.zeros((P, G, H) if ln_ih else (P, 1, 1), f64)
             d_g_hh = np.zeros((P, G, H) if ln_hh else (P, 1, 1), f64)
             d_bias = np.zeros((P, G, H), f64)
             d_w_c = np.zeros((P, 2, H) if ln_cell else (P, 2, 1), f64)  # rows: gain, shift
-            acts_n, tc_n, c_n, c0_n, ain_n, a_n = map(_np, (acts, tc, c_all, c0, ain, a_hh))
-            dh_n, dout_n, dc_n, dain_n, da_n = map(_np, (dh, d_out, dc, d_ain, d_a))
-            mi_n, ri_n, mh_n, rh_n, mc_n, rc_n = map(_np, stats)
+            acts_n, tc_n, c_n, c0_n, ain_n, a_n = map(nd, (acts, tc, c_all, c0, ain, a_hh))
+            dh_n, dout_n, dc_n, dain_n, da_n = map(nd, (dh, d_out, dc, d_ain, d_a))
+            mi_n, ri_n, mh_n, rh_n, mc_n, rc_n = map(nd, stats)
             tmp, dg = np.empty((P, 2, H), acts_n.dtype), np.empty((P, G, H), acts_n.dtype)
             masked, mask_n = ctx.mask is not None, _mask(ctx.mask)
             carry = torch.zeros_like(dh) if masked else dh.new_zeros(1, 1)
-            carry_n = _np(carry)
+            carry_n = nd(carry)
             gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
             wc_n = _opt(None if w_c is None else w_c.view(1, H), (1, 1), dt)
             rev = ctx.reverse
@@ -320,14 +320,14 @@ class _NumbaGRU(torch.autograd.Function):
 
         mu_ih, rs_ih = stats(ln_ih)
         mu_hh, rs_hh = stats(ln_hh)
-        ain_n, a_n, acts_n, hn_n, out_n, h0_n = map(_np, (ain, a_hh, acts, hn, out, h0))
-        st_n = tuple(map(_np, (mu_ih, rs_ih, mu_hh, rs_hh)))
+        ain_n, a_n, acts_n, hn_n, out_n, h0_n = map(nd, (ain, a_hh, acts, hn, out, h0))
+        st_n = tuple(map(nd, (mu_ih, rs_ih, mu_hh, rs_hh)))
         gi_n, gh_n, bi_n, bh_n = (_opt(v, (1, 1), dt) for v in (g_ih, g_hh, b_ih, b_hh))
         w_t = w_hh.detach().t()
         steps = range(T - 1, -1, -1) if reverse else range(T)
         prev = 1 if reverse else -1
         h = h0
-        with numba_backend._threads(B * G * H):
+        with _runtime.threads(B * G * H):
             P = _parts(B)
             step_fwd = _kernel(K.gru_fwd_step, K.gru_fwd_step_serial)
             for n, t in enumerate(steps):
@@ -364,15 +364,15 @@ class _NumbaGRU(torch.autograd.Function):
         d_w_ih = w_ih.new_zeros(w_ih.shape) if need[1] else None
         d_w_hh = w_hh.new_zeros(w_hh.shape) if need[5] else None
         f64 = np.float64
-        with numba_backend._threads(B * G * H):
+        with _runtime.threads(B * G * H):
             P = _parts(B)
             step_bwd = _kernel(K.gru_bwd_step, K.gru_bwd_step_serial)
             d_g_ih = np.zeros((P, G, H) if ln_ih else (P, 1, 1), f64)
             d_g_hh = np.zeros((P, G, H) if ln_hh else (P, 1, 1), f64)
             d_b_ih, d_b_hh = np.zeros((P, G, H), f64), np.zeros((P, G, H), f64)
-            acts_n, hn_n, out_n, h0_n, ain_n, a_n = map(_np, (acts, hn, out, h0, ain, a_hh))
-            dh_n, dout_n, carry_n, dain_n, da_n = map(_np, (dh, d_out, carry, d_ain, d_a))
-            mi_n, ri_n, mh_n, rh_n = map(_np, stats)
+            acts_n, hn_n, out_n, h0_n, ain_n, a_n = map(nd, (acts, hn, out, h0, ain, a_hh))
+            dh_n, dout_n, carry_n, dain_n, da_n = map(nd, (dh, d_out, carry, d_ain, d_a))
+            mi_n, ri_n, mh_n, rh_n = map(nd, stats)
             gx, gh = np.empty((P, G, H), acts_n.dtype), np.empty((P, G, H), acts_n.dtype)
             gi_n, gh_n = _opt(g_ih, (1, 1), dt), _opt(g_hh, (1, 1), dt)
             rev = ctx.reverse
@@ -434,7 +434,7 @@ def warm_up(dtypes: tuple[torch.dtype, ...] = _DTYPES) -> None:
     """Compile (first time) or load from the disk cache the LSTM and GRU step kernels: the
     serial ones (small steps) and, when torch may use several threads, the threaded ones."""
     hidden = 128  # rows x 3 gates x 128 ≥ SERIAL_NUMEL: a step large enough for threads
-    rows = -(-numba_backend.SERIAL_NUMEL // (3 * hidden))
+    rows = -(-_runtime.SERIAL_NUMEL // (3 * hidden))
     for dt in dtypes:
         for batch, size in ((1, 3), (rows, hidden)):
             for ln in (False, True):

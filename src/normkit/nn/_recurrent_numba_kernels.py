@@ -4,7 +4,7 @@ Private; :mod:`normkit.nn._recurrent_numba` drives them. The recurrent matmuls s
 (``torch.mm``); each kernel does *all* the elementwise work of one step for every batch row in
 one call, reading and writing the ``(T, …)`` buffers of the whole sequence at index ``t``.
 
-Conventions (as :mod:`normkit.backends._numba_kernels`): layer-norm statistics and the reductions
+Conventions (as :mod:`normkit.backends.numba.kernels`): layer-norm statistics and the reductions
 of the backward accumulate in float64; ``1/σ`` and the mean are stored (rounded) in the input
 dtype and the elementwise loops run in the input dtype. ``fastmath`` without ``nnan``/``ninf``;
 ``cache=True``. The step kernels split the batch rows into one block per thread
@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic, overload
+
+from normkit.backends.numba._cache import njit
 
 _FM = {"reassoc", "contract", "nsz", "arcp"}
 # error_model="numpy": no zero-division checks (a branch per division would stop vectorization)

@@ -6,7 +6,8 @@ torch's CPU sum (``aten/src/ATen/native/cpu/SumKernel.cpp``: rows read as vector
 elements, four interleaved accumulators, a cascade of four levels flushing every
 ``2^max(4, ⌈log₂ items⌉/4)`` items, the scalar tail, then the lanes in order), every product and
 sum rounded in the input dtype, no fused multiply-add. These kernels therefore run without
-``fastmath``. ``lanes`` is measured against torch at first use (:mod:`._numba_transformer`).
+``fastmath``. ``lanes`` is measured against torch at first use
+(:mod:`normkit.backends.numba.transformer`).
 
 The other kernels (DyT, modulate) accumulate in float64 and allow ``fastmath`` reassociation
 (not ``nnan``/``ninf``: NaN and Inf propagate as in torch).
@@ -15,10 +16,11 @@ The other kernels (DyT, modulate) accumulate in float64 and allow ``fastmath`` r
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-_FM = {"reassoc", "contract", "nsz", "arcp"}
-_PAR = {"parallel": True, "fastmath": _FM, "cache": True, "nogil": True}
+from normkit.backends.numba._cache import njit
+from normkit.backends.numba.kernels import FASTMATH, PARALLEL
+
 # Bit-exact kernels: no fastmath, so LLVM keeps torch's order and rounds every product.
 _EXACT = {"parallel": True, "cache": True, "nogil": True}
 _EXACT_SERIAL = {"cache": True, "nogil": True}
@@ -138,7 +140,7 @@ def rms_cast_fwd(x, w, k, lanes, chunks, y, rstd):  # pragma: no cover - jitted
 # --------------------------------------------------------------------------- DyT
 
 
-@njit(fastmath=_FM, cache=True, nogil=True, inline="always")
+@njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
 def tanh32(z):  # pragma: no cover - jitted
     """tanh for float32 as a rational function (Eigen's ``generic_fast_tanh_float``): plain
     arithmetic, so the loops around it vectorise (NumPy's ``tanh`` is a scalar libm call).
@@ -160,7 +162,7 @@ def tanh32(z):  # pragma: no cover - jitted
     return t if abs(z) >= np.float32(0.0004) else z
 
 
-@njit(**_PAR)
+@njit(**PARALLEL)
 def dyt_fwd(x, a, w, b, fast, y):  # pragma: no cover - jitted
     """Rows DyT: ``y = w·tanh(a·x) + b`` (``fast``: float32 rational tanh, else libm)."""
     m, n = x.shape
@@ -174,7 +176,7 @@ def dyt_fwd(x, a, w, b, fast, y):  # pragma: no cover - jitted
                 y[i, j] = w[j] * np.tanh(alpha * x[i, j]) + b[j]
 
 
-@njit(**_PAR)
+@njit(**PARALLEL)
 def dyt_bwd(dy, x, a, w, fast, dx, dwp, dbp, dap):  # pragma: no cover - jitted
     """DyT backward over row chunks, tanh recomputed: with ``t = tanh(a·x)``, ``s = 1 − t²``,
     ``dx = dy·w·a·s``, ``da = Σ dy·w·x·s``, ``dw = Σ_rows dy·t``, ``db = Σ_rows dy``; the
@@ -205,7 +207,7 @@ def dyt_bwd(dy, x, a, w, fast, dx, dwp, dbp, dap):  # pragma: no cover - jitted
 # --------------------------------------------------------------------------- modulate
 
 
-@njit(**_PAR)
+@njit(**PARALLEL)
 def mod_fwd(x, norm, p, sh, g, eps, y, mean, rstd):  # pragma: no cover - jitted
     """``y = (x̂·p + sh)·g`` per row of x (S, L, C) with sample s's rows ``p[s]`` (= 1 + scale),
     ``sh[s]``, ``g[s]``; ``x̂`` the layer norm (``norm`` 1), RMS norm (2) or x (0) of the row."""
@@ -232,7 +234,7 @@ def mod_fwd(x, norm, p, sh, g, eps, y, mean, rstd):  # pragma: no cover - jitted
             y[s, i, j] = ((x[s, i, j] - mf) * rf * p[s, j] + sh[s, j]) * g[s, j]
 
 
-@njit(**_PAR)
+@njit(**PARALLEL)
 def mod_bwd(dy, x, norm, p, sh, g, mean, rstd, lo, hi, slot, dx, dp, dsh, dg):  # pragma: no cover
     """Backward of :func:`mod_fwd` over chunks of rows ``[lo[c], hi[c])`` of the flattened
     (S·L) rows, chunk c adding its per-sample sums into slot ``slot[c]`` of the (P, S, C)

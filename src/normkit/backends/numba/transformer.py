@@ -26,19 +26,10 @@ import torch
 from torch import Tensor
 
 from normkit import _casting
-from normkit.backends import _numba_transformer_kernels as T
-from normkit.backends.numba_backend import (
-    _call,
-    _chunks,
-    _colsum,
-    _ln_backward,
-    _np,
-    _numel,
-    _op_layer_norm_backward,
-    _register,
-    _rows,
-    _threads,
-)
+from normkit.backends.numba import layer_norm
+from normkit.backends.numba._custom_op import define
+from normkit.backends.numba._runtime import chunks, kernels, threads
+from normkit.backends.numba._tensors import column_sum, nd, numel, rows
 
 __all__ = ["dyt", "modulate", "rms_norm_cast", "supports_cast", "torch_sum_lanes"]
 
@@ -59,7 +50,7 @@ def torch_sum_lanes(dtype: torch.dtype) -> int | None:
         ok = True
         for x in probes:
             out = torch.empty(x.shape[0], dtype=dtype)
-            T.sumsq_rows(_np(x), lanes, _np(out))
+            kernels("transformer").sumsq_rows(nd(x), lanes, nd(out))
             ok = ok and torch.equal(out, x.pow(2).sum(-1))
         if ok:
             return lanes
@@ -82,23 +73,20 @@ def _cast_impl(
     x: Tensor, scale: Tensor | None, n: int, eps: float, lanes: int
 ) -> tuple[Tensor, Tensor]:
     """(y, rstd) of the preset RMSNorm over rows of ``n`` (``scale`` = offset + weight)."""
-    x2 = _rows(x, n)
+    K = kernels("transformer")
+    x2 = rows(x, n)
     m = x2.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype)
     rstd = torch.empty(m, dtype=x.dtype)
     w = scale if scale is not None else torch.ones(n, dtype=x.dtype)
     k = torch.tensor([1.0, eps, float(n)], dtype=x.dtype)
-    with _threads(x2.numel()):
-        chunks = _chunks(m)
-        T.rms_cast_fwd(_np(x2), _np(w), _np(k), lanes, chunks, _np(y.view(-1, n)), _np(rstd))
+    with threads(x2.numel()):
+        p = chunks(m)
+        K.rms_cast_fwd(nd(x2), nd(w), nd(k), lanes, p, nd(y.view(-1, n)), nd(rstd))
     return y, rstd
 
 
-_op_cast = torch.library.custom_op("normkit::numba_rms_norm_cast", _cast_impl, mutates_args=())
-
-
-@_op_cast.register_fake
-def _(x, scale, n, eps, lanes):
+def _cast_fake(x, scale, n, eps, lanes):  # type: ignore[no-untyped-def]
     return x.new_empty(x.shape), x.new_empty(x.numel() // n)
 
 
@@ -119,8 +107,16 @@ def _cast_grad(ctx: Any, dy: Tensor | None, _dr: Any, *, backward: Any) -> tuple
     return dx, gw, None, None, None
 
 
-_CastFn = _register(
-    _op_cast, _cast_impl, _cast_setup, _cast_grad, _op_layer_norm_backward, _ln_backward
+#: ``(x, scale, n, eps, lanes) -> (y, rstd)``; the backward is the RMS-norm one of
+#: :data:`normkit.backends.numba.layer_norm.LAYER_NORM`.
+RMS_NORM_CAST = define(
+    "numba_rms_norm_cast",
+    _cast_impl,
+    _cast_fake,
+    _cast_setup,
+    _cast_grad,
+    backward=layer_norm.backward,
+    backward_of=layer_norm.LAYER_NORM,
 )
 
 
@@ -137,7 +133,7 @@ def rms_norm_cast(
     casting: str,
     offset: float,
 ) -> Tensor:
-    n = _numel(normalized_shape)
+    n = numel(normalized_shape)
     lanes = torch_sum_lanes(x.dtype)
     exact_here = (
         lanes is not None
@@ -150,13 +146,13 @@ def rms_norm_cast(
     scale = None
     if weight is not None:
         scale = (weight + offset if offset else weight).reshape(-1)
-    return _call(_op_cast, _CastFn, x, scale, n, float(eps), int(lanes))[0]
+    return RMS_NORM_CAST(x, scale, n, float(eps), int(lanes))[0]
 
 
 def torch_order_sumsq(x: Tensor, lanes: int) -> Tensor:
     """Row sums of squares of a 2-d float32/float64 tensor in torch's order (for tests)."""
     out = torch.empty(x.shape[0], dtype=x.dtype)
-    T.sumsq_rows(_np(x.contiguous()), lanes, _np(out))
+    kernels("transformer").sumsq_rows(nd(x.contiguous()), lanes, nd(out))
     return out
 
 
@@ -165,59 +161,55 @@ def torch_order_sumsq(x: Tensor, lanes: int) -> Tensor:
 
 def _dyt_impl(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """DyT forward over rows of the last dim: ``weight·tanh(alpha·x) + bias``."""
+    K = kernels("transformer")
     n = x.shape[-1]
-    x2 = _rows(x, n)
+    x2 = rows(x, n)
     y = torch.empty(x.shape, dtype=x.dtype)
     w = weight.to(x.dtype).contiguous() if weight is not None else torch.ones(n, dtype=x.dtype)
     b = bias.to(x.dtype).contiguous() if bias is not None else torch.zeros(n, dtype=x.dtype)
     a = alpha.detach().reshape(1).to(x.dtype)
-    with _threads(x2.numel()):
-        T.dyt_fwd(_np(x2), _np(a), _np(w), _np(b), x.dtype == torch.float32, _np(y.view(-1, n)))
+    with threads(x2.numel()):
+        K.dyt_fwd(nd(x2), nd(a), nd(w), nd(b), x.dtype == torch.float32, nd(y.view(-1, n)))
     return y
 
 
 def _dyt_backward(
     dy: Tensor, x: Tensor, alpha: Tensor, weight: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    K = kernels("transformer")
     n = x.shape[-1]
-    x2, dy2 = _rows(x, n), _rows(dy, n)
-    with _threads(x2.numel()):
-        p = _chunks(x2.shape[0])
+    x2, dy2 = rows(x, n), rows(dy, n)
+    with threads(x2.numel()):
+        p = chunks(x2.shape[0])
     dx = torch.empty(x.shape, dtype=x.dtype)
     dwp = torch.empty(p, n, dtype=x.dtype)
     dbp = torch.empty(p, n, dtype=x.dtype)
     dap = torch.empty(p, dtype=x.dtype)
     w = weight.to(x.dtype).contiguous() if weight is not None else torch.ones(n, dtype=x.dtype)
     a = alpha.detach().reshape(1).to(x.dtype)
-    with _threads(x2.numel()):
-        T.dyt_bwd(
-            _np(dy2),
-            _np(x2),
-            _np(a),
-            _np(w),
+    with threads(x2.numel()):
+        K.dyt_bwd(
+            nd(dy2),
+            nd(x2),
+            nd(a),
+            nd(w),
             x.dtype == torch.float32,
-            _np(dx.view(-1, n)),
-            _np(dwp),
-            _np(dbp),
-            _np(dap),
+            nd(dx.view(-1, n)),
+            nd(dwp),
+            nd(dbp),
+            nd(dap),
         )
-    da = _colsum(dap.reshape(p, 1)).reshape(1)
-    return dx, da, _colsum(dwp), _colsum(dbp)
+    da = column_sum(dap.reshape(p, 1)).reshape(1)
+    return dx, da, column_sum(dwp), column_sum(dbp)
 
 
-_op_dyt = torch.library.custom_op("normkit::numba_dyt", _dyt_impl, mutates_args=())
-_op_dyt.register_fake(lambda x, alpha, weight, bias: x.new_empty(x.shape))
-_op_dyt_backward = torch.library.custom_op(
-    "normkit::numba_dyt_backward", _dyt_backward, mutates_args=()
-)
-_op_dyt_backward.register_fake(
-    lambda dy, x, alpha, weight: (
-        x.new_empty(x.shape),
-        x.new_empty(1),
-        x.new_empty(x.shape[-1]),
-        x.new_empty(x.shape[-1]),
-    )
-)
+def _dyt_fake(x, alpha, weight, bias):
+    return x.new_empty(x.shape)
+
+
+def _dyt_backward_fake(dy, x, alpha, weight):
+    n = x.shape[-1]
+    return x.new_empty(x.shape), x.new_empty(1), x.new_empty(n), x.new_empty(n)
 
 
 def _dyt_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -239,11 +231,20 @@ def _dyt_grad(ctx: Any, dy: Tensor | None, *, backward: Any) -> tuple:
     )
 
 
-_DyTFn = _register(_op_dyt, _dyt_impl, _dyt_setup, _dyt_grad, _op_dyt_backward, _dyt_backward)
+#: ``(x, alpha, weight, bias) -> y``.
+DYT = define(
+    "numba_dyt",
+    _dyt_impl,
+    _dyt_fake,
+    _dyt_setup,
+    _dyt_grad,
+    backward=_dyt_backward,
+    backward_fake=_dyt_backward_fake,
+)
 
 
 def dyt(x: Tensor, alpha: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    return _call(_op_dyt, _DyTFn, x, alpha, weight, bias)
+    return DYT(x, alpha, weight, bias)
 
 
 # --------------------------------------------------------------------------- modulate
@@ -266,26 +267,27 @@ def _mod_impl(
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd) of the fused modulate over x viewed as (S, L, C)."""
+    K = kernels("transformer")
     s, n = x.shape[0], x.shape[-1]
     x3 = x.contiguous().reshape(s, -1, n)
     y = torch.empty(x.shape, dtype=x.dtype)
-    rows = x3.shape[0] * x3.shape[1]
-    mean = torch.empty(rows, dtype=x.dtype)
-    rstd = torch.empty(rows, dtype=x.dtype)
+    n_rows = x3.shape[0] * x3.shape[1]
+    mean = torch.empty(n_rows, dtype=x.dtype)
+    rstd = torch.empty(n_rows, dtype=x.dtype)
     p = _per_sample(scale, s, n, 0.0, x.dtype) + 1
     sh = _per_sample(shift, s, n, 0.0, x.dtype)
     g = _per_sample(gate, s, n, 1.0, x.dtype)
-    with _threads(x3.numel()):
-        T.mod_fwd(
-            _np(x3),
+    with threads(x3.numel()):
+        K.mod_fwd(
+            nd(x3),
             norm,
-            _np(p),
-            _np(sh),
-            _np(g),
+            nd(p),
+            nd(sh),
+            nd(g),
             eps,
-            _np(y.view(x3.shape)),
-            _np(mean),
-            _np(rstd),
+            nd(y.view(x3.shape)),
+            nd(mean),
+            nd(rstd),
         )
     return y, mean, rstd
 
@@ -317,54 +319,45 @@ def _mod_backward(
     norm: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, d scale, d shift, d gate), the last three (S, C)."""
+    K = kernels("transformer")
     s, n = x.shape[0], x.shape[-1]
     x3 = x.contiguous().reshape(s, -1, n)
     dy3 = dy.contiguous().reshape(x3.shape)
-    with _threads(x3.numel()):
-        lo, hi, slot, slots = _mod_chunks(s, x3.shape[1], _chunks(x3.shape[0] * x3.shape[1]))
+    with threads(x3.numel()):
+        lo, hi, slot, slots = _mod_chunks(s, x3.shape[1], chunks(x3.shape[0] * x3.shape[1]))
     p = _per_sample(scale, s, n, 0.0, x.dtype) + 1
     sh = _per_sample(shift, s, n, 0.0, x.dtype)
     g = _per_sample(gate, s, n, 1.0, x.dtype)
     dx = torch.empty(x.shape, dtype=x.dtype)
     parts = torch.zeros(3, slots, s, n, dtype=x.dtype)
-    with _threads(x3.numel()):
-        T.mod_bwd(
-            _np(dy3),
-            _np(x3),
+    with threads(x3.numel()):
+        K.mod_bwd(
+            nd(dy3),
+            nd(x3),
             norm,
-            _np(p),
-            _np(sh),
-            _np(g),
-            _np(mean),
-            _np(rstd),
-            _np(lo),
-            _np(hi),
-            _np(slot),
-            _np(dx.view(x3.shape)),
-            _np(parts[0]),
-            _np(parts[1]),
-            _np(parts[2]),
+            nd(p),
+            nd(sh),
+            nd(g),
+            nd(mean),
+            nd(rstd),
+            nd(lo),
+            nd(hi),
+            nd(slot),
+            nd(dx.view(x3.shape)),
+            nd(parts[0]),
+            nd(parts[1]),
+            nd(parts[2]),
         )
-    dp, dsh, dg = (_colsum(t.reshape(slots, -1)).reshape(s, n) for t in parts)
+    dp, dsh, dg = (column_sum(t.reshape(slots, -1)).reshape(s, n) for t in parts)
     return dx, dp, dsh, dg
 
 
-_op_mod = torch.library.custom_op("normkit::numba_modulate", _mod_impl, mutates_args=())
-
-
-@_op_mod.register_fake
-def _(x, shift, scale, gate, norm, eps):
+def _mod_fake(x, shift, scale, gate, norm, eps):
     rows = x.numel() // x.shape[-1]
     return x.new_empty(x.shape), x.new_empty(rows), x.new_empty(rows)
 
 
-_op_mod_backward = torch.library.custom_op(
-    "normkit::numba_modulate_backward", _mod_backward, mutates_args=()
-)
-
-
-@_op_mod_backward.register_fake
-def _(dy, x, shift, scale, gate, mean, rstd, norm):
+def _mod_backward_fake(dy, x, shift, scale, gate, mean, rstd, norm):
     sn = (x.shape[0], x.shape[-1])
     return x.new_empty(x.shape), x.new_empty(sn), x.new_empty(sn), x.new_empty(sn)
 
@@ -389,7 +382,16 @@ def _mod_grad(ctx: Any, dy: Tensor | None, _dm: Any, _dr: Any, *, backward: Any)
     return dx, like(dsh, shift), like(dp, scale), like(dg, gate), None, None
 
 
-_ModFn = _register(_op_mod, _mod_impl, _mod_setup, _mod_grad, _op_mod_backward, _mod_backward)
+#: ``(x, shift, scale, gate, norm, eps) -> (y, mean, rstd)``.
+MODULATE = define(
+    "numba_modulate",
+    _mod_impl,
+    _mod_fake,
+    _mod_setup,
+    _mod_grad,
+    backward=_mod_backward,
+    backward_fake=_mod_backward_fake,
+)
 
 
 def modulate(
@@ -400,4 +402,4 @@ def modulate(
     norm: str | None,
     eps: float,
 ) -> Tensor:
-    return _call(_op_mod, _ModFn, x, shift, scale, gate, _NORMS[norm], float(eps))[0]
+    return MODULATE(x, shift, scale, gate, _NORMS[norm], float(eps))[0]
