@@ -396,6 +396,34 @@ SPECS: list[NormSpec] = [
         lambda: _materialized(nn.LazyInstanceNorm1d(), (4, 6, 9)),
         (4, 6, 9),
     ),
+    # edge cases as torch.nn handles them: empty batches (empty output, zero parameter grads,
+    # running statistics untouched and num_batches_tracked counted), no positions, 1-D inputs
+    NormSpec("bn1d-empty", _bn(nkn.BatchNorm1d, 6), lambda: nn.BatchNorm1d(6), (0, 6)),
+    NormSpec("bn2d-empty", _bn(nkn.BatchNorm2d, 6), lambda: nn.BatchNorm2d(6), (0, 6, 3, 3)),
+    NormSpec(
+        "bn2d-empty-cl", _bn(nkn.BatchNorm2d, 6), lambda: nn.BatchNorm2d(6), (0, 6, 3, 3), True
+    ),
+    NormSpec("bn2d-no-positions", _bn(nkn.BatchNorm2d, 6), lambda: nn.BatchNorm2d(6), (2, 6, 0, 0)),
+    NormSpec("ln-empty", _bn(nkn.LayerNorm, 8), lambda: nn.LayerNorm(8), (0, 5, 8)),
+    NormSpec("ln-1d", _bn(nkn.LayerNorm, 8), lambda: nn.LayerNorm(8), (8,)),
+    NormSpec("rms-empty", _bn(nkn.RMSNorm, 8), lambda: nn.RMSNorm(8), (0, 8)),
+    NormSpec("rms-1d", _bn(nkn.RMSNorm, 8), lambda: nn.RMSNorm(8), (8,)),
+    NormSpec("gn-empty", _bn(nkn.GroupNorm, 3, 6), lambda: nn.GroupNorm(3, 6), (0, 6, 5, 5)),
+    NormSpec("in1d-empty", _bn(nkn.InstanceNorm1d, 6), lambda: nn.InstanceNorm1d(6), (0, 6, 9)),
+    NormSpec(
+        "ln2d-empty",
+        _bn(nkn.LayerNorm2d, 6),
+        lambda: ChannelsLastLayerNorm(6),
+        (0, 6, 5, 5),
+        key_map=(("weight", "ln.weight"), ("bias", "ln.bias")),
+    ),
+    NormSpec(
+        "gbn2d-empty",
+        _bn(nkn.GhostBatchNorm2d, 6, virtual_batch_size=2),
+        lambda: nn.BatchNorm2d(6),
+        (0, 6, 2, 2),
+    ),
+    NormSpec("keras-bn-empty", _bn(nkn.BatchNormalization, num_features=6), None, (0, 3, 6)),
 ]
 
 SPEC_IDS = [s.id for s in SPECS]

@@ -157,6 +157,104 @@ def test_instance_norm_needs_positions():
         NF.instance_norm(torch.randn(2, 3, 1))
 
 
+# --------------------------------------------------------------------------- edge cases as torch
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("call", "twin"),
+    [
+        (
+            lambda x, be: NF.batch_norm(x, None, None, training=True, eps=0.0, backend=be),
+            lambda x: torch.nn.functional.batch_norm(x, None, None, training=True, eps=0.0),
+        ),
+        (
+            lambda x, be: NF.batch_norm(x, torch.zeros(4), torch.ones(4), eps=-1e-5, backend=be),
+            lambda x: torch.nn.functional.batch_norm(x, torch.zeros(4), torch.ones(4), eps=-1e-5),
+        ),
+        (
+            lambda x, be: NF.batch_renorm(
+                x, torch.zeros(4), torch.ones(4), training=True, eps=0.0, backend=be
+            ),
+            lambda x: torch.nn.functional.batch_norm(x, None, None, training=True, eps=0.0),
+        ),
+        (
+            lambda x, be: NF.ghost_batch_norm(
+                x, None, None, training=True, eps=-1.0, virtual_batch_size=4, backend=be
+            ),
+            lambda x: torch.nn.functional.batch_norm(x, None, None, training=True, eps=-1.0),
+        ),
+    ],
+    ids=["bn-train-eps0", "bn-eval-eps-negative", "renorm-eps0", "ghost-eps-negative"],
+)
+def test_batch_norm_eps_is_checked_as_torch_on_every_backend(call, twin, backend):
+    # Large enough for auto to pick numba: the check must not depend on the backend that runs.
+    x = torch.randn(256, 4, 32, 32)
+    with pytest.raises(ValueError, match="eps"):
+        twin(x)
+    with pytest.raises(ValueError, match="eps=1e-5"):
+        call(x, backend)
+    # eps = 0 in eval is allowed, as in torch
+    y = NF.batch_norm(x, torch.zeros(4), torch.ones(4), eps=0.0, backend=backend)
+    torch.testing.assert_close(y, x)
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("batch_norm_train", lambda x: (None, None, 1e-5, 1)),
+        ("batch_norm_eval", lambda x: (torch.zeros(6), torch.ones(6), None, None, 1e-5, 1)),
+        ("layer_norm", lambda x: ((x.shape[-1],), torch.ones(x.shape[-1]), None, 1e-5)),
+        ("rms_norm", lambda x: ((x.shape[-1],), None, 1e-5)),
+        ("group_norm", lambda x: (3, torch.ones(6), torch.zeros(6), 1e-5)),
+        ("instance_norm", lambda x: (None, None, 1e-5)),
+        ("add_layer_norm", lambda x: (x, (x.shape[-1],), None, None, 1e-5)),
+        ("add_rms_norm", lambda x: (x, (x.shape[-1],), None, 1e-5)),
+    ],
+)
+@pytest.mark.parametrize("shape", [(0, 6, 5), (2, 6, 0), (0, 6, 0, 3)], ids=str)
+def test_reference_backend_accepts_empty_inputs(op, args, shape):
+    x = torch.randn(shape, requires_grad=True)
+    out = normkit.backends.get("reference").ops[op](x, *args(x))
+    y = out[0] if isinstance(out, tuple) else out
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch_as_torch(backend):
+    x = torch.randn(0, 4, 5)
+    rm, rv, nbt = torch.randn(4), torch.rand(4) + 0.5, torch.tensor(3)
+    before = rm.clone(), rv.clone()
+    y = NF.batch_norm(x, rm, rv, training=True, num_batches_tracked=nbt, backend=backend)
+    assert y.shape == x.shape
+    # torch.nn.BatchNorm on an empty batch: running statistics untouched, the batch counted
+    assert torch.equal(rm, before[0]) and torch.equal(rv, before[1]) and nbt.item() == 4
+    assert NF.instance_norm(x, backend=backend).shape == x.shape  # no IndexError
+    assert NF.group_norm(torch.randn(0, 4, 5), 2, backend=backend).shape == (0, 4, 5)
+    y, s = NF.add_rms_norm(x, x, 5, backend=backend)
+    assert y.shape == s.shape == x.shape
+    with pytest.raises(ValueError, match="unknown backend"):
+        NF.layer_norm(x, 5, backend="no-such-backend")
+
+
+def test_instance_norm_empty_batch_running_stats_follow_nan_policy():
+    # torch writes NaN into the running statistics of an empty batch ("propagate" does the
+    # same); the default policy keeps them.
+    x = torch.randn(0, 3, 5)
+    twin = torch.nn.InstanceNorm1d(3, track_running_stats=True)
+    twin(x)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    NF.instance_norm(x, rm, rv, nan_policy="propagate")
+    torch.testing.assert_close(rm, twin.running_mean, equal_nan=True)
+    assert torch.isnan(rm).all()
+    rm, rv = torch.zeros(3), torch.ones(3)
+    with pytest.warns(RuntimeWarning, match="left unchanged"):
+        NF.instance_norm(x, rm, rv)
+    assert torch.equal(rm, torch.zeros(3)) and torch.equal(rv, torch.ones(3))
+
+
 # --------------------------------------------------------------------------- nan_policy
 
 

@@ -143,7 +143,7 @@ def group_norm(
     sample and group over the group's channels and all positions; per-channel affine.
     """
     n, c = x.shape[0], x.shape[1]
-    g = x.reshape(n, num_groups, c // num_groups, -1)
+    g = x.reshape(n, num_groups, c // num_groups, x.shape[2:].numel())
     y, _, _ = normalize(g, [2, 3], eps)
     return affine(y.reshape(x.shape), weight, bias, [1]).to(x.dtype)
 

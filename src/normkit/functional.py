@@ -21,6 +21,18 @@ from torch import Tensor
 
 from normkit import _reference, backends
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
+from normkit._checks import (
+    check_batch_norm_eps,
+    check_input,
+    check_nan_policy,
+    check_normalized_shape,
+    check_param,
+    check_residual,
+    expand_mask,
+    feature_axis,
+    keep_format,
+    memory_format_of,
+)
 from normkit._stats import (
     MomentumConvention,
     NanPolicy,
@@ -50,108 +62,10 @@ __all__ = [
     "update_running_buffers",
 ]
 
-_NAN_POLICIES = ("skip", "raise", "propagate")
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 
 
-# --------------------------------------------------------------------------- argument checks
-
-
-def _check_input(x: Tensor, op: str, min_ndim: int = 1) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{op} expects a torch.Tensor input (got {type(x).__name__})")
-    if not x.is_floating_point():
-        raise TypeError(
-            f"{op} expects a floating-point input (got dtype {x.dtype}); convert it first, "
-            f"e.g. x.float()"
-        )
-    if x.ndim < min_ndim:
-        raise ValueError(
-            f"{op} expects an input with at least {min_ndim} dims (got shape {tuple(x.shape)})"
-        )
-
-
-def _check_param(t: Tensor | None, name: str, shape: Sequence[int], op: str) -> None:
-    if t is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(
-            f"{op}: {name} must have shape {tuple(shape)} to match the input (got "
-            f"{tuple(t.shape)}); check num_features/normalized_shape against the input's features"
-        )
-
-
-def _feature_axis(x: Tensor, axis: int, op: str) -> int:
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(
-            f"{op}: axis={axis} is out of range for an input of shape {tuple(x.shape)} "
-            f"(expected -{x.ndim} <= axis < {x.ndim})"
-        )
-    return axis % x.ndim
-
-
-def memory_format_of(x: Tensor) -> torch.memory_format | None:
-    """``channels_last``/``channels_last_3d`` when ``x`` is (strictly) in that format, else None.
-
-    >>> memory_format_of(torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last))
-    torch.channels_last
-    >>> memory_format_of(torch.randn(2, 3, 4, 4)) is None
-    True
-    """
-    if x.is_contiguous():
-        return None
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return torch.channels_last_3d
-    return None
-
-
-def _keep_format(y: Tensor, x: Tensor) -> Tensor:
-    """``y`` in ``x``'s memory format (contiguous or channels_last), copying only if needed."""
-    fmt = memory_format_of(x)
-    if fmt is not None and not y.is_contiguous(memory_format=fmt):
-        return y.contiguous(memory_format=fmt)
-    if fmt is None and x.is_contiguous() and not y.is_contiguous():
-        return y.contiguous()
-    return y
-
-
-def _expand_mask(mask: Tensor, x: Tensor, op: str, *, insert_at: int | None) -> Tensor:
-    """A bool mask shaped to broadcast against ``x``.
-
-    ``insert_at`` (batch norm): a mask with one dim less than ``x`` gets a size-1 dim there
-    (the feature axis). ``None`` (layer norm): a mask equal to ``x``'s leading dims gets size-1
-    trailing dims. Anything else must broadcast to ``x`` as is.
-    """
-    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
-        raise TypeError(
-            f"{op}: mask must be a bool tensor, True where values enter the statistics (got "
-            f"{got}); pass e.g. lengths[:, None] > torch.arange(L)"
-        )
-    m = mask.to(x.device)
-    if insert_at is not None and m.ndim == x.ndim - 1:
-        m = m.unsqueeze(insert_at)
-    elif insert_at is None and m.ndim < x.ndim and tuple(m.shape) == tuple(x.shape[: m.ndim]):
-        m = m.reshape(*m.shape, *([1] * (x.ndim - m.ndim)))
-    try:
-        ok = torch.broadcast_shapes(m.shape, x.shape) == x.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"{op}: mask of shape {tuple(mask.shape)} does not broadcast to the input of shape "
-            f"{tuple(x.shape)}; pass a mask shaped like the input without its feature axis "
-            "(e.g. (N, L) for (N, C, L)) or one broadcastable to the input"
-        )
-    return m
-
-
 # --------------------------------------------------------------------------- running statistics
-
-
-def _check_nan_policy(nan_policy: str) -> None:
-    if nan_policy not in _NAN_POLICIES:
-        raise ValueError(f"nan_policy must be one of {_NAN_POLICIES} (got {nan_policy!r})")
 
 
 @torch.no_grad()
@@ -183,7 +97,7 @@ def update_running_buffers(
     >>> rm, rv                      # (1 − m)·old + m·batch; the variance made unbiased: 3·4/3
     (tensor([0.5000, 1.0000]), tensor([2.5000, 2.5000]))
     """
-    _check_nan_policy(nan_policy)
+    check_nan_policy(nan_policy)
     if momentum is None and (convention != "torch" or num_batches_tracked is None):
         raise ValueError(
             "momentum=None (cumulative average) needs the torch convention and num_batches_tracked"
@@ -201,7 +115,8 @@ def update_running_buffers(
     if num_batches_tracked is not None:
         step = 1 if ok is None else ok.to(num_batches_tracked.dtype)
         num_batches_tracked.add_(step)
-    factor = running_average_factor(momentum, num_batches_tracked if momentum is None else 0)
+    batches = num_batches_tracked if momentum is None and num_batches_tracked is not None else 0
+    factor = running_average_factor(momentum, batches)
     new_mean, new_var = update_running_stats(
         running_mean, running_var, batch_mean, var, factor, convention=convention
     )
@@ -213,8 +128,8 @@ def update_running_buffers(
 
 
 _NAN_MESSAGE = (
-    "batch statistics contain NaN/Inf (the input batch has non-finite values or overflowed); "
-    "running_mean/running_var were left unchanged"
+    "batch statistics contain NaN/Inf (the input batch is empty, has non-finite values or "
+    "overflowed); running_mean/running_var were left unchanged"
 )
 
 
@@ -410,8 +325,8 @@ def batch_norm(
     >>> y = batch_norm(x, rm, rv, training=True)
     """
     op = "batch_norm"
-    _check_input(input, op, 2 if axis in (1, -1) else 1)
-    ax = _feature_axis(input, axis, op)
+    check_input(input, op, 2 if axis in (1, -1) else 1)
+    ax = feature_axis(input, axis, op)
     c = input.shape[ax]
     for t, name in (
         (weight, "weight"),
@@ -419,11 +334,12 @@ def batch_norm(
         (running_mean, "running_mean"),
         (running_var, "running_var"),
     ):
-        _check_param(t, name, (c,), op)
+        check_param(t, name, (c,), op)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: pass both running_mean and running_var, or neither")
+    check_batch_norm_eps(eps, training, op)
     if training:
-        m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
+        m = None if mask is None else expand_mask(mask, input, op, insert_at=ax)
         count: int | Tensor
         if m is None:
             count = input.numel() // max(c, 1)
@@ -432,6 +348,16 @@ def batch_norm(
             dims = [d for d in range(input.ndim) if d != ax]
             count = m.expand(input.shape).sum(dim=dims).to(accumulation_dtype(input.dtype))
             least = int(count.min().item())
+        if m is None and count == 0:
+            # An empty batch, as torch.nn.BatchNorm: empty output, running statistics untouched,
+            # num_batches_tracked counted.
+            y = backends.dispatch(
+                "batch_norm_train", input, weight, bias, eps, ax, backend=backend
+            )[0]
+            if num_batches_tracked is not None and running_mean is not None:
+                with torch.no_grad():
+                    num_batches_tracked.add_(1)
+            return keep_format(y, input)
         if least <= 1:
             raise ValueError(
                 f"BatchNorm in training mode needs more than one value per channel (got input of "
@@ -491,19 +417,7 @@ def batch_norm(
             ax,
             backend=backend,
         )
-    return _keep_format(y, input)
-
-
-def _check_normalized_shape(
-    x: Tensor, normalized_shape: int | Sequence[int], op: str
-) -> tuple[int, ...]:
-    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-    if not shape or tuple(x.shape[x.ndim - len(shape) :]) != shape or x.ndim < len(shape):
-        raise ValueError(
-            f"{op}: normalized_shape {shape} must match the trailing dims of the input (got input "
-            f"of shape {tuple(x.shape)}); pass normalized_shape=x.shape[-k:] for the last k dims"
-        )
-    return shape
+    return keep_format(y, input)
 
 
 def layer_norm(
@@ -537,10 +451,10 @@ def layer_norm(
     >>> y = layer_norm(x, (32,))
     """
     op = "layer_norm"
-    _check_input(input, op)
-    shape = _check_normalized_shape(input, normalized_shape, op)
-    _check_param(weight, "weight", shape, op)
-    _check_param(bias, "bias", shape, op)
+    check_input(input, op)
+    shape = check_normalized_shape(input, normalized_shape, op)
+    check_param(weight, "weight", shape, op)
+    check_param(bias, "bias", shape, op)
     if casting is not None:
         check_casting(casting, LAYER_NORM_CASTINGS, op)
         if mask is not None:
@@ -556,15 +470,15 @@ def layer_norm(
             float(offset),
             backend=backend,
         )
-        return _keep_format(y, input)
+        return keep_format(y, input)
     if offset and weight is not None:
         weight = weight + offset
     if mask is not None:
-        m = _expand_mask(mask, input, op, insert_at=None)
+        m = expand_mask(mask, input, op, insert_at=None)
         y = _reference.layer_norm(input, shape, weight, bias, eps, mask=m)
     else:
         y = backends.dispatch("layer_norm", input, shape, weight, bias, eps, backend=backend)
-    return _keep_format(y, input)
+    return keep_format(y, input)
 
 
 def rms_norm(
@@ -593,9 +507,9 @@ def rms_norm(
     >>> y = rms_norm(torch.randn(4, 32).bfloat16(), (32,), w, 1e-6, casting="gemma", offset=1.0)
     """
     op = "rms_norm"
-    _check_input(input, op)
-    shape = _check_normalized_shape(input, normalized_shape, op)
-    _check_param(weight, "weight", shape, op)
+    check_input(input, op)
+    shape = check_normalized_shape(input, normalized_shape, op)
+    check_param(weight, "weight", shape, op)
     if eps is None:
         eps = torch.finfo(input.dtype).eps
     if casting is not None:
@@ -603,11 +517,11 @@ def rms_norm(
         y = backends.dispatch(
             "rms_norm_cast", input, shape, weight, eps, casting, float(offset), backend=backend
         )
-        return _keep_format(y, input)
+        return keep_format(y, input)
     if offset and weight is not None:
         weight = weight + offset
     y = backends.dispatch("rms_norm", input, shape, weight, eps, backend=backend)
-    return _keep_format(y, input)
+    return keep_format(y, input)
 
 
 def group_norm(
@@ -628,17 +542,17 @@ def group_norm(
     >>> y = group_norm(torch.randn(2, 32, 8, 8), 8)
     """
     op = "group_norm"
-    _check_input(input, op, 2)
+    check_input(input, op, 2)
     c = input.shape[1]
     if num_groups < 1 or c % num_groups:
         raise ValueError(
             f"{op}: num_groups={num_groups} must divide the number of channels {c} (input shape "
             f"{tuple(input.shape)}); pick a divisor of {c}"
         )
-    _check_param(weight, "weight", (c,), op)
-    _check_param(bias, "bias", (c,), op)
+    check_param(weight, "weight", (c,), op)
+    check_param(bias, "bias", (c,), op)
     y = backends.dispatch("group_norm", input, num_groups, weight, bias, eps, backend=backend)
-    return _keep_format(y, input)
+    return keep_format(y, input)
 
 
 def instance_norm(
@@ -665,7 +579,7 @@ def instance_norm(
     >>> y = instance_norm(torch.randn(2, 3, 16, 16))
     """
     op = "instance_norm"
-    _check_input(input, op, 3)
+    check_input(input, op, 3)
     c = input.shape[1]
     for t, name in (
         (weight, "weight"),
@@ -673,10 +587,10 @@ def instance_norm(
         (running_mean, "running_mean"),
         (running_var, "running_var"),
     ):
-        _check_param(t, name, (c,), op)
+        check_param(t, name, (c,), op)
     if use_input_stats:
         positions = math.prod(input.shape[2:])
-        if positions <= 1:
+        if positions == 1:
             raise ValueError(
                 f"{op} needs more than one spatial element per channel (got input of shape "
                 f"{tuple(input.shape)}); use BatchNorm or LayerNorm for inputs without positions"
@@ -702,7 +616,7 @@ def instance_norm(
                     running_var,
                     nan_policy,
                 )
-                return _keep_format(y, input)
+                return keep_format(y, input)
         y = backends.dispatch("instance_norm", input, weight, bias, eps, backend=backend)
         if running_mean is not None and running_var is not None:
             with torch.no_grad():
@@ -731,7 +645,7 @@ def instance_norm(
             1,
             backend=backend,
         )
-    return _keep_format(y, input)
+    return keep_format(y, input)
 
 
 def channel_norm(
@@ -772,14 +686,14 @@ def layer_norm_2d(
     >>> y = layer_norm_2d(torch.randn(2, 96, 14, 14), torch.ones(96), torch.zeros(96))
     """
     op = "layer_norm_2d"
-    _check_input(input, op, 2)
+    check_input(input, op, 2)
     c = input.shape[1]
-    _check_param(weight, "weight", (c,), op)
-    _check_param(bias, "bias", (c,), op)
+    check_param(weight, "weight", (c,), op)
+    check_param(bias, "bias", (c,), op)
     y = backends.dispatch(
         "layer_norm", input.movedim(1, -1), (c,), weight, bias, eps, backend=backend
     ).movedim(-1, 1)
-    return _keep_format(y, input)
+    return keep_format(y, input)
 
 
 def local_response_norm(
@@ -814,7 +728,7 @@ def local_response_norm(
     if input.numel() == 0:
         return input
     y = backends.dispatch(op, input, size, alpha, beta, k, backend=backend)
-    return _keep_format(y, input)
+    return keep_format(y, input)
 
 
 # --------------------------------------------------------------------------- training-time family
@@ -865,6 +779,7 @@ def batch_renorm(
             f"{op} needs running_mean and running_var (the correction r, d is relative to them); "
             "use batch_norm for a norm without running statistics"
         )
+    check_batch_norm_eps(eps, training, op)
     for value, low, name in ((r_max, 1.0, "r_max"), (d_max, 0.0, "d_max")):
         if not isinstance(value, Tensor) and value < low:
             raise ValueError(
@@ -876,10 +791,10 @@ def batch_renorm(
             input, running_mean, running_var, weight, bias, False, momentum, eps,
             axis=axis, backend=backend,
         )  # fmt: skip
-    _check_input(input, op, 2)
-    ax = _feature_axis(input, axis, op)
+    check_input(input, op, 2)
+    ax = feature_axis(input, axis, op)
     with torch.no_grad():
-        m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
+        m = None if mask is None else expand_mask(mask, input, op, insert_at=ax)
         dims = [d for d in range(input.ndim) if d != ax]
         mean, var = moments(input, dims, mask=m)
         rm = running_mean.to(mean.dtype)
@@ -950,9 +865,15 @@ def ghost_batch_norm(
             input, running_mean, running_var, weight, bias, False, momentum, eps,
             axis=axis, backend=backend,
         )  # fmt: skip
-    _check_input(input, op, 2)
-    ax = _feature_axis(input, axis, op)
+    check_input(input, op, 2)
+    check_batch_norm_eps(eps, training, op)
+    ax = feature_axis(input, axis, op)
     n = input.shape[0]
+    if n == 0:  # an empty batch has no virtual batches: batch norm's empty result
+        return batch_norm(
+            input, running_mean, running_var, weight, bias, True, momentum, eps,
+            axis=axis, num_batches_tracked=num_batches_tracked, backend=backend,
+        )  # fmt: skip
     if ax == 0:
         raise ValueError(
             f"{op}: the feature axis cannot be the batch dim 0 (got axis={axis} for input of shape "
@@ -1006,9 +927,9 @@ def ghost_batch_norm(
                     running_mean, running_var, mu, var_i, tail_x.numel() // input.shape[ax],
                     momentum, num_batches_tracked=num_batches_tracked, nan_policy=nan_policy,
                 )  # fmt: skip
-            y = torch.cat([y, _keep_format(tail, tail_x)], dim=0)
-        return _keep_format(y, input)
-    m = None if mask is None else _expand_mask(mask, input, op, insert_at=ax)
+            y = torch.cat([y, keep_format(tail, tail_x)], dim=0)
+        return keep_format(y, input)
+    m = None if mask is None else expand_mask(mask, input, op, insert_at=ax)
     chunks = input.split(virtual_batch_size, dim=0)
     if m is not None and m.shape[0] == n:
         masks: Sequence[Tensor | None] = m.split(virtual_batch_size, dim=0)
@@ -1032,44 +953,10 @@ def ghost_batch_norm(
         )
         for chunk, cm in zip(chunks, masks, strict=True)
     ]
-    return _keep_format(torch.cat(outs, dim=0), input)
+    return keep_format(torch.cat(outs, dim=0), input)
 
 
 # --------------------------------------------------------------------------- fused residual norms
-
-
-def _check_residual(
-    input: Tensor,
-    residual: Tensor,
-    normalized_shape: int | Sequence[int],
-    out: tuple[Tensor, Tensor] | None,
-    op: str,
-) -> tuple[int, ...]:
-    _check_input(input, op)
-    if not isinstance(residual, Tensor) or residual.shape != input.shape:
-        got = tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__
-        raise ValueError(
-            f"{op}: residual must be a tensor of the input's shape {tuple(input.shape)} (got "
-            f"{got}); broadcast it first, e.g. residual.expand_as(input)"
-        )
-    if residual.dtype != input.dtype or residual.device != input.device:
-        raise TypeError(
-            f"{op}: residual must match the input's dtype and device ({input.dtype} on "
-            f"{input.device}; got {residual.dtype} on {residual.device}); convert it with "
-            "residual.to(input)"
-        )
-    if out is not None:
-        if len(out) != 2 or any(o.shape != input.shape or o.dtype != input.dtype for o in out):
-            raise ValueError(
-                f"{op}: out must be two tensors (normed, sum) of shape {tuple(input.shape)} and "
-                f"dtype {input.dtype}"
-            )
-        if torch.is_grad_enabled() and (input.requires_grad or residual.requires_grad):
-            raise RuntimeError(
-                f"{op}: out= is for inference (no autograd); call it under torch.no_grad() or "
-                "drop out="
-            )
-    return _check_normalized_shape(input, normalized_shape, op)
 
 
 def _add_norm(
@@ -1082,7 +969,7 @@ def _add_norm(
 ) -> tuple[Tensor, Tensor]:
     if out is None:
         y, s = backends.dispatch(op, input, residual, *args, backend=backend)
-        return _keep_format(y, input), _keep_format(s, input)
+        return keep_format(y, input), keep_format(s, input)
     chosen = backends.resolve(op, input, backend)
     into = chosen.extra.get("out", {}).get(op)
     dense = all(t.is_contiguous() for t in (input, residual, *out))
@@ -1124,9 +1011,9 @@ def add_layer_norm(
     >>> y, s = add_layer_norm(x, r, 64)
     """
     op = "add_layer_norm"
-    shape = _check_residual(input, residual, normalized_shape, out, op)
-    _check_param(weight, "weight", shape, op)
-    _check_param(bias, "bias", shape, op)
+    shape = check_residual(input, residual, normalized_shape, out, op)
+    check_param(weight, "weight", shape, op)
+    check_param(bias, "bias", shape, op)
     return _add_norm(op, input, residual, (shape, weight, bias, eps), out, backend)
 
 
@@ -1153,8 +1040,8 @@ def add_rms_norm(
     >>> y, s = add_rms_norm(x, r, 64, torch.ones(64))
     """
     op = "add_rms_norm"
-    shape = _check_residual(input, residual, normalized_shape, out, op)
-    _check_param(weight, "weight", shape, op)
+    shape = check_residual(input, residual, normalized_shape, out, op)
+    check_param(weight, "weight", shape, op)
     if eps is None:
         eps = torch.finfo(input.dtype).eps
     return _add_norm(op, input, residual, (shape, weight, eps), out, backend)
@@ -1179,7 +1066,7 @@ def dyt(
     >>> y = dyt(torch.randn(2, 8, 16), torch.tensor([0.5]), torch.ones(16), torch.zeros(16))
     """
     op = "dyt"
-    _check_input(input, op)
+    check_input(input, op)
     if not isinstance(alpha, Tensor) or alpha.numel() != 1:
         raise ValueError(
             f"{op}: alpha must be a one-element tensor (got "
@@ -1187,8 +1074,8 @@ def dyt(
             "pass e.g. torch.tensor([0.5])"
         )
     c = input.shape[-1]
-    _check_param(weight, "weight", (c,), op)
-    _check_param(bias, "bias", (c,), op)
+    check_param(weight, "weight", (c,), op)
+    check_param(bias, "bias", (c,), op)
     return backends.dispatch(op, input, alpha, weight, bias, backend=backend)
 
 
@@ -1223,7 +1110,7 @@ def modulate(
     >>> y = modulate(x, shift=c, scale=c)
     """
     op = "modulate"
-    _check_input(input, op, 2)
+    check_input(input, op, 2)
     if norm not in _MODULATE_NORMS:
         raise ValueError(f"{op}: norm must be one of {_MODULATE_NORMS} (got {norm!r})")
     n, c = input.shape[0], input.shape[-1]

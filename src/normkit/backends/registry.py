@@ -45,6 +45,10 @@ torch.compile traces (no file access inside a graph) takes ``"torch"`` until the
 Resolution is cached per signature, so a layer called again with an input of the same kind pays
 one dictionary lookup. ``supports``/``prefers`` must therefore depend on the input only through
 that signature (device, dtype, layout, size class, emptiness).
+
+**Empty inputs.** An input with no elements has nothing to compute: whatever backend is asked
+for, it runs on ``reference``, whose plain torch ops give torch's empty result (and the zero
+parameter gradients torch gives), so no backend needs a special case for it.
 """
 
 from __future__ import annotations
@@ -351,6 +355,10 @@ def _for_export(op: str, x: Tensor) -> Backend:
 
 
 def _resolve(op: str, x: Tensor, backend: str, sig: tuple[Any, ...]) -> Backend:
+    if x.numel() == 0:  # (its own size class: the cache keeps it apart)
+        if backend != "auto":
+            get(backend)  # an unknown name is still an error
+        return _REGISTRY["reference"]
     if backend != "auto":
         b = get(backend)
         reason = b.check(op, x)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normkit import functional as NF
+from normkit._checks import check_nan_policy
 from normkit._stats import NanPolicy
 
 __all__ = [
@@ -127,7 +127,7 @@ class NormBase(nn.Module):
             raise ValueError(
                 f"{type(self).__name__}: num_features must be a positive int (got {num_features})"
             )
-        NF._check_nan_policy(nan_policy)
+        check_nan_policy(nan_policy)
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum

@@ -12,6 +12,7 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from normkit import functional as NF
+from normkit._checks import check_nan_policy
 from normkit._stats import NanPolicy
 
 __all__ = ["BatchNormalization"]
@@ -75,7 +76,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             )
         if num_features is not None and num_features < 1:
             raise ValueError(f"num_features must be a positive int or None (got {num_features})")
-        NF._check_nan_policy(nan_policy)
+        check_nan_policy(nan_policy)
         self.axis = axis
         self.momentum = momentum
         self.epsilon = epsilon

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from normkit import _reference
 from normkit import functional as NF
+from normkit._checks import expand_mask, keep_format
 from normkit._stats import Moments, NanPolicy, accumulation_dtype, moments
 from normkit.distributed import all_gather_moments, is_distributed
 from normkit.nn.batchnorm import BatchNorm
@@ -111,7 +112,7 @@ class SyncBatchNorm(BatchNorm):
             return super().forward(input, mask)
         ax = self.axis % input.ndim
         dims = [d for d in range(input.ndim) if d != ax]
-        m = None if mask is None else NF._expand_mask(mask, input, "SyncBatchNorm", insert_at=ax)
+        m = None if mask is None else expand_mask(mask, input, "SyncBatchNorm", insert_at=ax)
         if input.numel() == 0:  # empty local batch: neutral moments, still joins the collective
             zero = input.to(accumulation_dtype(input.dtype)).sum(dim=dims)
             local = Moments(zero.detach(), zero, zero)
@@ -142,7 +143,7 @@ class SyncBatchNorm(BatchNorm):
                 num_batches_tracked=self.num_batches_tracked,
                 nan_policy=self.nan_policy,
             )
-        return NF._keep_format(y, input)
+        return keep_format(y, input)
 
     @staticmethod
     def twin_kwargs(module: nn.Module) -> dict[str, Any]:
