@@ -52,9 +52,9 @@ def _data_import() -> None:
 
 
 def _digits() -> None:
-    from normkit.diagnostics.examples import digits
+    from normkit.examples.data import digits_images
 
-    digits()
+    digits_images()
 
 
 def _plot() -> None:

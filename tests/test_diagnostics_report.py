@@ -138,9 +138,7 @@ def test_doctor_cli_default_model(tmp_path: Path) -> None:
 def test_doctor_cli_finds_vanishing_gradients(tmp_path: Path, capsys) -> None:
     factory = tmp_path / "mymodel.py"
     factory.write_text(
-        "from normkit.diagnostics.examples import deep_mlp\n"
-        "def build():\n"
-        "    return deep_mlp(20, 16)\n"
+        "from normkit.examples.models import deep_mlp\ndef build():\n    return deep_mlp(20, 16)\n"
     )
     code = main(
         [
@@ -172,7 +170,7 @@ def test_doctor_random_data_and_bad_specs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="module:factory"):
         load_factory("no_colon")
     with pytest.raises(ValueError, match="no attribute"):
-        load_factory("normkit.diagnostics.examples:nope")
+        load_factory("normkit.examples.models:nope")
     with pytest.raises(ValueError, match="64 values"):
         main([*args, "--data", "digits", "--out", str(tmp_path / "p")])
 

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 import normkit.nn as nkn
 from normkit import backends
+from normkit.examples.models import bn_mlp, randomize_norm_stats, resnet_cnn
 from normkit.inference import OptimizationError, optimize
 from normkit.inference.fold import _FOLDABLE, batchnorm_protocol
-from normkit.inference.models import mlp, randomize_norm_stats, resnet_cnn
 
 
 def _fast(model: nn.Module, x, **kw):
@@ -43,7 +43,7 @@ def test_cnn_float64_exact_and_report():
 
 
 def test_mlp_no_channels_last_candidate():
-    model = mlp((16, 32, 8)).double()
+    model = bn_mlp((16, 32, 8)).double()
     x = torch.randn(8, 16, dtype=torch.float64)
     fast, report = _fast(model, x)
     assert list(report.candidates) == ["contiguous/as-is"] and not report.channels_last

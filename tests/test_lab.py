@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from normkit.cli import main
+from normkit.examples.data import digits, long_range, tabular
+from normkit.examples.models import ElmanRNN, make_norm
 from normkit.lab import LabConfig, experiment_ids, get_experiment, run_lab, write_report
 from normkit.lab import runner as lab_runner
 from normkit.lab.config import config_hash
-from normkit.lab.data import digits, long_range, tabular
-from normkit.lab.models import ElmanRNN, make_norm
 from normkit.lab.train import TrainSpec, accuracy, train
 from normkit.lab.verdict import OUTCOMES, VERDICTS
 

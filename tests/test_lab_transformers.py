@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import normkit.nn as nkn
-from normkit.lab.data import digits
+from normkit.examples.data import digits
+from normkit.examples.models import TinyTransformer
 from normkit.lab.experiments._transformer import LOSS_CAP, TransformerRun, train_transformer
 from normkit.lab.experiments.transformers import _sensitivity
-from normkit.lab.models import TinyTransformer
 
 
 def test_tiny_transformer_wires_placement_norm_and_qk_norm():

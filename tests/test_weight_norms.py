@@ -133,8 +133,8 @@ def test_spectral_norm_bounds_the_largest_singular_value():
 def test_lab_data_dependent_init_gives_standardized_preactivations():
     """The weight-norm experiment's init (Salimans & Kingma §3): every layer's pre-activation
     has mean 0 and std 1 on the init batch."""
+    from normkit.examples.models import MLP
     from normkit.lab.experiments.weight_norm import _data_dependent_init
-    from normkit.lab.models import MLP
 
     torch.manual_seed(0)
     model = MLP(6, (5, 4), 3, act="sigmoid").double()

@@ -438,8 +438,8 @@ def run_compare(
 
 
 def _lab_cnn() -> tuple[nn.Module, Tensor, Tensor]:
-    from normkit.lab.data import digits
-    from normkit.lab.models import CNN
+    from normkit.examples.data import digits
+    from normkit.examples.models import CNN
 
     torch.manual_seed(0)
     split = digits(0, "images")
@@ -447,7 +447,7 @@ def _lab_cnn() -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def _resnet18_style() -> tuple[nn.Module, Tensor, Tensor]:
-    from normkit.inference.models import resnet_cnn
+    from normkit.examples.models import resnet_cnn
 
     g = torch.Generator().manual_seed(0)
     model = resnet_cnn((64, 128, 256, 512), blocks=2).train()

@@ -2,7 +2,7 @@
 run :func:`normkit.diagnostics.check_model`, print the findings and write a report.
 
 ``--model module:factory`` names a zero-argument callable returning the ``nn.Module`` (default:
-the digits CNN of :mod:`normkit.diagnostics.examples`). Data: scikit-learn's bundled 8×8 digits
+the digits CNN of :mod:`normkit.examples.models`). Data: scikit-learn's bundled 8×8 digits
 when the per-sample ``--input-shape`` holds 64 values (the default ``1,8,8``; ``64`` for MLPs),
 random normal inputs otherwise (or with ``--data random``). A 2-D output ``(N, K)`` is trained
 with cross-entropy (labels mod K), anything else with ``mean(output²)/2``. After training, the
@@ -33,7 +33,7 @@ from normkit._optional import require
 
 __all__ = ["add_parser", "load_factory", "run_doctor"]
 
-DEFAULT_MODEL = "normkit.diagnostics.examples:digits_cnn"
+DEFAULT_MODEL = "normkit.examples.models:digits_cnn"
 
 
 def load_factory(spec: str) -> Callable[[], nn.Module]:
@@ -86,9 +86,9 @@ def _data(
                 f"{shape}); use --data random for other shapes"
             )
         require("sklearn", extra="doctor", feature="normkit doctor --data digits")
-        from normkit.diagnostics.examples import digits
+        from normkit.examples.data import digits_images
 
-        x, y = digits()
+        x, y = digits_images()
         return x.reshape(-1, *shape), y, "digits (sklearn, 1797 images)"
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, *shape, generator=g), None, f"random normal {shape}"

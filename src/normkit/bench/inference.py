@@ -1,7 +1,7 @@
 """The inference benchmark (``normkit bench --inference``): eval forward before and after
 :func:`normkit.inference.optimize`, same process.
 
-Cases: the ResNet-style CNN of :mod:`normkit.inference.models` on a batch of 8 RGB 128×128 images,
+Cases: the ResNet-style CNN of :mod:`normkit.examples.models` on a batch of 8 RGB 128×128 images,
 a BatchNorm MLP on 256×512, and a LayerNorm/RMSNorm MLP block on 2048 tokens × 256 (nothing to
 fold: only the norm backend can change). ``optimize`` picks its configuration with its own
 timings; the numbers reported here come from a *separate* interleaved loop over the original and
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from normkit.bench._registry import register_suite
-from normkit.inference.models import ln_mlp, mlp, resnet_cnn
+from normkit.examples.models import bn_mlp, ln_mlp, resnet_cnn
 from normkit.inference.optimize import optimize
 
 __all__ = ["CASES", "InferenceCase", "run_inference_bench"]
@@ -37,7 +37,7 @@ class InferenceCase:
 
 CASES: tuple[InferenceCase, ...] = (
     InferenceCase("resnet-cnn", resnet_cnn, (8, 3, 128, 128)),
-    InferenceCase("mlp-bn", mlp, (256, 512)),
+    InferenceCase("mlp-bn", bn_mlp, (256, 512)),
     InferenceCase("mlp-ln", ln_mlp, (2048, 256)),
 )
 

@@ -2,7 +2,7 @@
 :func:`normkit.nn.recalibrate_batchnorm` over ``B`` batches against one eval pass over the same
 batches, interleaved in one run (the target: at most 1.2x).
 
-Cases: the ResNet-style CNN of :mod:`normkit.inference.models` (BatchNorm2d after every conv)
+Cases: the ResNet-style CNN of :mod:`normkit.examples.models` (BatchNorm2d after every conv)
 on 8×3×64×64 batches, and its BatchNorm MLP on 256×512 batches.
 """
 
@@ -16,14 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from normkit.bench._registry import register_suite
-from normkit.inference.models import mlp, resnet_cnn
+from normkit.examples.models import bn_mlp, resnet_cnn
 from normkit.nn import recalibrate_batchnorm
 
 __all__ = ["run_recalibrate_bench"]
 
 CASES: tuple[tuple[str, Callable[[], nn.Module], tuple[int, ...]], ...] = (
     ("resnet-cnn", resnet_cnn, (8, 3, 64, 64)),
-    ("mlp-bn", mlp, (256, 512)),
+    ("mlp-bn", bn_mlp, (256, 512)),
 )
 
 

@@ -11,7 +11,7 @@
 - :func:`render_findings` prints findings as a rich table.
 
 >>> from normkit.diagnostics import watch
->>> from normkit.diagnostics.examples import digits_cnn
+>>> from normkit.examples.models import digits_cnn
 >>> model = digits_cnn()
 >>> with watch(model) as rec:
 ...     model(torch.randn(64, 1, 8, 8)).logsumexp(1).mean().backward()

@@ -770,7 +770,7 @@ def watch(
     The parameter gradients recorded are those of the recorded step's backward (with gradient
     accumulation: that micro-batch's, not the accumulated ``.grad``).
 
-    >>> from normkit.diagnostics.examples import deep_mlp
+    >>> from normkit.examples.models import deep_mlp
     >>> model = deep_mlp(30)                       # 30 sigmoid layers: gradients vanish
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
     >>> with watch(model, every=5) as rec:

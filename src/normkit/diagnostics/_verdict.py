@@ -465,7 +465,7 @@ def diagnose(run: Recording | HasRecording, **thresholds: float) -> list[Finding
     Keyword overrides: any field of :class:`Thresholds`.
 
     >>> from normkit.diagnostics import watch
-    >>> from normkit.diagnostics.examples import deep_mlp
+    >>> from normkit.examples.models import deep_mlp
     >>> model = deep_mlp(30)
     >>> with watch(model) as rec:
     ...     model(torch.randn(32, 64)).square().mean().backward()

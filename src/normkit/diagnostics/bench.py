@@ -28,23 +28,18 @@ from torch import Tensor, nn
 
 from normkit.diagnostics._modules import leaf_modules
 from normkit.diagnostics._recorder import Recorder, watch
-from normkit.diagnostics.examples import digits, resnet18
+from normkit.examples.data import digits_images
+from normkit.examples.models import CNN, init_weights, resnet18
 
 __all__ = ["CASES", "Case", "run_diagnostics_bench"]
 
 
 def _lab_cnn() -> nn.Module:
-    """The lab's CNN as its experiments build it (``normkit.lab.models.CNN(8, norm="bn")``,
+    """The lab's CNN as its experiments build it (``normkit.examples.models.CNN(8, norm="bn")``,
     He init): convs with bias, normkit's BatchNorm2d."""
-    from normkit.lab.models import CNN, init_weights
-
     model = CNN(8, norm="bn")
     init_weights(model, scheme="he")
     return model
-
-
-def _digits_data() -> tuple[Tensor, Tensor]:
-    return digits()
 
 
 def _random_images() -> tuple[Tensor, Tensor]:
@@ -56,7 +51,7 @@ def _random_images() -> tuple[Tensor, Tensor]:
 Case = tuple[Callable[[], nn.Module], Callable[[], tuple[Tensor, Tensor]], int]
 
 CASES: dict[str, Case] = {
-    "lab CNN (c=8, normkit BN), digits 1×8×8": (_lab_cnn, _digits_data, 20),
+    "lab CNN (c=8, normkit BN), digits 1×8×8": (_lab_cnn, digits_images, 20),
     "ResNet-18-style CNN, 3×64×64": (lambda: resnet18(10), _random_images, 10),
 }
 

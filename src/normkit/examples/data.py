@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normkit._optional import require
+
 __all__ = ["Split", "digits", "digits_images", "long_range", "tabular"]
 
 DigitsForm = Literal["images", "vectors", "sequence"]
@@ -45,8 +47,7 @@ class Split:
 
 @cache
 def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn import datasets
-
+    datasets = require("sklearn.datasets", extra="data", feature=f"the {name} example data")
     if name == "digits":
         d = datasets.load_digits()
         return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
@@ -72,8 +73,9 @@ def _split(
     n_train: int | None,
     stratify: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
-
+    train_test_split = require(
+        "sklearn.model_selection", extra="data", feature="the example data splits"
+    ).train_test_split
     xtr, xte, ytr, yte = train_test_split(
         x, y, test_size=test_fraction, random_state=seed, stratify=y if stratify else None
     )

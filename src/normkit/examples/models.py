@@ -1,9 +1,11 @@
 """Example models shared by the lab, the benchmarks and ``normkit doctor``.
 
 * The lab's small models, each with a pluggable norm (built from :func:`normkit.nn.get_norm`):
-  :class:`MLP`, :class:`CNN`, :class:`ResidualNet`, :class:`ElmanRNN`, with :func:`init_weights`.
+  :class:`MLP`, :class:`CNN`, :class:`ResidualNet`, :class:`ElmanRNN`, :class:`TinyTransformer`,
+  with :func:`init_weights`.
 * Plain torch.nn models for the diagnostics (``normkit doctor``'s default, the overhead
-  benchmark): :func:`digits_cnn` (the lab CNN's shape) and :func:`deep_mlp` (vanishing gradients).
+  benchmark): :func:`digits_cnn` (the lab CNN's shape), :func:`deep_mlp` (vanishing gradients)
+  and :func:`resnet18` (ResNet-18, He et al. 2016).
 * Models for the inference benchmark, in eval mode with random norm statistics (as if trained):
   :func:`resnet_cnn` (ResNet-style, He et al. 2016, arXiv:1512.03385), :func:`bn_mlp` (BatchNorm1d
   after every hidden Linear) and :func:`ln_mlp` (LayerNorm/RMSNorm, which cannot be folded).
@@ -24,7 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from normkit.nn import get_norm
+from normkit.nn import DyT, QKNorm, ResidualNorm, get_norm
 
 __all__ = [
     "CNN",
@@ -32,6 +34,7 @@ __all__ = [
     "BasicBlock",
     "ElmanRNN",
     "ResidualNet",
+    "TinyTransformer",
     "bn_mlp",
     "deep_mlp",
     "digits_cnn",
@@ -39,6 +42,7 @@ __all__ = [
     "ln_mlp",
     "make_norm",
     "randomize_norm_stats",
+    "resnet18",
     "resnet_cnn",
 ]
 
@@ -54,7 +58,7 @@ def make_norm(
     ``make_norm("gbn1d", 64, virtual_batch_size=8)``).
 
     >>> make_norm("bn", 64)
-    BatchNorm1d(64, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)
+    BatchNorm1d(64, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)
     """
     if name == "none":
         return nn.Identity()
@@ -257,6 +261,80 @@ class ElmanRNN(nn.Module):
         return self.head(h)
 
 
+class _Attention(nn.Module):
+    """Multi-head self-attention with an optional QK-norm; keeps the largest |logit| it saw."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: str | None) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.qk = QKNorm(self.head_dim, qk_norm) if qk_norm else None
+        self.max_logit = 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.qk is not None:
+            q, k = self.qk(q, k)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        self.max_logit = max(self.max_logit, float(logits.detach().abs().max()))
+        y = logits.softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+
+class TinyTransformer(nn.Module):
+    """A small transformer classifier over token sequences (digits as 8 rows of 8 pixels).
+
+    Embedding + learned positions, ``depth`` blocks of attention and MLP sublayers, each wrapped
+    in :class:`~normkit.nn.ResidualNorm` with ``placement`` (``"pre"``, ``"post"``, ...), norm
+    ``norm`` (``"ln"``, ``"rms"``, ``"dyt"``), optional QK-norm (``qk_norm="layer"``/``"rms"``),
+    a final norm for Pre-LN, mean-pooling and a linear head.
+
+    >>> TinyTransformer()(torch.randn(4, 8, 8)).shape
+    torch.Size([4, 10])
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 8,
+        seq_len: int = 8,
+        dim: int = 32,
+        heads: int = 2,
+        depth: int = 2,
+        classes: int = 10,
+        *,
+        placement: str = "pre",
+        norm: str = "ln",
+        qk_norm: str | None = None,
+        mlp_ratio: int = 2,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_dim, dim)
+        self.pos = nn.Parameter(torch.randn(1, seq_len, dim) * 0.02)
+
+        def make(d: int) -> nn.Module:
+            return DyT(d) if norm == "dyt" else get_norm(norm, d)
+
+        blocks: list[nn.Module] = []
+        for _ in range(depth):
+            mlp = nn.Sequential(
+                nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim)
+            )
+            for f in (_Attention(dim, heads, qk_norm), mlp):
+                blocks.append(ResidualNorm(f, dim, placement, norm=make, num_layers=2 * depth))
+        self.blocks = nn.Sequential(*blocks)
+        self.final = make(dim) if placement in ("pre", "sandwich") else nn.Identity()
+        self.head = nn.Linear(dim, classes)
+
+    def attentions(self) -> list[_Attention]:
+        return [m for m in self.modules() if isinstance(m, _Attention)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(self.embed(x) + self.pos)
+        return self.head(self.final(h).mean(1))
+
+
 # --------------------------------------------------------------------------- diagnostics
 
 
@@ -354,6 +432,29 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
                 lo = 0.75 if name == "weight" else -0.1
                 p.copy_(torch.rand(p.shape, generator=g) * 0.5 + lo)
     return model
+
+
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """ResNet-18 (He et al. 2016, "Deep Residual Learning for Image Recognition"): a 7×7
+    stride-2 stem and 3×3 max-pool, four stages of two basic blocks (64, 128, 256, 512
+    channels, stride 2 from the second stage), global average pooling and a Linear; 11.2M
+    parameters for 10 classes, torch.nn layers only, torch's default init, train mode.
+
+    >>> y = resnet18(10)(torch.randn(2, 3, 64, 64))    # (2, 10)
+    """
+    widths = (64, 128, 256, 512)
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1),
+    ]
+    cin = 64
+    for i, w in enumerate(widths):
+        layers += [BasicBlock(cin, w, 1 if i == 0 else 2), BasicBlock(w, w, 1)]
+        cin = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
 
 
 def resnet_cnn(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from normkit.lab.data import Split
+from normkit.examples.data import Split
 
 __all__ = ["History", "TrainSpec", "accuracy", "evaluate", "train"]
 

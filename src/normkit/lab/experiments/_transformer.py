@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from normkit.lab.data import Split
-from normkit.lab.models import TinyTransformer
+from normkit.examples.data import Split
+from normkit.examples.models import TinyTransformer
 from normkit.lab.train import evaluate
 
 __all__ = ["LOSS_CAP", "TransformerRun", "train_transformer"]

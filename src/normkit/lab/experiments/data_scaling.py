@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normkit.data import MinMaxScaler, Normalizer, StandardScaler, TargetScaler
+from normkit.examples.data import Split, tabular
 from normkit.lab import plots
-from normkit.lab.data import Split, tabular
 from normkit.lab.experiment import Analysis, Experiment, Params, Record, aggregate, register
 from normkit.lab.experiment import values as V
 from normkit.lab.train import TrainSpec, train

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from normkit.diagnostics import watch
+from normkit.examples.data import digits
+from normkit.examples.models import init_weights, make_norm
 from normkit.lab import plots
-from normkit.lab.data import digits
 from normkit.lab.experiment import Analysis, Experiment, Params, Record, aggregate, register
 from normkit.lab.experiment import values as V
-from normkit.lab.models import init_weights, make_norm
 from normkit.lab.train import TrainSpec, train
 from normkit.lab.verdict import Check
 

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from normkit.examples.data import Split, digits
+from normkit.examples.models import CNN, init_weights
 from normkit.lab import plots
-from normkit.lab.data import Split, digits
 from normkit.lab.experiment import Analysis, Experiment, Params, Record, aggregate, register
 from normkit.lab.experiment import values as V
-from normkit.lab.models import CNN, init_weights
 from normkit.lab.train import TrainSpec, evaluate, train
 from normkit.lab.verdict import Check
 from normkit.nn import recalibrate_batchnorm

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normkit.examples.data import Split, digits, long_range
 from normkit.lab import plots
-from normkit.lab.data import Split, digits, long_range
 from normkit.lab.experiment import Analysis, Experiment, Params, Record, aggregate, register
 from normkit.lab.experiment import values as V
 from normkit.lab.train import TrainSpec, train

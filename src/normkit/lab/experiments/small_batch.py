@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
+from normkit.examples.data import digits
+from normkit.examples.models import MLP, init_weights
 from normkit.lab import plots
-from normkit.lab.data import digits
 from normkit.lab.experiment import Analysis, Experiment, Params, Record, aggregate, register
 from normkit.lab.experiment import values as V
-from normkit.lab.models import MLP, init_weights
 from normkit.lab.train import TrainSpec, train
 from normkit.lab.verdict import Check
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from normkit.examples.data import digits
+from normkit.examples.models import TinyTransformer
 from normkit.lab import plots
-from normkit.lab.data import digits
 from normkit.lab.experiment import (
     Analysis,
     Experiment,
@@ -22,7 +23,6 @@ from normkit.lab.experiment import (
 )
 from normkit.lab.experiment import values as V
 from normkit.lab.experiments._transformer import LOSS_CAP, TransformerRun, train_transformer
-from normkit.lab.models import TinyTransformer
 from normkit.lab.verdict import Check
 
 
