@@ -266,7 +266,7 @@ def _launch_cfg(n: int) -> tuple[int, int]:
 
 class _RowNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, n: int, eps: float, rms: bool):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, n: int, eps: float, rms: bool):
         _, fwd, _, _ = _kernels()
         x2 = x.reshape(-1, n).contiguous()
         m = x2.shape[0]
@@ -286,7 +286,7 @@ class _RowNorm(torch.autograd.Function):
         return y.reshape(x.shape)
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
+    def backward(ctx, dy):
         _, _, bwd, colsum = _kernels()
         x2, weight, mean, rstd = ctx.saved_tensors
         n, m = ctx.n, x2.shape[0]

@@ -203,7 +203,7 @@ class Recording:
     def histograms(self) -> dict[str, list[tuple[int, list[float], float, float]]]:
         """Activation histograms ``(step, counts, low, high)`` per layer: the first recorded
         step and the latest histogram step."""
-        out = {}
+        out: dict[str, list[tuple[int, list[float], float, float]]] = {}
         for k, hs in self.samples.items():
             out[k] = []
             for step, sample in hs:

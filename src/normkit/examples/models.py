@@ -149,6 +149,7 @@ class MLP(nn.Module):
         for block in self.blocks[:-1]:
             x = block(x)
         last = self.blocks[-1]
+        assert isinstance(last, nn.Sequential)
         return last[1](last[0](x))
 
 

@@ -86,6 +86,8 @@ def define(
     if backward_of is not None:
         backward_op = backward_of.backward
     elif backward is not None:
+        if backward_fake is None:
+            raise TypeError(f"define({name!r}): a backward op needs backward_fake (its shapes)")
         backward_op = torch.library.custom_op(
             f"normkit::{name}_backward", backward, mutates_args=()
         )

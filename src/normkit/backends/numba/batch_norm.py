@@ -140,12 +140,12 @@ def _impl(
     return forward(x, weight, bias, eps, axis)
 
 
-def _fake(x, weight, bias, eps, axis):  # type: ignore[no-untyped-def]
+def _fake(x, weight, bias, eps, axis):
     c = x.shape[axis % x.ndim]
     return _like(x, axis), x.new_empty(c), x.new_empty(c), x.new_empty(c)
 
 
-def _backward_fake(dy, x, weight, mean, rstd, axis):  # type: ignore[no-untyped-def]
+def _backward_fake(dy, x, weight, mean, rstd, axis):
     c = x.shape[axis % x.ndim]
     return _like(x, axis), x.new_empty(c), x.new_empty(c)
 
@@ -177,7 +177,7 @@ def batch_norm_train(
     return y, mean, var
 
 
-def batch_norm_train_out(x, weight, bias, eps, axis, *, out):  # type: ignore[no-untyped-def]
+def batch_norm_train_out(x, weight, bias, eps, axis, *, out):
     with torch.no_grad():
         return forward(x, weight, bias, float(eps), int(axis), out=out)[:3]
 
@@ -224,7 +224,7 @@ def _eval_impl(
     return eval_forward(x, running_mean, running_var, weight, bias, eps, axis)
 
 
-def _eval_fake(x, running_mean, running_var, weight, bias, eps, axis):  # type: ignore[no-untyped-def]
+def _eval_fake(x, running_mean, running_var, weight, bias, eps, axis):
     return _like(x, axis)
 
 
@@ -270,6 +270,6 @@ def batch_norm_eval(
     return BATCH_NORM_EVAL(x, running_mean, running_var, weight, bias, float(eps), int(axis))
 
 
-def batch_norm_eval_out(x, rm, rv, weight, bias, eps, axis, *, out):  # type: ignore[no-untyped-def]
+def batch_norm_eval_out(x, rm, rv, weight, bias, eps, axis, *, out):
     with torch.no_grad():
         return eval_forward(x, rm, rv, weight, bias, float(eps), int(axis), out=out)

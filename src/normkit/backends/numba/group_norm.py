@@ -106,11 +106,11 @@ def _impl(
     return forward(x, groups, weight, bias, eps)
 
 
-def _fake(x, weight, bias, groups, eps):  # type: ignore[no-untyped-def]
+def _fake(x, weight, bias, groups, eps):
     return _like(x), x.new_empty(x.shape[0], groups), x.new_empty(x.shape[0], groups)
 
 
-def _backward_fake(dy, x, weight, mean, rstd, groups):  # type: ignore[no-untyped-def]
+def _backward_fake(dy, x, weight, mean, rstd, groups):
     c = x.shape[1]
     return _like(x), x.new_empty(c), x.new_empty(c)
 
@@ -146,6 +146,6 @@ def instance_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: fl
     return GROUP_NORM(x, weight, bias, int(x.shape[1]), float(eps))[0]
 
 
-def group_norm_out(x, num_groups, weight, bias, eps, *, out):  # type: ignore[no-untyped-def]
+def group_norm_out(x, num_groups, weight, bias, eps, *, out):
     with torch.no_grad():
         return forward(x, int(num_groups), weight, bias, float(eps), out=out)[0]

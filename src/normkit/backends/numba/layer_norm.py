@@ -116,13 +116,13 @@ def _impl(
     return y, s, mean, rstd
 
 
-def _fake(x, residual, weight, bias, n, eps, centered):  # type: ignore[no-untyped-def]
+def _fake(x, residual, weight, bias, n, eps, centered):
     m = x.numel() // n
     s = x.new_empty(x.shape) if residual is not None else x.new_empty(0)
     return x.new_empty(x.shape), s, x.new_empty(m), x.new_empty(m)
 
 
-def _backward_fake(dy, ds, x, weight, mean, rstd, n, centered):  # type: ignore[no-untyped-def]
+def _backward_fake(dy, ds, x, weight, mean, rstd, n, centered):
     return x.new_empty(x.shape), x.new_empty(n), x.new_empty(n)
 
 
@@ -183,13 +183,13 @@ def rms_norm(
     return LAYER_NORM(x, None, flat(weight), None, n, float(eps), False)[0]
 
 
-def layer_norm_out(x, normalized_shape, weight, bias, eps, *, out):  # type: ignore[no-untyped-def]
+def layer_norm_out(x, normalized_shape, weight, bias, eps, *, out):
     n = numel(normalized_shape)
     with torch.no_grad():
         return forward(x, None, weight, bias, n, float(eps), True, out=out)[0]
 
 
-def rms_norm_out(x, normalized_shape, weight, eps, *, out):  # type: ignore[no-untyped-def]
+def rms_norm_out(x, normalized_shape, weight, eps, *, out):
     n = numel(normalized_shape)
     with torch.no_grad():
         return forward(x, None, weight, None, n, float(eps), False, out=out)[0]

@@ -39,13 +39,13 @@ def add_rms_norm(
     return y, s
 
 
-def add_layer_norm_out(x, residual, normalized_shape, weight, bias, eps, *, out):  # type: ignore[no-untyped-def]
+def add_layer_norm_out(x, residual, normalized_shape, weight, bias, eps, *, out):
     n = numel(normalized_shape)
     with torch.no_grad():
         return forward(x, residual, weight, bias, n, float(eps), True, out=out)[:2]
 
 
-def add_rms_norm_out(x, residual, normalized_shape, weight, eps, *, out):  # type: ignore[no-untyped-def]
+def add_rms_norm_out(x, residual, normalized_shape, weight, eps, *, out):
     n = numel(normalized_shape)
     with torch.no_grad():
         return forward(x, residual, weight, None, n, float(eps), False, out=out)[:2]

@@ -86,7 +86,7 @@ def _cast_impl(
     return y, rstd
 
 
-def _cast_fake(x, scale, n, eps, lanes):  # type: ignore[no-untyped-def]
+def _cast_fake(x, scale, n, eps, lanes):
     return x.new_empty(x.shape), x.new_empty(x.numel() // n)
 
 
@@ -141,7 +141,7 @@ def rms_norm_cast(
         and (weight is None or (weight.dtype == x.dtype and weight.is_contiguous()))
         and not _torch_splits_row(x, n)
     )
-    if not exact_here:
+    if not exact_here or lanes is None:
         return _casting.rms_norm_cast(x, normalized_shape, weight, eps, casting, offset)
     scale = None
     if weight is not None:
