@@ -14,11 +14,12 @@ feature axis; contiguous or channels_last), ``group_norm``/``instance_norm`` (co
 channels_last), ``rms_norm_cast`` (the float32/float64 parity presets, bit for bit). float16/bfloat16 run in float32; other devices and empty inputs are declined by
 :func:`supports`, so ``backend="auto"`` falls back to ``torch``.
 
-**The auto rule** (:func:`prefers`): numba is taken only for tensors of at least
-:data:`MIN_NUMEL` elements in a layout its kernels stream (contiguous, or channels_last for
-batch/group norm). Below that, a parallel kernel's fixed costs (custom-op dispatch, waking
-OpenMP workers that went to sleep: several ms after an idle pause) outweigh the bandwidth win,
-and torch is at least as fast. The numbers behind the threshold are in the README ("Speed").
+**Where auto takes numba**: where the measured table of :mod:`normkit.backends.registry` says
+numba beat torch (``normkit tune`` re-measures it). :func:`prefers` is the fallback for devices
+the table has no row for: tensors of at least :data:`MIN_NUMEL` elements in a layout the
+kernels stream (contiguous, or channels_last for batch/group norm); below that, a parallel
+kernel's fixed costs (custom-op dispatch, waking OpenMP workers that went to sleep: several ms
+after an idle pause) outweigh the bandwidth win.
 
 **JIT cache.** Kernels compile on first use per dtype (seconds) and are cached on disk:
 ``NUMBA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/normkit/numba`` (``~/.cache/...``). Later
