@@ -32,6 +32,10 @@ SRC = ROOT / "src"
 OPTIONAL = {"numba", "sklearn", "matplotlib", "triton", "keras", "scipy", "dask", "distributed"}
 
 
+# Scripts the tests run in a subprocess (not test modules; importing one runs it).
+collect_ignore = ["tests/hidden_extras.py"]
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
