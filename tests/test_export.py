@@ -53,6 +53,8 @@ def _ready(spec: NormSpec, large: bool) -> tuple[nn.Module, Tensor]:
     """The layer in eval mode and an input; built with the numba backend where numba runs the
     op (the custom ops the export must avoid), else auto."""
     x = spec.input(torch.float32)
+    if x.numel() == 0:
+        pytest.skip("an empty-input row: the layer exports through its non-empty rows")
     numba = "numba" in backends.available() and spec.op is not None
     numba = numba and backends.get("numba").check(spec.op, x) is None
     m = _model(spec, "numba" if numba else "auto")

@@ -54,9 +54,26 @@ def _batch_norm_train(
     acc = accumulation_dtype(x.dtype)
     c = xm.shape[1]
     n = xm.numel() // max(c, 1)
+    w, b = _with_params(weight, bias, acc)
+    if torch.compiler.is_exporting():
+        # ONNX's BatchNormalization has no batch-statistics inference mode (onnxruntime would
+        # normalize with the scratch buffers): export the moments and the affine map as ops,
+        # in float64 so the graph's long reductions stay within float32's tolerance of eager
+        dims = [d for d in range(xm.ndim) if d != 1]
+        shape = [1, c] + [1] * (xm.ndim - 2)
+        xa = xm.to(torch.float64)
+        mean = xa.mean(dim=dims)
+        centred = xa - mean.view(shape)
+        biased = centred.square().mean(dim=dims)
+        y = centred * torch.rsqrt(biased.view(shape) + eps)
+        if w is not None:
+            y = y * w.view(shape)
+        if b is not None:
+            y = y + b.view(shape)
+        y = y.to(x.dtype)
+        return (y if axis == 1 else y.movedim(1, axis)), mean.to(acc), biased.to(acc)
     mean = torch.zeros(c, dtype=acc, device=x.device)
     var = torch.ones(c, dtype=acc, device=x.device)
-    w, b = _with_params(weight, bias, acc)
     y = F.batch_norm(xm.to(acc), mean, var, w, b, True, 1.0, eps)
     y = y.to(x.dtype)
     if axis != 1:
