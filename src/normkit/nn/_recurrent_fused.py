@@ -34,7 +34,7 @@ _ln_backward = torch.ops.aten.native_layer_norm_backward
 
 class _FusedLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         xg: Tensor,
         h0: Tensor,
@@ -64,6 +64,7 @@ class _FusedLSTM(torch.autograd.Function):
         for t in range(T - 1, -1, -1) if reverse else range(T):
             if ln_hh:
                 assert a_hh is not None and mu_hh is not None and rs_hh is not None
+                assert g_hh is not None
                 a = a_hh[t]
                 torch.mm(h, w_t, out=a.view(B, G * H))
                 y, mu_hh[t], rs_hh[t] = torch.native_layer_norm(a, (H,), None, None, eps)
@@ -90,9 +91,7 @@ class _FusedLSTM(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor) -> tuple[Tensor | None, ...]:
         (w_hh, g_hh, w_c, b_c, h0, c0, out, c_all, acts, tc, a_hh, mu_hh, rs_hh,
          mu_c, rs_c) = ctx.saved_tensors  # fmt: skip
         T, B, G, H = acts.shape

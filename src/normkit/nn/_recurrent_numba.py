@@ -117,7 +117,7 @@ def _chunk_grads(
 
 class _NumbaLSTM(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         w_ih: Tensor,
@@ -182,9 +182,7 @@ class _NumbaLSTM(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, d_out: Tensor, d_hT: Tensor, d_cT: Tensor) -> tuple[Tensor | None, ...]:
         (x, w_ih, ain, g_ih, w_hh, g_hh, w_c, h0, c0, out, c_all, acts, tc, a_hh,
          *stats) = ctx.saved_tensors  # fmt: skip
         T, B, G, H = acts.shape
@@ -290,7 +288,7 @@ def numba_lstm_direction(
 
 class _NumbaGRU(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         w_ih: Tensor,
@@ -346,9 +344,7 @@ class _NumbaGRU(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, d_out: Tensor, d_hT: Tensor
-    ) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, d_out: Tensor, d_hT: Tensor) -> tuple[Tensor | None, ...]:
         (x, w_ih, ain, g_ih, w_hh, g_hh, h0, out, acts, hn, a_hh,
          *stats) = ctx.saved_tensors  # fmt: skip
         T, B, G, H = acts.shape

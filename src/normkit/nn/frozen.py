@@ -37,6 +37,11 @@ class FrozenBatchNorm(nn.Module):
     >>> y = fbn(torch.randn(1, 64, 8, 8))          # batch size 1 is fine
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     _min_ndim = 2
     _max_ndim: int | None = None
     _unfrozen_cls: type[BatchNorm] = BatchNorm
@@ -97,10 +102,11 @@ class FrozenBatchNorm(nn.Module):
         with torch.no_grad():
             frozen.running_mean.copy_(rm)
             frozen.running_var.copy_(rv)
-            if getattr(bn, "weight", None) is not None:
-                frozen.weight.copy_(bn.weight)
-            if getattr(bn, "bias", None) is not None:
-                frozen.bias.copy_(bn.bias)
+            weight, bias = getattr(bn, "weight", None), getattr(bn, "bias", None)
+            if weight is not None:
+                frozen.weight.copy_(weight)
+            if bias is not None:
+                frozen.bias.copy_(bias)
         return frozen
 
     def to_batchnorm(self) -> nn.Module:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -52,6 +52,11 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     >>> y = bn(torch.randn(32, 10, 64))          # (batch, time, features); now num_features == 64
     """
 
+    weight: Tensor | None
+    bias: Tensor | None
+    running_mean: Tensor
+    running_var: Tensor
+
     cls_to_become = None
 
     def __init__(
@@ -86,17 +91,17 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         self.backend = backend
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         c = num_features
-        lazy = c is None
 
         def param(fill: float) -> nn.Parameter:
             if c is None:
-                return UninitializedParameter(**factory)
+                # a Parameter subclass at runtime; torch's stub declares it a plain Tensor
+                return cast(nn.Parameter, UninitializedParameter(**factory))
             return nn.Parameter(torch.full((c,), fill, **factory))
 
         self.register_parameter("weight", param(1.0) if scale else None)
         self.register_parameter("bias", param(0.0) if center else None)
         for name, fill in (("running_mean", 0.0), ("running_var", 1.0)):
-            buf = UninitializedBuffer(**factory) if lazy else torch.full((c,), fill, **factory)
+            buf = UninitializedBuffer(**factory) if c is None else torch.full((c,), fill, **factory)
             self.register_buffer(name, buf)
 
     @property
@@ -135,7 +140,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         with torch.no_grad():
             for p in (self.weight, self.bias, self.running_mean, self.running_var):
                 if p is not None:
-                    p.materialize((c,))
+                    cast("UninitializedParameter | UninitializedBuffer", p).materialize((c,))
             self.reset_parameters()
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:

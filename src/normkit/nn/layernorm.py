@@ -57,6 +57,9 @@ class LayerNorm(nn.Module):
     >>> y = ln(torch.randn(8, 20, 512))
     """
 
+    weight: Tensor | None
+    bias: Tensor | None
+
     def __init__(
         self,
         normalized_shape: int | Sequence[int],
@@ -125,6 +128,9 @@ class RMSNorm(nn.Module):
 
     >>> y = RMSNorm(4096)(torch.randn(2, 16, 4096))
     """
+
+    weight: Tensor | None
+    bias: Tensor | None
 
     def __init__(
         self,
@@ -213,6 +219,7 @@ class RMSNorm(nn.Module):
             casting=casting,
             backend=backend,
         )
+        assert norm.weight is not None
         with torch.no_grad():
             norm.weight.copy_(weight)
         return norm
@@ -259,6 +266,9 @@ class LayerNorm2d(ChannelAffineBase):
 
     >>> y = LayerNorm2d(96)(torch.randn(2, 96, 56, 56))
     """
+
+    weight: Tensor | None
+    bias: Tensor | None
 
     def __init__(
         self,

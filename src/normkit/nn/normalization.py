@@ -165,9 +165,12 @@ class Normalization(nn.Module):
         loc, scale = torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
         if hasattr(scaler, "data_min_"):  # MinMaxScaler: y = x * s + m
             s, m = attr("scale_"), attr("min_")
+            assert s is not None and m is not None
             loc, scale = -m / s, 1 / s
         elif hasattr(scaler, "max_abs_"):
-            scale = attr("scale_")
+            max_abs_scale = attr("scale_")
+            assert max_abs_scale is not None
+            scale = max_abs_scale
         elif hasattr(scaler, "center_"):  # RobustScaler
             c, s = attr("center_"), attr("scale_")
             loc = c if c is not None else loc
@@ -185,7 +188,7 @@ class Normalization(nn.Module):
         return layer
 
     def _set(self, loc: Tensor, scale: Tensor) -> None:
-        factory = {"device": self.loc.device, "dtype": self.loc.dtype}
+        factory: dict[str, Any] = {"device": self.loc.device, "dtype": self.loc.dtype}
         self.num_features = loc.numel()
         self.loc = loc.detach().to(**factory)
         self.scale = scale.detach().to(**factory)

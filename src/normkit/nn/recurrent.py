@@ -317,14 +317,16 @@ class _LayerNormCellBase(nn.Module):
         return h, c
 
     @classmethod
-    def from_torch(cls, cell: nn.Module, *, ln: LnSpec = True, **kwargs: Any) -> Any:
+    def from_torch(cls, cell: nn.RNNCellBase, *, ln: LnSpec = True, **kwargs: Any) -> Any:
         """A layer-normalized cell carrying the weights of a torch.nn cell (LN gains 1, shifts 0).
 
         ``kwargs`` go to the constructor (``eps``, ``backend``); with ``ln=False`` the result
         computes exactly what ``cell`` computes.
         """
         p = cell.weight_ih
-        extra = {"nonlinearity": cell.nonlinearity} if hasattr(cell, "nonlinearity") else {}
+        extra: dict[str, Any] = (
+            {"nonlinearity": cell.nonlinearity} if hasattr(cell, "nonlinearity") else {}
+        )
         new = cls(
             cell.input_size,
             cell.hidden_size,
@@ -499,7 +501,7 @@ class _LayerNormRNNBase(nn.Module):
         _reset(self, self.hidden_size)
 
     @classmethod
-    def from_torch(cls, rnn: nn.Module, *, ln: LnSpec = True, **kwargs: Any) -> Any:
+    def from_torch(cls, rnn: nn.RNNBase, *, ln: LnSpec = True, **kwargs: Any) -> Any:
         """A layer-normalized twin carrying the weights of a ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
 
         LN gains start at 1 and shifts at 0; with ``ln=False`` the result computes exactly what
@@ -511,7 +513,9 @@ class _LayerNormRNNBase(nn.Module):
                 f"use an LSTM without projection"
             )
         p = next(rnn.parameters())
-        extra = {"nonlinearity": rnn.nonlinearity} if hasattr(rnn, "nonlinearity") else {}
+        extra: dict[str, Any] = (
+            {"nonlinearity": rnn.nonlinearity} if hasattr(rnn, "nonlinearity") else {}
+        )
         new = cls(
             input_size=rnn.input_size,
             hidden_size=rnn.hidden_size,
