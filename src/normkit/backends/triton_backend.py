@@ -355,7 +355,7 @@ class _ChannelNorm(torch.autograd.Function):
     returned detached) or eval (given running statistics)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, rm, rv, eps: float, train: bool):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, rm, rv, eps: float, train: bool):
         bn_fwd, _ = _channel_kernels()
         n, c = x.shape[0], x.shape[1]
         s = x.numel() // max(n * c, 1)
@@ -379,7 +379,7 @@ class _ChannelNorm(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, dy, *_):  # type: ignore[override]
+    def backward(ctx, dy, *_):
         _, bn_bwd = _channel_kernels()
         x, weight, mean, rstd = ctx.saved_tensors
         n, c = x.shape[0], x.shape[1]

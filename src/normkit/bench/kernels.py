@@ -90,8 +90,8 @@ def _specs(quick: bool) -> list[BenchSpec]:
     if not quick:  # small tensors: where the auto rule's size threshold comes from
         for shape in ((16, 1024), (64, 1024), (256, 1024), (1024, 1024)):
             out.append(BenchSpec("layer_norm", shape, direction="fwd+bwd"))
-        for shape in ((8, 64, 8, 8), (8, 64, 16, 16), (8, 64, 32, 32)):
-            out.append(BenchSpec("batch_norm", shape, direction="fwd+bwd"))
+        for bn_shape in ((8, 64, 8, 8), (8, 64, 16, 16), (8, 64, 32, 32)):
+            out.append(BenchSpec("batch_norm", bn_shape, direction="fwd+bwd"))
     return out
 
 

@@ -53,7 +53,7 @@ def run_recalibrate_bench(
         model = make()
         times: dict[str, list[float]] = {"eval": [], "recalibrate": []}
         _eval_pass(model, batches[:2])  # warm-up
-        for _ in range(reps):
+        for _round in range(reps):
             t0 = time.perf_counter()
             _eval_pass(model, batches)
             times["eval"].append(time.perf_counter() - t0)

@@ -67,7 +67,7 @@ def cells(
     sizes: Sequence[int], ops: Sequence[str] = TUNED_OPS, dtypes: Sequence[torch.dtype] = ()
 ) -> list[TuneCell]:
     """The grid: ops × directions × layouts (channels_last for channel ops) × sizes × dtypes."""
-    out = []
+    out: list[TuneCell] = []
     for dt in dtypes or (torch.float32,):
         for op in ops:
             layouts = ("contiguous", "channels_last") if op in _CHANNEL_OPS else ("contiguous",)

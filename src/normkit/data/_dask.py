@@ -55,7 +55,7 @@ def check_dask_features(est: Any, X: Any, *, reset: bool) -> Any:
     arr, names = as_dask_array(X, type(est).__name__)
     stand_in: Any = np.zeros((1, arr.shape[1]), dtype=arr.dtype)
     if names is not None:
-        import pandas as pd
+        import pandas as pd  # type: ignore[import-untyped]
 
         stand_in = pd.DataFrame(stand_in, columns=names)
     check_input(est, stand_in, reset=reset)

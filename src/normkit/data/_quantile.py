@@ -153,6 +153,10 @@ class QuantileTransformer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
         refs = to_tensor(self.references_, x.device, _F64).expand_as(quantiles).contiguous()
         xc = x.to(_F64).T.contiguous()  # (F, n)
         normal = self.output_distribution == "normal"
+        lo_x: float | Tensor
+        hi_x: float | Tensor
+        lo_y: float | Tensor
+        hi_y: float | Tensor
         if inverse:
             lo_x, hi_x, lo_y, hi_y = 0.0, 1.0, quantiles[:, :1], quantiles[:, -1:]
             if normal:

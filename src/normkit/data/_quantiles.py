@@ -3,7 +3,7 @@ sparse paths of the quantile-based scalers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ _F64 = torch.float64
 
 
 def interpolated_quantiles(
-    pick: Callable[[Tensor], Tensor], n: Tensor, dtype: torch.dtype, qs: list[float]
+    pick: Callable[[Tensor], Tensor], n: Tensor, dtype: torch.dtype, qs: Sequence[float | Tensor]
 ) -> tuple[Tensor, list[Tensor]]:
     """Per-column median and quantiles ``qs`` of sorted columns, as numpy's ``nanmedian`` /
     ``nanpercentile`` (default ``linear`` method).
@@ -29,7 +29,7 @@ def interpolated_quantiles(
     """
     none = n == 0
 
-    def neighbours(q: float) -> tuple[Tensor, Tensor, Tensor]:
+    def neighbours(q: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
         pos = (n - 1).clamp_min(0) * q
         lo = pos.floor()
         return pick(lo.to(torch.int64)), pick(pos.ceil().to(torch.int64)), pos - lo

@@ -207,7 +207,7 @@ except ImportError:  # older scikit-learn: no callbacks
     class CallbackSupportMixin:  # type: ignore[no-redef]
         """Stands for scikit-learn's callback mixin where scikit-learn has none."""
 
-    def with_callbacks(method: Any) -> Any:  # type: ignore[no-redef]
+    def with_callbacks(method: Any) -> Any:
         return method
 
 
@@ -433,7 +433,7 @@ class StandardScaler(CallbackSupportMixin, StreamingScaler):
 # ============================================================================ Min/MaxAbs
 
 
-def _nan_extreme(x: Tensor, finite: bool, *, largest: bool) -> Tensor:
+def _nan_extreme(x: Tensor, finite: bool | None, *, largest: bool) -> Tensor:
     """Column-wise max (``largest``) or min ignoring NaNs; NaN where a column is all NaN."""
     arr = numpy_view(x)
     if arr is not None:  # single-threaded; fmax/fmin skip NaN unless a column is all NaN
@@ -548,7 +548,8 @@ class MinMaxScaler(StreamingScaler):
         """Add the batch ``X`` to the minimum and maximum (exact: chunked = one :meth:`fit`)."""
         return self._partial_fit(X)
 
-    def _batch_state(self, batch: Batch, weight: Tensor | None) -> State:
+    def _batch_state(self, batch: Batch | SparseBatch, weight: Tensor | None) -> State:
+        assert isinstance(batch, Batch)  # _check_sparse rejects sparse input before this
         x = batch.x
         lo = _nan_extreme(x, batch.finite, largest=False)
         hi = _nan_extreme(x, batch.finite, largest=True)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -389,7 +389,7 @@ class Recorder:
             dims = [d for d in range(x.ndim) if d != 1]
             mean = x.mean(dims, keepdim=True)
             vecs += [mean.reshape(-1), torch.linalg.vector_norm(x - mean, dim=dims)]
-            vecs += [rm.detach().clone(), rv.detach().clone()]
+            vecs += [cast(Tensor, rm).detach().clone(), cast(Tensor, rv).detach().clone()]
             self._bn_counts[key] = x.numel() // x.shape[1]
             self._bn_warmup[key] = _warmup(module)
         else:
@@ -402,7 +402,7 @@ class Recorder:
         self._add("grad_out", key, None, [_norm(grad)], step=step)
 
     def _on_param_grads(
-        self, step: int, params: list[Tensor], grads: Sequence[Tensor | None]
+        self, step: int, params: Sequence[Tensor], grads: Sequence[Tensor | None]
     ) -> None:
         by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
         ts: list[Tensor] = []
@@ -420,7 +420,7 @@ class Recorder:
         if self._snapshot is not None:
             return
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        watched = [(n, p) for n, p in self._flat_params if id(p) in ids]
+        watched: list[tuple[str, Tensor]] = [(n, p) for n, p in self._flat_params if id(p) in ids]
         if not watched:
             return  # (another model's optimizer)
         self._last_opt = weakref.ref(opt)
@@ -511,8 +511,8 @@ class Recorder:
                 self._put_norm(step, key, meta, vals, vecs)
             elif what == "update":
                 k = len(vals) // 3
-                sq = [_group_sq(vals[i * k : (i + 1) * k], meta[1]) for i in range(3)]
-                self._put_update(step, meta[0], *sq)
+                sqs = [_group_sq(vals[i * k : (i + 1) * k], meta[1]) for i in range(3)]
+                self._put_update(step, meta[0], *sqs)
 
     def _put_norm(
         self, step: int, key: str, meta: Any, vals: list[float], vecs: list[list[float]]

@@ -320,10 +320,10 @@ def _drift(rec: Recording, t: Thresholds) -> list[Finding]:
                 value=change,
             )
         )
-    names = [n for n in rec.depth_layers if n in stds]
-    if len(names) >= t.min_depth_layers:
+    depth = [n for n in rec.depth_layers if n in stds]
+    if len(depth) >= t.min_depth_layers:
         for i in reversed(range(len(rec.steps))):
-            col = [stds[n][i] for n in names]
+            col = [stds[n][i] for n in depth]
             if all(math.isfinite(v) and v > 0 for v in col):
                 ratio = col[-1] / col[0]
                 if ratio >= t.drift_depth or ratio <= 1 / t.drift_depth:
@@ -332,12 +332,12 @@ def _drift(rec: Recording, t: Thresholds) -> list[Finding]:
                         Finding(
                             "activation-scale",
                             "warning",
-                            f"activation std {grows} with depth: ×{ratio:.2g} from {names[0]!r} "
-                            f"({col[0]:.2e}) to {names[-1]!r} ({col[-1]:.2e}) at step "
+                            f"activation std {grows} with depth: ×{ratio:.2g} from {depth[0]!r} "
+                            f"({col[0]:.2e}) to {depth[-1]!r} ({col[-1]:.2e}) at step "
                             f"{rec.steps[i]}",
                             "use a variance-preserving init (kaiming for ReLU, xavier for tanh) "
                             "or normalization layers between the blocks",
-                            layer=names[-1],
+                            layer=depth[-1],
                             step=rec.steps[i],
                             value=ratio,
                         )

@@ -24,7 +24,7 @@ is written here once:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -73,16 +73,17 @@ def _backend_repr(backend: str) -> str:
 
 def reset_affine(module: nn.Module) -> None:
     """``weight = 1``, ``bias = 0`` where they exist."""
-    if getattr(module, "weight", None) is not None:
-        nn.init.ones_(module.weight)
-    if getattr(module, "bias", None) is not None:
-        nn.init.zeros_(module.bias)
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if weight is not None:
+        nn.init.ones_(weight)
+    if bias is not None:
+        nn.init.zeros_(bias)
 
 
 def check_rank(module: nn.Module, x: Tensor) -> None:
     """Raise unless ``x.ndim`` lies in ``[module._min_ndim, module._max_ndim]`` (``None``: no
     upper bound), the per-rank classes' input check."""
-    lo, hi = module._min_ndim, module._max_ndim
+    lo, hi = cast(int, module._min_ndim), cast("int | None", module._max_ndim)
     if x.ndim < lo or (hi is not None and x.ndim > hi):
         want = f"{lo}D" if lo == hi else f"{lo}D to {hi}D" if hi else f"at least {lo}D"
         raise ValueError(
@@ -104,6 +105,8 @@ class NormBase(nn.Module):
 
     _version = 2
     num_features: int
+    weight: Tensor | None
+    bias: Tensor | None
     running_mean: Tensor | None
     running_var: Tensor | None
     num_batches_tracked: Tensor | None

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -240,7 +240,7 @@ class ResidualNorm(nn.Module):
                         f"ResidualNorm: arch must be 'encoder' or 'decoder' (got {arch!r}); for "
                         "encoder-decoder stacks pass alpha and beta from deepnorm_coefficients"
                     )
-                alpha, beta = deepnorm_coefficients(num_layers, arch)  # type: ignore[misc]
+                alpha, beta = cast("tuple[float, float]", deepnorm_coefficients(num_layers, arch))
             self.alpha = float(alpha)
             if beta is not None:
                 deepnorm_init_(self.block, float(beta))

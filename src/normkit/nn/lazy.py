@@ -3,7 +3,7 @@ comes from the first input (torch's ``LazyModuleMixin``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -71,7 +71,9 @@ class _LazyNorm(LazyModuleMixin, NormBase):
         with torch.no_grad():
             for t in (self.weight, self.bias, self.running_mean, self.running_var):
                 if t is not None:
-                    t.materialize((self.num_features,))
+                    cast("UninitializedParameter | UninitializedBuffer", t).materialize(
+                        (self.num_features,)
+                    )
             self.reset_parameters()
 
 

@@ -36,7 +36,8 @@ def _run(p: Params, t: Record) -> Record:
     steps = max(1, p["epochs"] * data.n_train // b)
     torch.manual_seed(t["seed"])
     kw: dict[str, Any] = {}
-    name = {"ghost": "gbn1d", "renorm": "brn1d"}.get(t["norm"], t["norm"])
+    norm: str = t["norm"]
+    name = {"ghost": "gbn1d", "renorm": "brn1d"}.get(norm, norm)
     if t["norm"] == "ghost":
         kw = {"virtual_batch_size": min(p["ghost_vbs"], b)}
     elif t["norm"] == "renorm":

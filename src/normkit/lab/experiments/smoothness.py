@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ def probe_landscape(
     params = [p for p in model.parameters() if p.grad is not None]
     x0 = [p.detach().clone() for p in params]
     g = [p.grad.detach().clone() for p in params]  # type: ignore[union-attr]
-    gnorm = torch.sqrt(sum((gi.double() ** 2).sum() for gi in g)).item()
+    gnorm = torch.sqrt(cast(Tensor, sum((gi.double() ** 2).sum() for gi in g))).item()
     buffers = {k: b.clone() for k, b in model.named_buffers()}
     losses, diffs, betas = [], [], []
     for eta in etas:
@@ -43,7 +43,9 @@ def probe_landscape(
                 p.copy_(xi - eta * gi)
         loss = F.cross_entropy(model(xb), yb)
         g2 = torch.autograd.grad(loss, params)
-        d = torch.sqrt(sum(((a - b).double() ** 2).sum() for a, b in zip(g, g2, strict=True)))
+        d = torch.sqrt(
+            cast(Tensor, sum(((a - b).double() ** 2).sum() for a, b in zip(g, g2, strict=True)))
+        )
         losses.append(loss.item())
         diffs.append(d.item())
         betas.append(d.item() / max(eta * gnorm, 1e-12))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from normkit.examples.data import digits
 from normkit.examples.models import MLP, init_weights
@@ -37,7 +37,8 @@ def _data_dependent_init(model: MLP, x: Tensor) -> None:
     and standard deviation 1 on a batch, layer by layer."""
     h = x.flatten(1)
     for block in model.blocks:
-        lin = block[0]
+        assert isinstance(block, nn.Sequential)
+        lin: Any = block[0]  # weight-normed: its parametrizations are attributes set at run time
         t = lin(h)
         mean, std = t.mean(0), t.std(0) + 1e-6
         lin.parametrizations.weight.original0.div_(std[:, None])
@@ -53,6 +54,7 @@ def _run(p: Params, t: Record) -> Record:
     init_weights(model, scheme="lecun")
     if arm.startswith("wn"):
         for block in model.blocks:
+            assert isinstance(block, nn.Sequential)
             weight_norm(block[0])
         weight_norm(model.head)
         if arm == "wn-init":
