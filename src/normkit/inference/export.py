@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -137,14 +137,18 @@ def export_onnx(
         dynamic = tuple(
             {0: torch.export.Dim("batch")} if isinstance(a, Tensor) else None for a in args
         )
-    program = torch.onnx.export(
-        target,
-        args,
-        dynamo=True,
-        opset_version=opset if opset is not None else _default_opset(),
-        dynamic_shapes=dynamic,
-        verbose=False,
-        optimize=True,
+    # with dynamo=True the exporter always returns its program
+    program = cast(
+        torch.onnx.ONNXProgram,
+        torch.onnx.export(
+            target,
+            args,
+            dynamo=True,
+            opset_version=opset if opset is not None else _default_opset(),
+            dynamic_shapes=dynamic,
+            verbose=False,
+            optimize=True,
+        ),
     )
     program.save(str(path))
     proto = program.model_proto
@@ -163,7 +167,7 @@ def _default_opset() -> int | None:
 
     if onnx.defs.onnx_opset_version() < 23 or not installed("onnxruntime"):
         return None
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     major, minor = (int(v) for v in ort.__version__.split(".")[:2])
     return 23 if (major, minor) >= (1, 22) else None
@@ -192,11 +196,11 @@ def _check(report: ExportReport, eager_model: nn.Module, args: tuple[Any, ...]) 
         w64 = w.detach().double().cpu().numpy()
         err = float(np.abs(np.asarray(g, dtype=np.float64) - w64).max()) if w64.size else 0.0
         scale = float(np.abs(w64).max()) if w64.size else 0.0
-        t = _RTOL.get(w.dtype, 1e-5) * max(scale, 1.0)
-        worst, tol = max(worst, err), max(tol, t)
-        if err > t:
+        bound = _RTOL.get(w.dtype, 1e-5) * max(scale, 1.0)
+        worst, tol = max(worst, err), max(tol, bound)
+        if err > bound:
             raise ValueError(
-                f"onnxruntime's output differs from eager by {err:.3e} (> {t:.3e}, the "
+                f"onnxruntime's output differs from eager by {err:.3e} (> {bound:.3e}, the "
                 f"{w.dtype} tolerance); the exported graph does not compute the same function "
                 f"(operators: {report.operators})"
             )

@@ -35,7 +35,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Literal, overload
+from typing import Literal, cast, overload
 
 import torch
 import torch.fx
@@ -264,7 +264,7 @@ def _compatibility(layer: nn.Module, norm: FoldableNorm) -> str | None:
             "the layer's weight is parametrized (weight_norm/spectral_norm/...); remove the "
             "parametrization (torch.nn.utils.parametrize.remove_parametrizations) first"
         )
-    if not layer.weight.is_floating_point():  # type: ignore[union-attr]
+    if not cast(Tensor, layer.weight).is_floating_point():
         return "the layer's weight is not floating point (quantized?)"
     base = next(c for c in type(layer).__mro__ if c in _PRODUCERS)
     if type(layer).forward is not base.forward:
@@ -286,13 +286,14 @@ def _compatibility(layer: nn.Module, norm: FoldableNorm) -> str | None:
 def _hooks_change_output(layer: nn.Module, base: type[nn.Module]) -> bool:
     """Whether calling ``layer`` (hooks included) differs from its class's forward on a
     one-sample probe: public APIs do not list a module's hooks, so their effect is measured."""
-    w = layer.weight
+    w = cast(Tensor, layer.weight)
     g = torch.Generator(device=w.device).manual_seed(0)
     if isinstance(layer, nn.Linear):
         shape: tuple[int, ...] = (1, layer.in_features)
     else:
-        k, d = layer.kernel_size, layer.dilation  # type: ignore[attr-defined]
-        cin = layer.in_channels  # type: ignore[attr-defined]
+        k = cast(tuple[int, ...], layer.kernel_size)
+        d = cast(tuple[int, ...], layer.dilation)
+        cin = cast(int, layer.in_channels)
         shape = (1, cin, *(di * (ki - 1) + 1 for ki, di in zip(k, d, strict=True)))
     probe = torch.randn(shape, generator=g, device=w.device, dtype=w.dtype)
     called = layer(probe)
@@ -422,45 +423,47 @@ class _Finder:
         for node in graph.nodes:
             if node.op != "call_module":
                 continue
-            norm = module.get_submodule(node.target)
+            target = cast(str, node.target)  # a call_module target is a qualified name
+            norm = module.get_submodule(target)
             if _extractor(norm) is None:
                 continue
-            name = _join(prefix, node.target)
-            if calls[node.target] > 1:
+            name = _join(prefix, target)
+            if calls[target] > 1:
                 self.reasons[name] = (
-                    f"the norm is called {calls[node.target]} times in forward (shared BN)"
+                    f"the norm is called {calls[target]} times in forward (shared BN)"
                 )
                 continue
             src = node.args[0] if node.args else None
             if not isinstance(src, torch.fx.Node) or src.op != "call_module":
                 self.reasons[name] = "its input is not the output of a Conv/ConvTranspose/Linear"
                 continue
-            layer = module.get_submodule(src.target)
+            src_target = cast(str, src.target)
+            layer = module.get_submodule(src_target)
             if not isinstance(layer, _PRODUCERS):
                 self.reasons[name] = (
-                    f"its input comes from {type(layer).__name__} {_join(prefix, src.target)!r}, "
+                    f"its input comes from {type(layer).__name__} {_join(prefix, src_target)!r}, "
                     "not from a Conv/ConvTranspose/Linear"
                 )
                 continue
             if len(src.users) > 1:
                 others = sorted(u.name for u in src.users if u is not node)
                 self.reasons[name] = (
-                    f"the output of {_join(prefix, src.target)!r} is also used by {others} "
+                    f"the output of {_join(prefix, src_target)!r} is also used by {others} "
                     "(BN input used twice); folding would change those uses"
                 )
                 continue
-            if calls[src.target] > 1:
+            if calls[src_target] > 1:
                 self.reasons[name] = (
-                    f"{_join(prefix, src.target)!r} is called {calls[src.target]} times in forward"
+                    f"{_join(prefix, src_target)!r} is called {calls[src_target]} times in forward"
                 )
                 continue
-            if src.target in read or node.target in read:
+            if src_target in read or target in read:
                 self.reasons[name] = (
-                    f"forward reads the weights of {_join(prefix, src.target)!r} or of the norm "
+                    f"forward reads the weights of {_join(prefix, src_target)!r} or of the norm "
                     "directly; folding would change what it reads"
                 )
                 continue
-            self.consider(_join(prefix, src.target), name)
+            self.consider(_join(prefix, src_target), name)
 
     def _structural(self, module: nn.Module, prefix: str) -> None:
         children = list(module.named_children())

@@ -148,7 +148,7 @@ def _with_backend(model: nn.Module, backend: str) -> nn.Module:
     out = convert(model, "normkit", backend=backend)
     for m in out.modules():
         if type(m).__module__.startswith("normkit.nn") and hasattr(m, "backend"):
-            m.backend = backend
+            m.backend = backend  # type: ignore[assignment]  # a plain str attribute on a Module
     return out
 
 

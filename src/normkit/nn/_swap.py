@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, cast
 
-from torch import nn
+from torch import Tensor, nn
 
 from normkit.nn import _catalog as catalog
 from normkit.nn.frozen import FrozenBatchNorm
@@ -100,12 +100,12 @@ def _to_sync(module: nn.Module, target: type[SyncBatchNorm], process_group: Any,
         **target.twin_kwargs(module),
     )
     if module.affine:
-        new.weight = module.weight  # type: ignore[assignment]
-        new.bias = module.bias  # type: ignore[assignment]
+        new.weight = module.weight
+        new.bias = module.bias
     if module.track_running_stats:
-        new.running_mean = module.running_mean
-        new.running_var = module.running_var
-        new.num_batches_tracked = module.num_batches_tracked
+        new.running_mean = cast(Tensor, module.running_mean)
+        new.running_var = cast(Tensor, module.running_var)
+        new.num_batches_tracked = cast(Tensor, module.num_batches_tracked)
     new.train(module.training)
     return new
 

@@ -111,6 +111,8 @@ class EvoNorm2dB0(nn.Module):
     >>> y = EvoNorm2dB0(32)(torch.randn(4, 32, 8, 8))
     """
 
+    running_var: Tensor
+
     def __init__(
         self,
         num_features: int,

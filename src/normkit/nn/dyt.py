@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,9 @@ class DyT(nn.Module):
 
     >>> y = DyT(64)(torch.randn(2, 10, 64))
     """
+
+    weight: Tensor | None
+    bias: Tensor | None
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ def _to_dyt(norm: nn.Module, **kwargs: Any) -> DyT:
     ref = weight if weight is not None else next(norm.buffers(), None)
     factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
     opts: dict[str, Any] = {"elementwise_affine": weight is not None, **factory, **kwargs}
-    dyt = DyT(norm.normalized_shape[0], **opts)
+    dyt = DyT(cast(tuple[int, ...], norm.normalized_shape)[0], **opts)
     offset = getattr(norm, "offset", 0.0)
     with torch.no_grad():
         if weight is not None and dyt.weight is not None:

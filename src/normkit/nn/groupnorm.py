@@ -26,6 +26,9 @@ class GroupNorm(ChannelAffineBase):
     >>> y = GroupNorm(8, 64)(torch.randn(2, 64, 16, 16))
     """
 
+    weight: Tensor | None
+    bias: Tensor | None
+
     def __init__(
         self,
         num_groups: int,
@@ -66,6 +69,8 @@ class _InstanceNorm(NormBase):
     accepted.
     """
 
+    weight: Tensor | None
+    bias: Tensor | None
     _spatial_dims = 2
 
     def __init__(
@@ -190,6 +195,8 @@ class ChannelNorm(ChannelAffineBase):
     >>> y = ChannelNorm(16)(torch.randn(4, 16, 128))
     """
 
+    weight: Tensor | None
+    bias: Tensor | None
     _min_ndim = 3
 
     def forward(self, input: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -100,6 +100,16 @@ class _Target:
     sums: Tensor | None = None  # instance kind: (Σ mean_i, Σ var_i, samples) per feature
     skipped: int = 0
 
+    @property
+    def running_mean(self) -> Tensor:
+        """The layer's ``running_mean`` buffer (every target has one)."""
+        return cast(Tensor, self.module.running_mean)
+
+    @property
+    def running_var(self) -> Tensor:
+        """The layer's ``running_var`` buffer (every target has one)."""
+        return cast(Tensor, self.module.running_var)
+
 
 def _kind(m: nn.Module) -> tuple[Kind, int, bool] | None:
     """(kind, feature axis, stores unbiased variance) for a layer with running statistics."""
@@ -137,7 +147,7 @@ def _gather(t: _Target, x: Tensor, mask: Tensor | None) -> None:
         _add(t, part.count.reshape(-1), part.mean.reshape(-1), part.m2.reshape(-1))
         return
     # instance norm: torch's running stats average the per-instance mean and unbiased variance
-    xs = x.detach() if x.ndim > t.module.running_mean.ndim + 1 else x.detach().unsqueeze(0)
+    xs = x.detach() if x.ndim > t.running_mean.ndim + 1 else x.detach().unsqueeze(0)
     if xs.ndim < 3 or xs.shape[0] == 0:
         return
     dims = list(range(2, xs.ndim))
@@ -173,6 +183,11 @@ _PLAIN_BATCH_NORMS = (
 )
 
 
+def _affine(layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+    """A batch norm's ``weight`` and ``bias`` (``None`` without affine)."""
+    return cast(Tensor | None, layer.weight), cast(Tensor | None, layer.bias)
+
+
 def _normalizing_forward(t: _Target) -> Callable[..., Tensor]:
     """A forward for a plain batch norm that computes the batch's moments once, records them
     and normalizes with them: the training-mode output, without the running-average update
@@ -194,7 +209,7 @@ def _normalizing_forward(t: _Target) -> Callable[..., Tensor]:
             c = input.shape[1]
             mean = torch.zeros(c, dtype=acc, device=input.device)
             var_unbiased = torch.ones(c, dtype=acc, device=input.device)
-            w, b = layer.weight, layer.bias
+            w, b = _affine(layer)
             y = F.batch_norm(input, mean, var_unbiased, w, b, True, 1.0, eps)
             _add(t, torch.full_like(mean, float(n)), mean, var_unbiased * (n - 1))
             return y
@@ -205,10 +220,11 @@ def _normalizing_forward(t: _Target) -> Callable[..., Tensor]:
         shape = [1] * input.ndim
         shape[ax] = -1
         y = (input.to(xa.dtype) - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
-        if layer.weight is not None:
-            y = y * layer.weight.to(xa.dtype).view(shape)
-        if layer.bias is not None:
-            y = y + layer.bias.to(xa.dtype).view(shape)
+        w, b = _affine(layer)
+        if w is not None:
+            y = y * w.to(xa.dtype).view(shape)
+        if b is not None:
+            y = y + b.to(xa.dtype).view(shape)
         return y.to(input.dtype)
 
     return forward
@@ -218,7 +234,7 @@ def _pack(targets: list[_Target]) -> Tensor:
     """Every layer's gathered values in one float64 vector (zeros where nothing was gathered)."""
     rows = []
     for t in targets:
-        c = t.module.running_mean.numel()
+        c = t.running_mean.numel()
         if t.kind == "batch":
             mo = t.moments
             z = torch.zeros(c, dtype=torch.float64)
@@ -243,7 +259,7 @@ def _merge_across_processes(targets: list[_Target], group: Any) -> None:
     stacked = torch.stack(rows).cpu()
     off = 0
     for t in targets:
-        c = t.module.running_mean.numel()
+        c = t.running_mean.numel()
         block = stacked[:, off : off + 3 * c].reshape(-1, 3, c)
         off += 3 * c
         if t.kind == "batch":
@@ -353,7 +369,7 @@ def recalibrate_batchnorm(
     use_dist = dist.is_available() and dist.is_initialized()
     modes = {m: m.training for m in model.modules()}
     before = _metric(model, metric)
-    saved = {t.name: (t.module.running_mean.clone(), t.module.running_var.clone()) for t in targets}
+    saved = {t.name: (t.running_mean.clone(), t.running_var.clone()) for t in targets}
     handles = []
     patched = []
     for t in targets:
@@ -425,7 +441,7 @@ def _metric(model: nn.Module, metric: Callable[[nn.Module], float] | None) -> fl
 
 def _write(t: _Target, old: tuple[Tensor, Tensor], num_batches: int) -> LayerRecalibration | None:
     """Write the gathered statistics into the layer; ``None`` if no value reached it."""
-    rm, rv = t.module.running_mean, t.module.running_var
+    rm, rv = t.running_mean, t.running_var
     if t.kind == "batch":
         mo = t.moments
         if mo is None or float(mo.count.min()) < 1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,8 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0) ->
     torch.Size([40, 1])
     """
     _check_has(module, name, "weight_norm")
-    return parametrizations.weight_norm(module, name=name, dim=dim)
+    # torch annotates ``dim`` as int but documents and handles ``None`` (norm over everything)
+    return parametrizations.weight_norm(module, name=name, dim=dim)  # type: ignore[arg-type]
 
 
 def spectral_norm(
@@ -176,13 +177,18 @@ class SpectralNormalization(nn.Module):
         # layer's class for a generated subclass (shared by copies, so removing the
         # parametrization from a copy would break the original); restore the base class.
         plain = copy.deepcopy(self.layer)
-        original = plain.parametrizations.weight.original
+        original = _weight_parametrization(plain).original
         plain.__class__ = type(self.layer).__bases__[0]
         delattr(plain, "parametrizations")
         plain.weight = nn.Parameter(original.detach())
-        eps = self.layer.parametrizations.weight[0].eps
+        eps = cast(float, _weight_parametrization(self.layer)[0].eps)
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         return (_rebuild_spectral, (plain, self.power_iterations, eps, state, self.training))
+
+
+def _weight_parametrization(layer: nn.Module) -> parametrize.ParametrizationList:
+    """The parametrizations registered on ``layer.weight``."""
+    return cast(parametrize.ParametrizationList, cast(nn.ModuleDict, layer.parametrizations).weight)
 
 
 def _rebuild_spectral(
