@@ -100,8 +100,8 @@ def _to_sync(module: nn.Module, target: type[SyncBatchNorm], process_group: Any,
         **target.twin_kwargs(module),
     )
     if module.affine:
-        new.weight = module.weight
-        new.bias = module.bias
+        new.weight = cast(Tensor, module.weight)
+        new.bias = cast(Tensor | None, module.bias)
     if module.track_running_stats:
         new.running_mean = cast(Tensor, module.running_mean)
         new.running_var = cast(Tensor, module.running_var)

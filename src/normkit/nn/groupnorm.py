@@ -69,8 +69,6 @@ class _InstanceNorm(NormBase):
     accepted.
     """
 
-    weight: Tensor | None
-    bias: Tensor | None
     _spatial_dims = 2
 
     def __init__(
