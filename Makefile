@@ -28,6 +28,7 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests scripts
 	$(VENV)/bin/ruff format --check src tests scripts
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy src
 	$(PY) -m pytest -n 2 -m "not slow" -q
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
