@@ -21,11 +21,11 @@ from typing import Any, Literal, cast
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
-from normkit._stats import Moments, accumulation_dtype, merge_moments
+from normkit import backends
+from normkit._stats import Moments, merge_moments
 from normkit.nn import _catalog as catalog
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normkit.nn.keras import BatchNormalization
@@ -201,31 +201,13 @@ def _normalizing_forward(t: _Target) -> Callable[..., Tensor]:
         if args or kwargs or n < 2:  # a mask, an empty or a one-value batch: the layer's own way
             _gather(t, input, args[0] if args else kwargs.get("mask"))
             return original(layer, input, *args, **kwargs)
-        eps = float(getattr(layer, "eps", 1e-5))
-        acc = accumulation_dtype(input.dtype)
-        if ax == 1 and input.dtype == acc:
-            # torch's fused kernel: statistics and normalization in one call; with momentum 1
-            # the scratch buffers receive the batch mean and the unbiased batch variance
-            c = input.shape[1]
-            mean = torch.zeros(c, dtype=acc, device=input.device)
-            var_unbiased = torch.ones(c, dtype=acc, device=input.device)
-            w, b = _affine(layer)
-            y = F.batch_norm(input, mean, var_unbiased, w, b, True, 1.0, eps)
-            _add(t, torch.full_like(mean, float(n)), mean, var_unbiased * (n - 1))
-            return y
-        dims = [d for d in range(input.ndim) if d != ax]
-        xa = input.detach().to(acc)
-        var, mean = torch.var_mean(xa, dim=dims, correction=0)
-        _add(t, torch.full_like(mean, float(n)), mean, var * n)
-        shape = [1] * input.ndim
-        shape[ax] = -1
-        y = (input.to(xa.dtype) - mean.view(shape)) * torch.rsqrt(var + eps).view(shape)
+        # the torch backend's training batch norm: torch's fused kernel (any axis, half inputs
+        # with float32 statistics) returning the output and the batch's mean and biased variance
         w, b = _affine(layer)
-        if w is not None:
-            y = y * w.to(xa.dtype).view(shape)
-        if b is not None:
-            y = y + b.to(xa.dtype).view(shape)
-        return y.to(input.dtype)
+        eps = float(getattr(layer, "eps", 1e-5))
+        y, mean, var = backends.dispatch("batch_norm_train", input, w, b, eps, ax, backend="torch")
+        _add(t, torch.full_like(mean, float(n)), mean, var * n)
+        return y
 
     return forward
 
