@@ -126,3 +126,19 @@ def test_inductor_compile_matches_eager():
     yc, gxc, _ = _run(fn, x, compiled)
     torch.testing.assert_close(yc, ye, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gxc, gxe, rtol=1e-4, atol=1e-5)
+
+
+def test_real_tensor_tracing_records_the_custom_op():
+    """make_fx with real tensors (and any user TorchDispatchMode) hands the layer plain tensors
+    while torch.compiler.is_compiling() and is_exporting() are False: only the dispatch-mode stack
+    tells ``traced`` to take the custom op, which the graph must record (an eager numba call would
+    bake this input's result into the graph)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    ln = nkn.LayerNorm(8, backend="numba")
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    graph = make_fx(ln, tracing_mode="real")(x)
+    targets = {n.target for n in graph.graph.nodes if n.op == "call_function"}
+    assert torch.ops.normkit.numba_layer_norm.default in targets
+    other = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(graph(other), ln(other))
