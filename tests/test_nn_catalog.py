@@ -3,6 +3,7 @@ diagnostics) says what the row says."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -216,3 +217,175 @@ def test_register_norm_adds_a_row(monkeypatch):
         monkeypatch.undo()
         _catalog._index.cache_clear()
     assert "sln" not in nkn.norm_names()
+
+
+# --------------------------------------------------------------------------- empty batches
+
+#: A valid input of N = 0 for each torch twin (1d batch norms: both ranks they accept).
+EMPTY_SHAPES: dict[type[nn.Module], list[tuple[int, ...]]] = {
+    nn.BatchNorm1d: [(0, C), (0, C, 7)],
+    nn.BatchNorm2d: [(0, C, 5, 5)],
+    nn.BatchNorm3d: [(0, C, 3, 3, 3)],
+    nn.SyncBatchNorm: [(0, C, 5, 5)],
+    nn.LazyBatchNorm1d: [(0, C), (0, C, 7)],
+    nn.LazyBatchNorm2d: [(0, C, 5, 5)],
+    nn.LazyBatchNorm3d: [(0, C, 3, 3, 3)],
+    nn.InstanceNorm1d: [(0, C, 7)],
+    nn.InstanceNorm2d: [(0, C, 5, 5)],
+    nn.InstanceNorm3d: [(0, C, 3, 3, 3)],
+    nn.LazyInstanceNorm1d: [(0, C, 7)],
+    nn.LazyInstanceNorm2d: [(0, C, 5, 5)],
+    nn.LazyInstanceNorm3d: [(0, C, 3, 3, 3)],
+    nn.GroupNorm: [(0, C, 5, 5), (0, C)],
+    nn.LayerNorm: [(0, 3, C), (0, C)],
+    nn.RMSNorm: [(0, 3, C), (0, C)],
+    nn.LocalResponseNorm: [(0, C, 5, 5), (0, C, 7)],
+    nn.CrossMapLRN2d: [(0, C, 5, 5)],
+}
+TWIN_ROWS = [r for r in CLASS_ROWS if r.constructor_twin is not None]
+
+
+def _oracle(row: catalog.NormKind, m: nn.Module) -> nn.Module:
+    """The torch twin built with the options of ``m`` (read back from its attributes).
+
+    torch's SyncBatchNorm trains only on a GPU within a process group; on one process it is
+    BatchNorm, which normkit's falls back to, so BatchNorm2d is its oracle here."""
+    twin = row.constructor_twin
+    params = list(inspect.signature(twin.__init__).parameters)[1:]
+    kw = {p: getattr(m, p) for p in params if p not in ("bias", "device", "dtype", "process_group")}
+    if "bias" in params:
+        kw["bias"] = m.bias is not None
+    kw.pop("process_group", None)
+    return (nn.BatchNorm2d if twin is nn.SyncBatchNorm else twin)(**kw)
+
+
+RESIDUAL = (nkn.AddLayerNorm, nkn.AddRMSNorm)
+
+
+def _randomize_running_stats(ours: nn.Module, theirs: nn.Module) -> dict[str, torch.Tensor]:
+    """Give both layers the same random running statistics; return ours as they are now."""
+    before = {}
+    for name in ("running_mean", "running_var"):
+        t, o = getattr(theirs, name, None), getattr(ours, name, None)
+        assert (t is None) == (o is None), name
+        if t is not None and not is_lazy(t):
+            with torch.no_grad():
+                t.copy_(torch.rand(t.shape) + 0.5)
+                o.copy_(t)
+            before[name] = o.clone()
+    return before
+
+
+@pytest.mark.filterwarnings("ignore:SyncBatchNorm. torch.distributed is not initialized")
+@pytest.mark.filterwarnings("ignore:.*left unchanged:RuntimeWarning")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("row", TWIN_ROWS, ids=_name)
+def test_empty_batch_as_the_torch_twin(row, train):
+    """N = 0 as torch: the same output shape and dtype (or the same exception type), running
+    statistics untouched and ``num_batches_tracked`` as torch counts it.
+
+    torch writes NaN into the running statistics of an instance norm on an empty batch; normkit's
+    default ``nan_policy="skip"`` keeps them (tests/test_functional.py covers "propagate").
+    A residual norm (``AddLayerNorm(x, r)``) is compared with its twin on ``x + r``."""
+    for shape in EMPTY_SHAPES[row.constructor_twin]:
+        ours = _instance(row)
+        theirs = _oracle(row, ours)
+        before = _randomize_running_stats(ours, theirs)
+        counted = getattr(ours, "num_batches_tracked", None)
+        counted = None if counted is None else counted.clone()
+        ours.train(train), theirs.train(train)
+        x = torch.randn(shape)
+        residual = isinstance(ours, RESIDUAL)
+        try:
+            want = theirs(x + x if residual else x)
+        except IndexError:
+            # torch's affine instance norms crash in select() on an empty batch (no check
+            # behind it); normkit returns the empty output and counts nothing, as torch's
+            # instance norms never do.
+            want, theirs = torch.empty_like(x), None
+        except Exception as e:
+            with pytest.raises(type(e)):
+                ours(x, x) if residual else ours(x)
+            continue
+        got = ours(x, x) if residual else ours(x)
+        if residual:
+            got, total = got
+            assert total.shape == x.shape and total.dtype == x.dtype
+        assert got.shape == want.shape and got.dtype == want.dtype, shape
+        for name, value in before.items():
+            assert torch.equal(getattr(ours, name), value), f"{name} moved on {shape}"
+            t = value if theirs is None else getattr(theirs, name)
+            assert torch.equal(t, value) or torch.isnan(t).all(), f"torch's {name} on {shape}"
+        o = getattr(ours, "num_batches_tracked", None)
+        t = counted if theirs is None else getattr(theirs, "num_batches_tracked", None)
+        assert (t is None) == (o is None), shape
+        assert t is None or torch.equal(o, t), f"num_batches_tracked {o} vs torch's {t} on {shape}"
+
+
+def test_get_norm_builds_lazy_layers_with_their_defaults():
+    """A lazy layer takes its features from the first input: get_norm's num_features is not
+    passed on positionally (where torch's lazy constructors have ``eps``)."""
+    for name, twin in (("lazybn2d", nn.LazyBatchNorm2d), ("lazyin1d", nn.LazyInstanceNorm1d)):
+        m = nkn.get_norm(name, 64, momentum=0.3)
+        assert (m.eps, m.momentum) == (twin().eps, 0.3)
+
+
+def _empty(*shape: int) -> torch.Tensor:
+    return torch.randn(0, *shape)
+
+
+#: Valid arguments with N = 0 for every normkit row without a torch twin.
+EMPTY_CALLS: dict[type[nn.Module], list[tuple[torch.Tensor, ...]]] = {
+    nkn.BatchNormalization: [(_empty(C),), (_empty(3, C),)],
+    nkn.FrozenBatchNorm: [(_empty(C, 5, 5),), (_empty(C),)],
+    nkn.FrozenBatchNorm1d: [(_empty(C),), (_empty(C, 7),)],
+    nkn.FrozenBatchNorm2d: [(_empty(C, 5, 5),)],
+    nkn.FrozenBatchNorm3d: [(_empty(C, 3, 3, 3),)],
+    nkn.FrozenBatchNormAct2d: [(_empty(C, 5, 5),)],
+    nkn.ChannelNorm: [(_empty(C, 7),), (_empty(C, 5, 5),)],
+    nkn.LayerNorm2d: [(_empty(C, 5, 5),), (_empty(C),)],
+    nkn.SplitBatchNorm2d: [(_empty(C, 5, 5),)],
+    nkn.EvoNorm2dB0: [(_empty(C, 5, 5),)],
+    nkn.EvoNorm2dS0: [(_empty(C, 5, 5),)],
+    nkn.FilterResponseNorm2d: [(_empty(C, 5, 5),)],
+    nkn.GlobalResponseNorm: [(_empty(5, 5, C),)],
+    nkn.DyT: [(_empty(3, C),), (_empty(C),)],
+    nkn.AdaLayerNorm: [(_empty(3, C), _empty(C))],
+    nkn.AdaLNZero: [(_empty(3, C), _empty(C))],
+    nkn.AdaGroupNorm: [(_empty(C, 5, 5), _empty(C))],
+    nkn.ConditionalBatchNorm2d: [(_empty(C, 5, 5), torch.zeros(0, dtype=torch.long))],
+    nkn.AdaIN: [(_empty(C, 5, 5), _empty(C, 6, 6)), (_empty(C, 5, 5), (_empty(C), _empty(C)))],
+    nkn.FiLM: [(_empty(C, 5, 5), _empty(C))],
+    nkn.QKNorm: [(_empty(2, 3, C), _empty(2, 3, C))],
+    nkn.UnitNormalization: [(_empty(C, 5, 5),), (_empty(C),)],
+}
+NO_TWIN_ROWS = [
+    r for r in CLASS_ROWS if r.constructor_twin is None and r.cls.__module__.startswith("normkit")
+]
+
+
+def test_every_row_without_a_twin_has_empty_inputs():
+    assert {r.cls for r in NO_TWIN_ROWS} == set(EMPTY_CALLS)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("row", NO_TWIN_ROWS, ids=_name)
+def test_empty_batch_without_a_twin(row, train):
+    """A norm torch.nn lacks gives an empty output on N = 0 and leaves its running statistics
+    (as torch's batch norms do), or says why not in a ValueError; never a bare IndexError."""
+    for args in EMPTY_CALLS[row.cls]:
+        m = _randomized(_instance(row)).train(train)
+        before = {n: b.clone() for n, b in m.named_buffers() if not is_lazy(b)}
+        try:
+            out = m(*args)
+        except ValueError as e:
+            assert "got" in str(e), str(e)  # says what it got, beside what it expects
+            continue
+        x = args[0]
+        for y in out if isinstance(out, tuple) else (out,):
+            assert y.shape[0] == 0 and y.dtype == x.dtype
+        y = out[0] if isinstance(out, tuple) else out
+        assert y.shape == x.shape
+        for name, value in before.items():
+            if "running" in name:
+                assert torch.equal(m.get_buffer(name), value), f"{name} moved"

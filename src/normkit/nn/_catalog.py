@@ -250,6 +250,17 @@ def _unit_norm(num_features: int | None = None, **kw: Any) -> UnitNormalization:
     return UnitNormalization(**kw)
 
 
+def _lazy(cls: type[nn.Module]) -> Callable[..., nn.Module]:
+    """``factory(num_features, **kw)`` for a lazy layer: its features come from the first
+    input, so ``num_features`` is not passed on (it would land in ``eps``)."""
+
+    def factory(num_features: int | None = None, **kw: Any) -> nn.Module:
+        return cls(**kw)
+
+    factory.__name__ = f"{cls.__name__.lower()}_factory"
+    return factory
+
+
 _BN = Fold()
 _FROZEN = Fold(frozen=True)
 
@@ -292,14 +303,14 @@ CATALOG: list[NormKind] = [
     NormKind(BatchNormalization, "batch", ("keras_bn", "batchnormalization"), factory=_keras_bn,
              frozen=FrozenBatchNorm, fold=_BN),
     NormKind(LazyBatchNorm1d, "batch", ("lazybn1d", "lazybatchnorm1d"),
-             torch_twin=nn.LazyBatchNorm1d, frozen=FrozenBatchNorm1d,
-             convert_blocker=_axis_blocker),
+             factory=_lazy(LazyBatchNorm1d), torch_twin=nn.LazyBatchNorm1d,
+             frozen=FrozenBatchNorm1d, convert_blocker=_axis_blocker),
     NormKind(LazyBatchNorm2d, "batch", ("lazybn2d", "lazybatchnorm2d"),
-             torch_twin=nn.LazyBatchNorm2d, frozen=FrozenBatchNorm2d,
-             convert_blocker=_axis_blocker),
+             factory=_lazy(LazyBatchNorm2d), torch_twin=nn.LazyBatchNorm2d,
+             frozen=FrozenBatchNorm2d, convert_blocker=_axis_blocker),
     NormKind(LazyBatchNorm3d, "batch", ("lazybn3d", "lazybatchnorm3d"),
-             torch_twin=nn.LazyBatchNorm3d, frozen=FrozenBatchNorm3d,
-             convert_blocker=_axis_blocker),
+             factory=_lazy(LazyBatchNorm3d), torch_twin=nn.LazyBatchNorm3d,
+             frozen=FrozenBatchNorm3d, convert_blocker=_axis_blocker),
     NormKind(FrozenBatchNorm, "frozen_batch", ("frozenbn", "frozenbatchnorm"), fold=_FROZEN),
     NormKind(FrozenBatchNorm1d, "frozen_batch", ("frozenbn1d", "frozenbatchnorm1d"),
              fold=_FROZEN),
@@ -321,11 +332,11 @@ CATALOG: list[NormKind] = [
     NormKind(InstanceNorm3d, "instance", ("in3d", "instancenorm3d"),
              torch_twin=nn.InstanceNorm3d),
     NormKind(LazyInstanceNorm1d, "instance", ("lazyin1d", "lazyinstancenorm1d"),
-             torch_twin=nn.LazyInstanceNorm1d),
+             factory=_lazy(LazyInstanceNorm1d), torch_twin=nn.LazyInstanceNorm1d),
     NormKind(LazyInstanceNorm2d, "instance", ("lazyin2d", "lazyinstancenorm2d"),
-             torch_twin=nn.LazyInstanceNorm2d),
+             factory=_lazy(LazyInstanceNorm2d), torch_twin=nn.LazyInstanceNorm2d),
     NormKind(LazyInstanceNorm3d, "instance", ("lazyin3d", "lazyinstancenorm3d"),
-             torch_twin=nn.LazyInstanceNorm3d),
+             factory=_lazy(LazyInstanceNorm3d), torch_twin=nn.LazyInstanceNorm3d),
     NormKind(ChannelNorm, "instance", ("cn", "channelnorm")),
     NormKind(LayerNorm, "layer", ("ln", "layernorm"), torch_twin=nn.LayerNorm),
     NormKind(LayerNormAct, "layer", ("lnact", "layernormact"), signature_twin=nn.LayerNorm),

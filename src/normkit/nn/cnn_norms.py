@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from normkit import functional as NF
-from normkit._stats import NanPolicy, accumulation_dtype
+from normkit._stats import NanPolicy, accumulation_dtype, moments
 from normkit.nn.batchnorm import BatchNorm2d
 
 __all__ = [
@@ -44,8 +44,7 @@ def _factory(device: Any, dtype: torch.dtype | None) -> dict[str, Any]:
 
 def _instance_std(x: Tensor, eps: float) -> Tensor:
     """sqrt(Var + eps) per sample and channel over H, W (biased), in x's dtype."""
-    xa = x.to(accumulation_dtype(x.dtype))
-    return xa.var(dim=(2, 3), unbiased=False, keepdim=True).add(eps).sqrt().to(x.dtype)
+    return moments(x, (2, 3), keepdim=True)[1].add(eps).sqrt().to(x.dtype)
 
 
 class GlobalResponseNorm(nn.Module):
@@ -147,7 +146,7 @@ class EvoNorm2dB0(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         _check_4d(x, self, self.num_features)
         if self.v is not None:
-            if self.training:
+            if self.training and x.shape[0] > 0:  # an empty batch leaves running_var, as BN
                 xa = x.to(accumulation_dtype(x.dtype))
                 var = xa.var(dim=(0, 2, 3), unbiased=False)
                 n = x.numel() // x.shape[1]
@@ -230,8 +229,8 @@ class EvoNorm2dS0(nn.Module):
         _check_4d(x, self, self.num_features)
         if self.v is not None:
             n, c, h, w = x.shape
-            xg = x.to(accumulation_dtype(x.dtype)).reshape(n, self.groups, c // self.groups, h, w)
-            std = xg.var(dim=(2, 3, 4), unbiased=False, keepdim=True).add(self.eps).sqrt()
+            xg = x.reshape(n, self.groups, c // self.groups, h, w)
+            std = moments(xg, (2, 3, 4), keepdim=True)[1].add(self.eps).sqrt()
             std = std.to(x.dtype).expand(xg.shape).reshape(n, c, h, w)
             x = x * (x * self.v.to(x.dtype).view(_C)).sigmoid() / std
         return x * self.weight.to(x.dtype).view(_C) + self.bias.to(x.dtype).view(_C)
@@ -355,8 +354,8 @@ class SplitBatchNorm2d(BatchNorm2d):
                 f"SplitBatchNorm2d(num_splits={self.num_splits}) in training needs a batch size "
                 f"divisible by {self.num_splits} (got {n}); pad the batch or change num_splits"
             )
-        parts = input.split(n // self.num_splits)
-        masks = mask.split(n // self.num_splits) if mask is not None else [None] * len(parts)
+        parts = input.tensor_split(self.num_splits)  # num_splits parts, empty ones for N = 0
+        masks = mask.tensor_split(self.num_splits) if mask is not None else [None] * len(parts)
         out = [super().forward(parts[0], masks[0])]
         out += [bn(p, m) for bn, p, m in zip(self.aux_bn, parts[1:], masks[1:], strict=True)]
         return torch.cat(out)

@@ -11,12 +11,14 @@ one pass forward and backward).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normkit import functional as NF
+from normkit._stats import bessel_correction, moments
 from normkit.nn.batchnorm import BatchNorm2d
 
 __all__ = [
@@ -321,13 +323,15 @@ class AdaIN(nn.Module):
         self.eps = eps
 
     def _stats(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        flat = t.reshape(t.shape[0], t.shape[1], -1)
+        flat = t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))  # N = 0 too
         if flat.shape[-1] < 2:
             raise ValueError(
                 f"AdaIN needs at least 2 positions per channel for the unbiased variance (got "
                 f"shape {tuple(t.shape)})"
             )
-        return flat.mean(-1), (flat.var(-1) + self.eps).sqrt()
+        mean, var = moments(flat, (-1,))
+        std = (bessel_correction(var, flat.shape[-1]) + self.eps).sqrt()
+        return mean.to(t.dtype), std.to(t.dtype)
 
     def forward(self, content: Tensor, style: Tensor | tuple[Tensor, Tensor]) -> Tensor:
         if content.ndim < 3:
