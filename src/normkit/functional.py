@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- running statistics
@@ -103,6 +105,27 @@ def update_running_buffers(
             "momentum=None (cumulative average) needs the torch convention and num_batches_tracked"
         )
     bessel = convention == "torch" and count is not None
+    if not isinstance(count, Tensor) and _fused_update_ok(
+        (running_mean, running_var), batch_mean, batch_var
+    ):
+        # CPU fast path: four in-place ops under the NumPy guard of the fused native path
+        batches = (
+            0
+            if momentum is not None or num_batches_tracked is None
+            else int(num_batches_tracked) + 1
+        )
+        factor = float(running_average_factor(momentum, batches))
+        w_new = factor if convention == "torch" else 1 - factor
+        scale = count / (count - 1) if bessel and count is not None and count > 1 else 1.0
+
+        def update() -> None:
+            running_mean.mul_(1 - w_new).add_(batch_mean.detach(), alpha=w_new)
+            running_var.mul_(1 - w_new).add_(batch_var.detach(), alpha=w_new * scale)
+
+        _, ok_host = _guarded(update, running_mean, running_var, nan_policy)
+        if ok_host and num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return
     var = bessel_correction(batch_var, count) if bessel else batch_var  # type: ignore[arg-type]
     ok = None
     if nan_policy != "propagate":
@@ -168,11 +191,11 @@ def _cudnn(x: Tensor) -> bool:
 
 
 def _guarded(
-    native: Callable[[], Tensor],
+    native: Callable[[], _T],
     running_mean: Tensor,
     running_var: Tensor,
     nan_policy: NanPolicy,
-) -> tuple[Tensor, bool]:
+) -> tuple[_T, bool]:
     """Run ``native`` (a torch op that updates the running buffers in place) and undo a
     non-finite update: returns ``(output, ok)``.
 
