@@ -26,6 +26,7 @@ __all__ = [
     "accumulation_dtype",
     "bessel_correction",
     "merge_moments",
+    "merge_stacked",
     "moments",
     "running_average_factor",
     "update_running_stats",
@@ -118,28 +119,49 @@ def moments(
 
 
 def merge_moments(parts: Sequence[Moments]) -> Moments:
-    """Merge partial moments exactly (Chan, Golub & LeVeque 1979, pairwise update).
-
-    .. math::
-        n = n_a + n_b,\\quad \\delta = \\mu_b - \\mu_a,\\quad
-        \\mu = \\mu_a + \\delta\\, n_b / n,\\quad M_2 = M_{2,a} + M_{2,b} + \\delta^2 n_a n_b / n
-
-    Groups with ``count == 0`` are neutral. The result equals the moments of the concatenated data.
+    """Merge partial moments exactly (Chan, Golub & LeVeque 1979): the parts stacked, then
+    :func:`merge_stacked`. The result equals the moments of the concatenated data.
 
     >>> a, b = torch.randn(5, 2), torch.randn(7, 2)
     >>> m = merge_moments([Moments.of(a, [0]), Moments.of(b, [0])])
     """
     if not parts:
         raise ValueError("merge_moments needs at least one Moments (got an empty sequence)")
-    acc = parts[0]
-    for p in parts[1:]:
-        n = acc.count + p.count
-        safe = torch.as_tensor(n).clamp_min(1)
-        delta = p.mean - acc.mean
-        mean = acc.mean + delta * (p.count / safe)
-        m2 = acc.m2 + p.m2 + delta.square() * (acc.count * p.count / safe)
-        acc = Moments(n, mean, m2)
-    return acc
+    if len(parts) == 1:
+        return parts[0]
+    means = torch.broadcast_tensors(*[p.mean for p in parts])
+    like = means[0]
+    counts = [torch.as_tensor(p.count, dtype=like.dtype, device=like.device) for p in parts]
+    return merge_stacked(
+        Moments(
+            torch.stack([c.expand_as(like) for c in counts]),
+            torch.stack(means),
+            torch.stack([p.m2.expand_as(like) for p in parts]),
+        )
+    )
+
+
+def merge_stacked(parts: Moments) -> Moments:
+    """Merge the moments stacked along dim 0 of ``parts`` in one step (the k-way form of Chan et
+    al. 1979):
+
+    .. math::
+        n = \\sum_i n_i,\\quad \\mu = \\frac1n \\sum_i n_i \\mu_i,\\quad
+        M_2 = \\sum_i M_{2,i} + \\sum_i n_i (\\mu_i - \\mu)^2
+
+    ``count``, ``mean`` and ``m2`` share their shape ``(k, ...)``. Parts with ``count == 0`` are
+    neutral (a total of 0 gives mean 0 and M2 0). A handful of ops for any ``k``.
+
+    >>> x = torch.randn(3, 10, 2, dtype=torch.float64)   # 3 chunks of 10 rows
+    >>> m = merge_stacked(Moments(torch.full((3, 2), 10.0, dtype=torch.float64),
+    ...                           x.mean(1), x.var(1, correction=0) * 10))
+    >>> bool(torch.allclose(m.m2 / m.count, x.reshape(30, 2).var(0, correction=0)))
+    True
+    """
+    n = parts.count.sum(0)
+    mean = (parts.count * parts.mean).sum(0) / n.clamp_min(1)
+    m2 = parts.m2.sum(0) + (parts.count * (parts.mean - mean).square()).sum(0)
+    return Moments(n, mean, m2)
 
 
 def bessel_correction(var: Tensor, n: int | Tensor) -> Tensor:

@@ -6,7 +6,7 @@ they no longer describe the model at all: eval accuracy drops. torch's
 ``swa_utils.update_bn`` re-estimates them with a cumulative average of per-batch means and
 *per-batch* unbiased variances, which is not the population variance (it misses the spread of
 the batch means). :func:`recalibrate_batchnorm` computes the exact one: per layer, the
-per-batch moments (count, mean, M2) are Chan-merged (:func:`normkit._stats.merge_moments`) in
+per-batch moments (count, mean, M2) are Chan-merged (:func:`normkit._stats.merge_stacked`) in
 float64 over all batches and, with ``torch.distributed``, over all processes, so the result
 equals the statistics of the concatenated data.
 """
@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
 from normkit import backends
-from normkit._stats import Moments, merge_moments
+from normkit._stats import Moments, merge_stacked
 from normkit.nn import _catalog as catalog
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 from normkit.nn.keras import BatchNormalization
@@ -96,7 +96,10 @@ class _Target:
     kind: Kind
     axis: int
     unbiased: bool  # torch stores the unbiased variance; Keras the biased one
-    moments: Moments | None = None  # batch kind: per-feature moments, float64
+    # batch kind: per batch (count, mean, biased variance) per feature, as computed (merged once,
+    # in float64, by _finish: no per-batch host sync or merge on the hot path)
+    parts: list[tuple[Tensor | int, Tensor, Tensor]] = field(default_factory=list)
+    moments: Moments | None = None  # batch kind: the merged per-feature moments, float64
     sums: Tensor | None = None  # instance kind: (Σ mean_i, Σ var_i, samples) per feature
     skipped: int = 0
 
@@ -144,7 +147,7 @@ def _gather(t: _Target, x: Tensor, mask: Tensor | None) -> None:
             if m.ndim == x.ndim - 1:
                 m = m.unsqueeze(ax)
         part = Moments.of(x.detach(), dims, mask=m)
-        _add(t, part.count.reshape(-1), part.mean.reshape(-1), part.m2.reshape(-1))
+        t.parts.append((part.count.reshape(-1), part.mean.reshape(-1), part.var.reshape(-1)))
         return
     # instance norm: torch's running stats average the per-instance mean and unbiased variance
     xs = x.detach() if x.ndim > t.running_mean.ndim + 1 else x.detach().unsqueeze(0)
@@ -160,14 +163,28 @@ def _gather(t: _Target, x: Tensor, mask: Tensor | None) -> None:
     t.sums = new if t.sums is None else t.sums + new
 
 
-def _add(t: _Target, count: Tensor, mean: Tensor, m2: Tensor) -> None:
-    """Merge one batch's per-feature moments into ``t`` in float64; a non-finite batch is
-    counted and left out."""
-    flat = Moments(count.double(), mean.detach().double(), m2.detach().double())
-    if not (torch.isfinite(flat.mean).all() and torch.isfinite(flat.m2).all()):
-        t.skipped += 1
+def _finish(t: _Target) -> None:
+    """Merge a batch-kind target's per-batch parts into ``t.moments`` (float64, exact); a batch
+    whose statistics are not finite is counted in ``t.skipped`` and left out."""
+    if t.kind != "batch" or not t.parts:
         return
-    t.moments = flat if t.moments is None else merge_moments([t.moments, flat])
+    c = t.running_mean.numel()
+    dev = t.parts[0][1].device
+    count = torch.stack(
+        [
+            n.to(device=dev, dtype=torch.float64)
+            if isinstance(n, Tensor)
+            else torch.full((c,), float(n), dtype=torch.float64, device=dev)
+            for n, _, _ in t.parts
+        ]
+    )
+    mean = torch.stack([m.detach() for _, m, _ in t.parts]).double()
+    var = torch.stack([v.detach() for _, _, v in t.parts]).double()
+    t.parts = []
+    finite = torch.isfinite(mean).all(1) & torch.isfinite(var).all(1)
+    t.skipped += int((~finite).sum())
+    if bool(finite.any()):
+        t.moments = merge_stacked(Moments(count[finite], mean[finite], var[finite] * count[finite]))
 
 
 # Batch norms whose training forward is plain batch normalization: during recalibration they
@@ -201,12 +218,12 @@ def _normalizing_forward(t: _Target) -> Callable[..., Tensor]:
         if args or kwargs or n < 2:  # a mask, an empty or a one-value batch: the layer's own way
             _gather(t, input, args[0] if args else kwargs.get("mask"))
             return original(layer, input, *args, **kwargs)
-        # the torch backend's training batch norm: torch's fused kernel (any axis, half inputs
-        # with float32 statistics) returning the output and the batch's mean and biased variance
+        # the registry's training batch norm (any axis, half inputs with float32 statistics; the
+        # backend auto picks for this input) returning the output, batch mean and biased variance
         w, b = _affine(layer)
         eps = float(getattr(layer, "eps", 1e-5))
-        y, mean, var = backends.dispatch("batch_norm_train", input, w, b, eps, ax, backend="torch")
-        _add(t, torch.full_like(mean, float(n)), mean, var * n)
+        y, mean, var = backends.dispatch("batch_norm_train", input, w, b, eps, ax)
+        t.parts.append((n, mean, var))
         return y
 
     return forward
@@ -245,8 +262,8 @@ def _merge_across_processes(targets: list[_Target], group: Any) -> None:
         block = stacked[:, off : off + 3 * c].reshape(-1, 3, c)
         off += 3 * c
         if t.kind == "batch":
-            parts = [Moments(b[0], b[1], b[2]) for b in block]
-            t.moments = merge_moments(parts) if block[:, 0].sum() > 0 else None
+            merged = merge_stacked(Moments(block[:, 0], block[:, 1], block[:, 2]))
+            t.moments = merged if block[:, 0].sum() > 0 else None
         else:
             total = block.sum(0)
             t.sums = total if total[2].sum() > 0 else None
@@ -389,6 +406,8 @@ def recalibrate_batchnorm(
             del layer.forward
         for m, mode in modes.items():
             m.train(mode)
+    for t in targets:
+        _finish(t)
     if use_dist:
         _merge_across_processes(targets, group)
     rows, unreached = [], []
