@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normkit._stats import Moments, merge_moments
+from normkit._stats import Moments, merge_stacked
 from normkit.backends.numba._custom_op import define, stats_norm_grad
 from normkit.backends.numba._runtime import chunks, kernels, threads
 from normkit.backends.numba._tensors import as_layout_of, is_channels_last, nd, numel, vector
@@ -89,8 +89,7 @@ def forward(
             mu_p = torch.empty(p, c, dtype=torch.float64)
             m2_p = torch.empty(p, c, dtype=torch.float64)
             K.bn_stats_rows(nd(xv), nd(cnt), nd(mu_p), nd(m2_p))
-            parts = [Moments(cnt[i], mu_p[i], m2_p[i]) for i in range(p) if cnt[i] > 0]
-            mom = merge_moments(parts)
+            mom = merge_stacked(Moments(cnt[:, None].expand_as(mu_p), mu_p, m2_p))
             v = mom.m2 / mom.count
             r = torch.rsqrt(v + eps)
             mean.copy_(mom.mean)
