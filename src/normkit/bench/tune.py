@@ -27,7 +27,7 @@ from torch import Tensor
 from normkit import backends
 from normkit import functional as NF
 
-__all__ = ["TUNED_OPS", "TuneCell", "add_parser", "cells", "measure_cell", "tune"]
+__all__ = ["DEFAULT_SIZES", "TUNED_OPS", "TuneCell", "add_parser", "cells", "measure_cell", "tune"]
 
 #: The registry ops ``tune`` measures (the functional call that runs each).
 TUNED_OPS: tuple[str, ...] = (
@@ -41,6 +41,9 @@ TUNED_OPS: tuple[str, ...] = (
     "add_rms_norm",
 )
 _CHANNEL_OPS = ("batch_norm_train", "batch_norm_eval", "group_norm", "instance_norm")
+#: Input sizes measured by default, as powers of two (elements): every octave from 8 Ki to 8 Mi
+#: values, so a layer is never judged by a cell four times smaller or larger than itself.
+DEFAULT_SIZES: tuple[int, ...] = tuple(range(13, 24))
 _HIDDEN = 1024  # row length of the row-wise ops
 _CHANNELS = 64  # channels of the channel ops, in (8, 64, H, W) inputs
 
@@ -139,7 +142,7 @@ def measure_cell(cell: TuneCell, contenders: Sequence[str], reps: int) -> dict[s
 
 
 def tune(
-    sizes: Sequence[int] = (13, 15, 17, 19, 21, 23),
+    sizes: Sequence[int] = DEFAULT_SIZES,
     *,
     ops: Sequence[str] = TUNED_OPS,
     dtypes: Sequence[torch.dtype] = (torch.float32,),
@@ -233,7 +236,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--sizes",
         nargs="+",
         type=int,
-        default=[13, 15, 17, 19, 21, 23],
+        default=list(DEFAULT_SIZES),
         metavar="LOG2",
         help="input sizes as powers of two (elements)",
     )
