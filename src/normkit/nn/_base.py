@@ -19,12 +19,17 @@ is written here once:
 - :class:`ChannelAffineBase`: per-sample norms with a per-channel affine map and no running
   statistics (GroupNorm, ChannelNorm, LayerNorm2d).
 - :class:`ActivationMixin`: "this norm, then an activation" for the norm+activation layers.
+- :func:`adds_options`: a subclass that only adds keyword-only options writes just those; its
+  signature (what ``inspect.signature``, the torch-parity test and the API docs read) is the
+  base constructor's with the options appended.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +43,7 @@ __all__ = [
     "BatchNormBase",
     "ChannelAffineBase",
     "NormBase",
+    "adds_options",
     "check_rank",
     "init_affine",
     "make_activation",
@@ -64,6 +70,58 @@ def init_affine(
             )
         else:
             module.register_parameter(name, None)
+
+
+_Init = TypeVar("_Init", bound=Callable[..., None])
+
+
+def adds_options(base: type, **defaults: Any) -> Callable[[_Init], _Init]:
+    """Decorate ``__init__(self, *args, <options>, **kwargs)`` of a subclass of ``base`` that
+    adds keyword-only ``<options>`` (and may change ``defaults`` of ``base``'s arguments) and
+    passes everything else on: the torch arguments are written once, in ``base``.
+
+    The constructor's signature is ``base``'s with ``defaults`` replaced and the options
+    appended, so ``inspect.signature`` (the torch-parity test, the API docs) lists every
+    argument in order; calls are bound to it, so an argument left out takes this class's
+    default and a wrong one is reported under this class's name.
+
+    >>> class Scaled(NormBase):
+    ...     @adds_options(NormBase, affine=False)
+    ...     def __init__(self, *args: Any, scale: float = 2.0, **kwargs: Any) -> None:
+    ...         super().__init__(*args, **kwargs)
+    ...         self.scale = scale
+    >>> list(inspect.signature(Scaled).parameters)[-4:]
+    ['bias', 'nan_policy', 'backend', 'scale']
+    >>> Scaled(4).affine, Scaled(4, scale=3.0).scale
+    (False, 3.0)
+    """
+
+    def decorate(init: _Init) -> _Init:
+        this, *own = inspect.signature(init).parameters.values()
+        options = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        inherited = inspect.signature(base)  # without self
+        unknown = set(defaults) - set(inherited.parameters)
+        if unknown:
+            raise TypeError(f"{base.__name__} has no argument(s) {sorted(unknown)}")
+        params = [
+            p.replace(default=defaults.get(p.name, p.default))
+            for p in inherited.parameters.values()
+        ]
+        signature = inherited.replace(parameters=[this, *params, *options])
+
+        @functools.wraps(init)
+        def bound_init(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{type(self).__name__}: {e}") from None
+            bound.apply_defaults()
+            init(*bound.args, **bound.kwargs)
+
+        bound_init.__signature__ = signature  # type: ignore[attr-defined]
+        return cast(_Init, bound_init)
+
+    return decorate
 
 
 def _backend_repr(backend: str) -> str:
@@ -203,33 +261,9 @@ class BatchNormBase(NormBase):
     _min_ndim = 2
     _max_ndim: int | None = None
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        axis: int = 1,
-        nan_policy: NanPolicy = "skip",
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            bias=bias,
-            nan_policy=nan_policy,
-            backend=backend,
-        )
+    @adds_options(NormBase)
+    def __init__(self, *args: Any, axis: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.axis = axis
 
     def batch_state(self) -> tuple[Tensor | None, Tensor | None, bool, Tensor | None]:

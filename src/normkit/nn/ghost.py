@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from normkit import functional as NF
-from normkit._stats import NanPolicy
+from normkit.nn._base import adds_options
 from normkit.nn.batchnorm import BatchNorm
 
 __all__ = ["GhostBatchNorm", "GhostBatchNorm1d", "GhostBatchNorm2d"]
@@ -35,40 +34,14 @@ class GhostBatchNorm(BatchNorm):
     >>> y = gbn(torch.randn(256, 64, 8, 8))   # 8 virtual batches
     """
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        virtual_batch_size: int = 32,
-        axis: int = 1,
-        nan_policy: NanPolicy = "skip",
-        backend: str = "auto",
-    ) -> None:
+    @adds_options(BatchNorm)
+    def __init__(self, *args: Any, virtual_batch_size: int = 32, **kwargs: Any) -> None:
         if virtual_batch_size < 1:
             raise ValueError(
                 f"{type(self).__name__}: virtual_batch_size must be a positive int (got "
                 f"{virtual_batch_size})"
             )
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            bias=bias,
-            axis=axis,
-            nan_policy=nan_policy,
-            backend=backend,
-        )
+        super().__init__(*args, **kwargs)
         self.virtual_batch_size = int(virtual_batch_size)
 
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:

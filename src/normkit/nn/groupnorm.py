@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from normkit import functional as NF
-from normkit._stats import NanPolicy
-from normkit.nn._base import ChannelAffineBase, NormBase
+from normkit.nn._base import ChannelAffineBase, NormBase, adds_options
 
 __all__ = ["ChannelNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
 
@@ -71,32 +70,9 @@ class _InstanceNorm(NormBase):
 
     _spatial_dims = 2
 
-    def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = False,
-        track_running_stats: bool = False,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        nan_policy: NanPolicy = "skip",
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            bias=bias,
-            nan_policy=nan_policy,
-            backend=backend,
-        )
+    @adds_options(NormBase, affine=False, track_running_stats=False)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
     def _load_from_state_dict(
         self,

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from normkit import functional as NF
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
 from normkit._optional import require
-from normkit.nn._base import ChannelAffineBase, _backend_repr, init_affine
+from normkit.nn._base import ChannelAffineBase, _backend_repr, adds_options, init_affine
 
 __all__ = ["LayerNorm", "LayerNorm2d", "RMSNorm"]
 
@@ -270,18 +270,9 @@ class LayerNorm2d(ChannelAffineBase):
     weight: Tensor | None
     bias: Tensor | None
 
-    def __init__(
-        self,
-        num_channels: int,
-        eps: float = 1e-6,
-        affine: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(num_channels, eps, affine, device, dtype, bias=bias, backend=backend)
+    @adds_options(ChannelAffineBase, eps=1e-6)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_channels(input, "; for channels-last tensors use LayerNorm")

@@ -5,14 +5,11 @@ load plain-norm weights)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from normkit._stats import NanPolicy
-from normkit.nn._base import Activation, ActivationMixin, make_activation
+from normkit.nn._base import Activation, ActivationMixin, adds_options, make_activation
 from normkit.nn.batchnorm import BatchNorm2d
 from normkit.nn.frozen import FrozenBatchNorm, FrozenBatchNorm2d
 from normkit.nn.groupnorm import GroupNorm
@@ -45,36 +42,11 @@ class BatchNormAct2d(ActivationMixin, BatchNorm2d):
     >>> y = layer(torch.randn(8, 64, 16, 16))
     """
 
+    @adds_options(BatchNorm2d)
     def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        act: Activation = "relu",
-        inplace: bool = False,
-        axis: int = 1,
-        nan_policy: NanPolicy = "skip",
-        backend: str = "auto",
+        self, *args: Any, act: Activation = "relu", inplace: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            bias=bias,
-            axis=axis,
-            nan_policy=nan_policy,
-            backend=backend,
-        )
+        super().__init__(*args, **kwargs)
         self.set_activation(act, inplace)
 
 
@@ -88,23 +60,11 @@ class GroupNormAct(ActivationMixin, GroupNorm):
     >>> y = GroupNormAct(8, 64, act="gelu")(torch.randn(2, 64, 16, 16))
     """
 
+    @adds_options(GroupNorm)
     def __init__(
-        self,
-        num_groups: int,
-        num_channels: int,
-        eps: float = 1e-5,
-        affine: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        act: Activation = "relu",
-        inplace: bool = False,
-        backend: str = "auto",
+        self, *args: Any, act: Activation = "relu", inplace: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(
-            num_groups, num_channels, eps, affine, device, dtype, bias=bias, backend=backend
-        )
+        super().__init__(*args, **kwargs)
         self.set_activation(act, inplace)
 
 
@@ -119,22 +79,11 @@ class LayerNormAct(ActivationMixin, LayerNorm):
     >>> y = LayerNormAct(256, act="gelu")(torch.randn(4, 10, 256))
     """
 
+    @adds_options(LayerNorm)
     def __init__(
-        self,
-        normalized_shape: int | Sequence[int],
-        eps: float = 1e-5,
-        elementwise_affine: bool = True,
-        bias: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        act: Activation = "relu",
-        inplace: bool = False,
-        backend: str = "auto",
+        self, *args: Any, act: Activation = "relu", inplace: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(
-            normalized_shape, eps, elementwise_affine, bias, device, dtype, backend=backend
-        )
+        super().__init__(*args, **kwargs)
         self.set_activation(act, inplace)
 
 
@@ -148,28 +97,11 @@ class FrozenBatchNormAct2d(ActivationMixin, FrozenBatchNorm2d):
 
     _unfrozen_cls = BatchNormAct2d
 
+    @adds_options(FrozenBatchNorm2d)
     def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        act: Activation = "relu",
-        inplace: bool = False,
-        requires_grad: bool = False,
-        axis: int = 1,
-        backend: str = "auto",
+        self, *args: Any, act: Activation = "relu", inplace: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            device,
-            dtype,
-            requires_grad=requires_grad,
-            axis=axis,
-            backend=backend,
-        )
+        super().__init__(*args, **kwargs)
         self.set_activation(act, inplace)
 
     @classmethod
@@ -193,40 +125,11 @@ class SyncBatchNormAct2d(ActivationMixin, SyncBatchNorm):
     >>> y = SyncBatchNormAct2d(8, act="relu")(torch.randn(2, 8, 4, 4))  # doctest: +SKIP
     """
 
+    @adds_options(SyncBatchNorm)
     def __init__(
-        self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        process_group: Any = None,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
-        act: Activation = "relu",
-        inplace: bool = False,
-        strict: bool = False,
-        axis: int = 1,
-        nan_policy: NanPolicy = "skip",
-        backend: str = "auto",
+        self, *args: Any, act: Activation = "relu", inplace: bool = False, **kwargs: Any
     ) -> None:
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            process_group,
-            device,
-            dtype,
-            bias=bias,
-            strict=strict,
-            axis=axis,
-            nan_policy=nan_policy,
-            backend=backend,
-        )
+        super().__init__(*args, **kwargs)
         self.set_activation(act, inplace)
 
     @staticmethod

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from normkit import functional as NF
-from normkit._stats import NanPolicy
+from normkit.nn._base import adds_options
 from normkit.nn.batchnorm import BatchNorm
 
 __all__ = ["BatchRenorm", "BatchRenorm1d", "BatchRenorm2d", "BatchRenorm3d"]
@@ -43,27 +43,19 @@ class BatchRenorm(BatchNorm):
     >>> y = brn(torch.randn(4, 32, 16, 16))
     """
 
+    @adds_options(BatchNorm)
     def __init__(
         self,
-        num_features: int,
-        eps: float = 1e-5,
-        momentum: float | None = 0.1,
-        affine: bool = True,
-        track_running_stats: bool = True,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        *,
-        bias: bool = True,
+        *args: Any,
         r_max: float = 3.0,
         d_max: float = 5.0,
         warmup_steps: int = 0,
         schedule: Schedule | None = None,
-        axis: int = 1,
-        nan_policy: NanPolicy = "skip",
-        backend: str = "auto",
+        **kwargs: Any,
     ) -> None:
+        super().__init__(*args, **kwargs)
         name = type(self).__name__
-        if not track_running_stats:
+        if not self.track_running_stats:
             raise ValueError(
                 f"{name} needs track_running_stats=True (its correction is relative to the "
                 "running statistics); use BatchNorm(track_running_stats=False) instead"
@@ -77,19 +69,6 @@ class BatchRenorm(BatchNorm):
             raise ValueError(f"{name}: warmup_steps must be >= 0 (got {warmup_steps})")
         if schedule is not None and warmup_steps:
             raise ValueError(f"{name}: pass warmup_steps or schedule, not both")
-        super().__init__(
-            num_features,
-            eps,
-            momentum,
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            bias=bias,
-            axis=axis,
-            nan_policy=nan_policy,
-            backend=backend,
-        )
         self.r_max = float(r_max)
         self.d_max = float(d_max)
         self.warmup_steps = int(warmup_steps)
