@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from normkit import functional as NF
 from normkit._stats import bessel_correction, moments
+from normkit.nn._base import adds_options
 from normkit.nn.batchnorm import BatchNorm2d
 
 __all__ = [
@@ -39,21 +40,12 @@ def _check_cond(name: str, cond: Tensor, x: Tensor, dim: int) -> None:
         )
 
 
-class AdaLayerNorm(nn.Module):
-    """Adaptive layer norm, "adaLN" (Peebles & Xie 2023, DiT, arXiv:2212.09748).
+class _AdaLN(nn.Module):
+    """The adaLN layers' shared part: ``linear(SiLU(cond))`` split into ``chunks`` modulation
+    vectors of ``embedding_dim`` values each, the first two of which shift and scale the layer
+    norm of the input (:func:`normkit.functional.modulate`)."""
 
-    .. math:: (\\mathrm{scale}, \\mathrm{shift}) = W\\,\\mathrm{SiLU}(c) + b,\\quad
-              y = \\mathrm{LN}(x) \\odot (1 + \\mathrm{scale}) + \\mathrm{shift}
-
-    LayerNorm without affine over the last dim (``embedding_dim``), ``eps=1e-6`` as DiT; the
-    conditioning ``c`` is ``(N, cond_dim)``, the input ``(N, *, embedding_dim)``. Parameters and
-    the (scale, shift) order are those of diffusers' ``AdaLayerNormContinuous(embedding_dim,
-    cond_dim, elementwise_affine=False, eps=1e-6)``, whose state_dict loads as is.
-    ``zero_init=True`` starts as a plain LayerNorm (the linear map is zero).
-
-    >>> ada = AdaLayerNorm(64, cond_dim=32)
-    >>> y = ada(torch.randn(4, 10, 64), torch.randn(4, 32))
-    """
+    chunks: int
 
     def __init__(
         self,
@@ -72,21 +64,46 @@ class AdaLayerNorm(nn.Module):
         self.eps = eps
         self.backend = backend
         self.silu = nn.SiLU()
-        self.linear = nn.Linear(self.cond_dim, 2 * embedding_dim, device=device, dtype=dtype)
+        self.linear = nn.Linear(
+            self.cond_dim, self.chunks * embedding_dim, device=device, dtype=dtype
+        )
         if zero_init:
             nn.init.zeros_(self.linear.weight)
             nn.init.zeros_(self.linear.bias)
 
-    def forward(self, input: Tensor, cond: Tensor) -> Tensor:
-        _check_cond("AdaLayerNorm", cond, input, self.cond_dim)
-        scale, shift = self.linear(self.silu(cond)).chunk(2, dim=1)
-        return NF.modulate(input, shift, scale, eps=self.eps, backend=self.backend)
+    def _modulations(self, input: Tensor, cond: Tensor) -> tuple[Tensor, ...]:
+        """The ``chunks`` vectors, each ``(N, embedding_dim)``, for ``input`` and ``cond``."""
+        _check_cond(type(self).__name__, cond, input, self.cond_dim)
+        return self.linear(self.silu(cond)).chunk(self.chunks, dim=1)
 
     def extra_repr(self) -> str:
         return f"{self.embedding_dim}, cond_dim={self.cond_dim}, eps={self.eps}"
 
 
-class AdaLNZero(nn.Module):
+class AdaLayerNorm(_AdaLN):
+    """Adaptive layer norm, "adaLN" (Peebles & Xie 2023, DiT, arXiv:2212.09748).
+
+    .. math:: (\\mathrm{scale}, \\mathrm{shift}) = W\\,\\mathrm{SiLU}(c) + b,\\quad
+              y = \\mathrm{LN}(x) \\odot (1 + \\mathrm{scale}) + \\mathrm{shift}
+
+    LayerNorm without affine over the last dim (``embedding_dim``), ``eps=1e-6`` as DiT; the
+    conditioning ``c`` is ``(N, cond_dim)``, the input ``(N, *, embedding_dim)``. Parameters and
+    the (scale, shift) order are those of diffusers' ``AdaLayerNormContinuous(embedding_dim,
+    cond_dim, elementwise_affine=False, eps=1e-6)``, whose state_dict loads as is.
+    ``zero_init=True`` starts as a plain LayerNorm (the linear map is zero).
+
+    >>> ada = AdaLayerNorm(64, cond_dim=32)
+    >>> y = ada(torch.randn(4, 10, 64), torch.randn(4, 32))
+    """
+
+    chunks = 2
+
+    def forward(self, input: Tensor, cond: Tensor) -> Tensor:
+        scale, shift = self._modulations(input, cond)
+        return NF.modulate(input, shift, scale, eps=self.eps, backend=self.backend)
+
+
+class AdaLNZero(_AdaLN):
     """adaLN-Zero (Peebles & Xie 2023, DiT, arXiv:2212.09748): a DiT block's conditioning.
 
     .. math:: (s_1, c_1, g_1, s_2, c_2, g_2) = W\\,\\mathrm{SiLU}(c) + b,\\quad
@@ -95,43 +112,24 @@ class AdaLNZero(nn.Module):
     Returns ``(y, gate_msa, shift_mlp, scale_mlp, gate_mlp)``: ``y`` feeds attention, whose
     output enters the residual as ``x + gate_msa[:, None] · attn(y)``; the MLP branch uses the
     other three the same way. W and b start at zero, so every gate is 0 and the block starts as
-    the identity (the "Zero"). Parameters, chunk order and outputs are those of diffusers'
-    ``AdaLayerNormZero(embedding_dim)`` (``cond_dim = embedding_dim`` there).
+    the identity (the "Zero"; ``zero_init=False`` keeps nn.Linear's initialization). Parameters,
+    chunk order and outputs are those of diffusers' ``AdaLayerNormZero(embedding_dim)``
+    (``cond_dim = embedding_dim`` there).
 
     >>> ada = AdaLNZero(64)
     >>> y, gate_msa, shift_mlp, scale_mlp, gate_mlp = ada(torch.randn(4, 10, 64), torch.randn(4, 64))
     """
 
-    def __init__(
-        self,
-        embedding_dim: int,
-        cond_dim: int | None = None,
-        eps: float = 1e-6,
-        *,
-        device: Any = None,
-        dtype: torch.dtype | None = None,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.cond_dim = cond_dim or embedding_dim
-        self.eps = eps
-        self.backend = backend
-        self.silu = nn.SiLU()
-        self.linear = nn.Linear(self.cond_dim, 6 * embedding_dim, device=device, dtype=dtype)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+    chunks = 6
+
+    @adds_options(_AdaLN, zero_init=True)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
     def forward(self, input: Tensor, cond: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        _check_cond("AdaLNZero", cond, input, self.cond_dim)
-        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.linear(self.silu(cond)).chunk(
-            6, dim=1
-        )
+        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self._modulations(input, cond)
         y = NF.modulate(input, shift, scale, eps=self.eps, backend=self.backend)
         return y, gate, shift_mlp, scale_mlp, gate_mlp
-
-    def extra_repr(self) -> str:
-        return f"{self.embedding_dim}, cond_dim={self.cond_dim}, eps={self.eps}"
 
 
 class AdaGroupNorm(nn.Module):

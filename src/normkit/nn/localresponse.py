@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from normkit import functional as NF
-from normkit.nn._base import _backend_repr
+from normkit.nn._base import _backend_repr, adds_options
 
 __all__ = ["CrossMapLRN2d", "LocalResponseNorm"]
 
@@ -75,16 +77,9 @@ class CrossMapLRN2d(LocalResponseNorm):
     >>> y = CrossMapLRN2d(5, alpha=1e-4, beta=0.75, k=2.0)(torch.randn(2, 16, 8, 8))
     """
 
-    def __init__(
-        self,
-        size: int,
-        alpha: float = 1e-4,
-        beta: float = 0.75,
-        k: float = 1,
-        *,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__(size, alpha, beta, k, backend=backend)
+    @adds_options(LocalResponseNorm, k=1)  # torch's default is the int 1 here
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
 
     def forward(self, input: Tensor) -> Tensor:
         if input.ndim != 4:
