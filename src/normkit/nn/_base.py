@@ -255,8 +255,8 @@ class NormBase(nn.Module):
 
 class BatchNormBase(NormBase):
     """:class:`NormBase` with batch statistics: the feature ``axis``, the input-rank check
-    (``_min_ndim``/``_max_ndim`` per subclass) and torch's batch-norm prologue
-    (:meth:`batch_state`)."""
+    (``_min_ndim``/``_max_ndim`` per subclass), torch's batch-norm prologue
+    (:meth:`batch_state`) and the functional call it feeds (:meth:`apply_functional`)."""
 
     _min_ndim = 2
     _max_ndim: int | None = None
@@ -265,6 +265,11 @@ class BatchNormBase(NormBase):
     def __init__(self, *args: Any, axis: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.axis = axis
+
+    @property
+    def uses_batch_stats(self) -> bool:
+        """Whether batch statistics normalize: in training, and in eval without running buffers."""
+        return self.training or self.running_mean is None
 
     def batch_state(self) -> tuple[Tensor | None, Tensor | None, bool, Tensor | None]:
         """``(running_mean, running_var, use_batch_stats, num_batches_tracked)`` for the
@@ -279,8 +284,32 @@ class BatchNormBase(NormBase):
         return (
             self.running_mean if keep else None,
             self.running_var if keep else None,
-            self.training or self.running_mean is None,
+            self.uses_batch_stats,
             self.num_batches_tracked if self.training and self.track_running_stats else None,
+        )
+
+    def apply_functional(
+        self, op: Callable[..., Tensor], input: Tensor, mask: Tensor | None, **options: Any
+    ) -> Tensor:
+        """``op(input, <this layer's batch-norm arguments for this step>, mask=mask, **options)``
+        for a functional op with :func:`normkit.functional.batch_norm`'s arguments (batch norm,
+        ghost batch norm, batch renorm): :meth:`batch_state`, the parameters and the options."""
+        running_mean, running_var, use_batch_stats, num_batches_tracked = self.batch_state()
+        return op(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            self.momentum,
+            self.eps,
+            axis=self.axis,
+            num_batches_tracked=num_batches_tracked,
+            nan_policy=self.nan_policy,
+            mask=mask,
+            backend=self.backend,
+            **options,
         )
 
     def _check_input_dim(self, x: Tensor) -> None:

@@ -38,22 +38,7 @@ class BatchNorm(BatchNormBase):
         and running averages to the ``True`` positions (see :func:`normkit.functional.batch_norm`).
         """
         self._check_input_dim(input)
-        running_mean, running_var, use_batch_stats, num_batches_tracked = self.batch_state()
-        return NF.batch_norm(
-            input,
-            running_mean,
-            running_var,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            self.momentum,
-            self.eps,
-            axis=self.axis,
-            num_batches_tracked=num_batches_tracked,
-            nan_policy=self.nan_policy,
-            mask=mask,
-            backend=self.backend,
-        )
+        return self.apply_functional(NF.batch_norm, input, mask)
 
 
 class BatchNorm1d(BatchNorm):

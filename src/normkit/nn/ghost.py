@@ -47,24 +47,10 @@ class GhostBatchNorm(BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Ghost-batch-normalize ``input`` (training) or batch-normalize it with running stats."""
         self._check_input_dim(input)
-        running_mean, running_var, use_batch_stats, num_batches_tracked = self.batch_state()
-        if not use_batch_stats:
+        if not self.uses_batch_stats:  # the running statistics normalize: plain batch norm
             return super().forward(input, mask)
-        return NF.ghost_batch_norm(
-            input,
-            running_mean,
-            running_var,
-            self.weight,
-            self.bias,
-            True,
-            self.momentum,
-            self.eps,
-            virtual_batch_size=self.virtual_batch_size,
-            axis=self.axis,
-            num_batches_tracked=num_batches_tracked,
-            nan_policy=self.nan_policy,
-            mask=mask,
-            backend=self.backend,
+        return self.apply_functional(
+            NF.ghost_batch_norm, input, mask, virtual_batch_size=self.virtual_batch_size
         )
 
     def extra_options(self) -> str:

@@ -92,25 +92,8 @@ class BatchRenorm(BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Renormalize ``input`` (training) or batch-normalize it with the running statistics."""
         self._check_input_dim(input)
-        running_mean, running_var, training, num_batches_tracked = self.batch_state()
         r_max, d_max = self.clip_limits() if self.training else (self.r_max, self.d_max)
-        return NF.batch_renorm(
-            input,
-            running_mean,  # type: ignore[arg-type]
-            running_var,  # type: ignore[arg-type]
-            self.weight,
-            self.bias,
-            training,
-            self.momentum,
-            self.eps,
-            r_max=r_max,
-            d_max=d_max,
-            axis=self.axis,
-            num_batches_tracked=num_batches_tracked,
-            nan_policy=self.nan_policy,
-            mask=mask,
-            backend=self.backend,
-        )
+        return self.apply_functional(NF.batch_renorm, input, mask, r_max=r_max, d_max=d_max)
 
     def extra_options(self) -> str:
         s = f", r_max={self.r_max}, d_max={self.d_max}"
