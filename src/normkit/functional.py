@@ -23,6 +23,7 @@ from torch import Tensor
 from normkit import _reference, backends
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
 from normkit._checks import (
+    NAN_POLICIES,
     check_batch_norm_eps,
     check_input,
     check_nan_policy,
@@ -177,12 +178,15 @@ def _fused_update_ok(running: Sequence[Tensor | None], *tensors: Tensor | None) 
     dtype = x.dtype
     if not x.is_cpu or dtype not in _NATIVE_DTYPES or torch.compiler.is_compiling():
         return False
-    if any(t is not None and t.dtype != dtype for t in tensors[1:]):
-        return False
-    return all(
-        t is None or (type(t) is Tensor and t.is_cpu and t.dtype == dtype and not t.requires_grad)
-        for t in running
-    )
+    for t in tensors[1:]:  # (plain loops: this runs on every training call)
+        if t is not None and t.dtype != dtype:
+            return False
+    for t in running:
+        if t is not None and not (
+            type(t) is Tensor and t.is_cpu and t.dtype == dtype and not t.requires_grad
+        ):
+            return False
+    return True
 
 
 def _cudnn(x: Tensor) -> bool:
@@ -221,7 +225,12 @@ def _guarded(
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd records a call on ``tensors`` (the auto rule's direction)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def _batch_norm_fused(
@@ -254,6 +263,56 @@ def _batch_norm_fused(
     if ok and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
     return y
+
+
+def _batch_norm_native(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Tensor | None,
+    nan_policy: NanPolicy,
+    backend: str,
+) -> Tensor | None:
+    """The hot path of :func:`batch_norm` (feature axis 1, no mask, torch's momentum): torch's
+    native op, run directly when it computes exactly what the general path would (plain CPU
+    tensors of one native dtype, the backend resolved to torch, a valid ``eps`` and batch; in
+    training under the NaN guard of :func:`_batch_norm_fused`). ``None`` otherwise, and where
+    torch rejects the shapes: the general path then decides, and raises normkit's errors.
+    """
+    if input.ndim < 2 or not eps > 0 or nan_policy not in NAN_POLICIES:
+        return None
+    if (running_mean is None) != (running_var is None):
+        return None
+    if training:
+        if input.numel() <= input.shape[1]:  # at most one value per channel, or empty
+            return None
+        if running_mean is not None and momentum is None and num_batches_tracked is None:
+            return None
+    elif running_mean is None or running_var is None:
+        return None
+    if not _fused_update_ok((running_mean, running_var), input, weight, bias):
+        return None
+    op = "batch_norm_train" if training else "batch_norm_eval"
+    if backends.resolve(op, input, backend, needs_grad=_needs_grad(input, weight, bias)).name != (
+        "torch"
+    ):
+        return None
+    try:
+        if training:
+            return _batch_norm_fused(
+                input, running_mean, running_var, weight, bias, momentum, eps,
+                num_batches_tracked, nan_policy,
+            )  # fmt: skip
+        return torch.batch_norm(
+            input, weight, bias, running_mean, running_var, False, 0.0, eps, False
+        )
+    except RuntimeError:
+        return None
 
 
 @torch.no_grad()
@@ -347,6 +406,13 @@ def batch_norm(
     >>> rm, rv = torch.zeros(8), torch.ones(8)
     >>> y = batch_norm(x, rm, rv, training=True)
     """
+    if mask is None and axis == 1 and momentum_convention == "torch":
+        y = _batch_norm_native(
+            input, running_mean, running_var, weight, bias, training, momentum, eps,
+            num_batches_tracked, nan_policy, backend,
+        )  # fmt: skip
+        if y is not None:
+            return y
     op = "batch_norm"
     check_input(input, op, 2 if axis in (1, -1) else 1)
     ax = feature_axis(input, axis, op)
