@@ -110,13 +110,13 @@ def update_running_buffers(
         (running_mean, running_var), batch_mean, batch_var
     ):
         # CPU fast path: four in-place ops under the NumPy guard of the fused native path
-        batches = (
+        seen = (
             0
             if momentum is not None or num_batches_tracked is None
             else int(num_batches_tracked) + 1
         )
-        factor = float(running_average_factor(momentum, batches))
-        w_new = factor if convention == "torch" else 1 - factor
+        rate = float(running_average_factor(momentum, seen))
+        w_new = rate if convention == "torch" else 1 - rate
         scale = count / (count - 1) if bessel and count is not None and count > 1 else 1.0
 
         def update() -> None:
@@ -225,12 +225,7 @@ def _guarded(
 
 def _needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd records a call on ``tensors`` (the auto rule's direction)."""
-    if not torch.is_grad_enabled():
-        return False
-    for t in tensors:
-        if t is not None and t.requires_grad:
-            return True
-    return False
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _batch_norm_fused(
