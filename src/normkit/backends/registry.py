@@ -243,7 +243,8 @@ def set_auto_table(rows: list[dict[str, Any]] | None) -> None:
     """Make ``"auto"`` follow ``rows`` (``None``: reload from :func:`auto_table_path`).
 
     Each row: ``op``, ``dir`` (``"fwd"`` or ``"fwd+bwd"``), ``device`` (``"cpu"``, ``"cuda"``),
-    ``dtype`` (``"float32"``), ``layout`` (``"contiguous"``, ``"channels_last"``, ``"strided"``),
+    ``dtype`` (``"float32"``), ``layout`` (``"contiguous"``, ``"channels_last"``, ``"rows"``: a
+    2-D ``(N, C)`` batch norm input, ``"strided"``),
     ``numel`` (the measured size) and ``backend`` (the fastest there).
     """
     _TABLE.clear()
@@ -257,9 +258,15 @@ def _table() -> _Table:
     return _TABLE[0]
 
 
-def _layout(x: Tensor) -> str:
+#: Ops over feature axis 1 whose kernels stream a 2-D ``(N, C)`` input as rows of features (as
+#: they stream channels_last), not as the ``(N, C, *)`` planes a contiguous 4-D input gives: a
+#: layout of its own in the table (``"rows"``), measured apart.
+_ROW_OPS = frozenset({"batch_norm_train", "batch_norm_eval"})
+
+
+def _layout(x: Tensor, op: str = "") -> str:
     if x.is_contiguous():
-        return "contiguous"
+        return "rows" if x.ndim == 2 and op in _ROW_OPS else "contiguous"
     if (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)) or (
         x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
     ):
@@ -270,7 +277,7 @@ def _layout(x: Tensor) -> str:
 def _kind(op: str, x: Tensor, needs_grad: bool | None) -> tuple[Any, ...]:
     if needs_grad is None:
         needs_grad = x.requires_grad and torch.is_grad_enabled()
-    return (op, "fwd+bwd" if needs_grad else "fwd", x.device.type, x.dtype, _layout(x))
+    return (op, "fwd+bwd" if needs_grad else "fwd", x.device.type, x.dtype, _layout(x, op))
 
 
 def signature(op: str, x: Tensor, needs_grad: bool | None = None) -> tuple[Any, ...]:

@@ -41,6 +41,7 @@ TUNED_OPS: tuple[str, ...] = (
     "add_rms_norm",
 )
 _CHANNEL_OPS = ("batch_norm_train", "batch_norm_eval", "group_norm", "instance_norm")
+_ROW_OPS = ("batch_norm_train", "batch_norm_eval")
 #: Input sizes measured by default, as powers of two (elements): every octave from 8 Ki to 8 Mi
 #: values, so a layer is never judged by a cell four times smaller or larger than itself.
 DEFAULT_SIZES: tuple[int, ...] = tuple(range(13, 24))
@@ -54,13 +55,13 @@ class TuneCell:
 
     op: str
     direction: str  # "fwd" or "fwd+bwd"
-    layout: str  # "contiguous" or "channels_last"
+    layout: str  # "contiguous", "channels_last" or "rows" (2-D batch norm input)
     log2: int
     dtype: torch.dtype = torch.float32
 
     @property
     def shape(self) -> tuple[int, ...]:
-        if self.op in _CHANNEL_OPS:
+        if self.op in _CHANNEL_OPS and self.layout != "rows":
             hw = self.log2 - 9  # 8 × 64 = 2^9
             return (8, _CHANNELS, 1 << (hw // 2), 1 << (hw - hw // 2))
         return (1 << (self.log2 - 10), _HIDDEN)
@@ -69,11 +70,16 @@ class TuneCell:
 def cells(
     sizes: Sequence[int], ops: Sequence[str] = TUNED_OPS, dtypes: Sequence[torch.dtype] = ()
 ) -> list[TuneCell]:
-    """The grid: ops × directions × layouts (channels_last for channel ops) × sizes × dtypes."""
+    """The grid: ops × directions × layouts (channels_last for channel ops, rows for 2-D batch
+    norm) × sizes × dtypes."""
     out: list[TuneCell] = []
     for dt in dtypes or (torch.float32,):
         for op in ops:
-            layouts = ("contiguous", "channels_last") if op in _CHANNEL_OPS else ("contiguous",)
+            layouts: tuple[str, ...] = ("contiguous",)
+            if op in _CHANNEL_OPS:
+                layouts += ("channels_last",)
+            if op in _ROW_OPS:  # 2-D (N, C) batch norm: features streamed as rows
+                layouts += ("rows",)
             for layout in layouts:
                 for d in ("fwd", "fwd+bwd"):
                     out.extend(TuneCell(op, d, layout, k, dt) for k in sizes)
