@@ -10,13 +10,10 @@ gradients of the step's backward. The graph is left untouched: a watched model c
 bit-identical outputs and gradients, and in-place ops after a layer (``ReLU(inplace=True)``)
 keep working (the layer's output is measured in its hook, before they run).
 
-Measuring. Each statistic is a torch reduction left on the device as a 0-d tensor (per-channel
-statistics of normalization layers: small vectors); at the start of the next recorded step, or
-when read, all of them go to the host in one ``torch.stack``/``torch.cat`` per device and are
-turned into the metrics in float64. No hook synchronises an accelerator.
-
-Storing. The metrics go into three typed columns (step, metric id, value): no per-value Python
-object for the garbage collector to scan.
+Each statistic is a torch reduction left on the device (:mod:`~normkit.diagnostics._store`
+reads them to the host in one go and keeps the metrics); the update statistics come from flat
+copies of the weights (:mod:`~normkit.diagnostics._updates`). No hook synchronises an
+accelerator.
 """
 
 from __future__ import annotations
@@ -24,13 +21,11 @@ from __future__ import annotations
 import csv
 import math
 import weakref
-from array import array
-from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -40,26 +35,20 @@ from torch.optim.optimizer import (
 )
 from torch.utils.hooks import RemovableHandle
 
-from normkit._stats import accumulation_dtype
 from normkit.diagnostics import _instruments
-from normkit.diagnostics._data import (
-    METRICS,
-    Curvature,
-    GradientNoise,
-    LayerInfo,
-    Recording,
-    values_by_spec,
-)
+from normkit.diagnostics._data import METRICS, Curvature, GradientNoise, LayerInfo, Recording
 from normkit.diagnostics._findings import Finding
-from normkit.diagnostics._modules import (
-    SAT_HIGH,
-    ActivationKind,
-    activation_kind,
-    is_depth_layer,
-    leaf_modules,
-    norm_kind,
+from normkit.diagnostics._measure import (
+    first_tensor,
+    norm_stats,
+    output_stats,
+    tensor_norm,
+    warmup,
 )
+from normkit.diagnostics._modules import activation_kind, is_depth_layer, leaf_modules, norm_kind
 from normkit.diagnostics._report import html_report, plot_recorder, print_report
+from normkit.diagnostics._store import Store
+from normkit.diagnostics._updates import Snapshot, Updates
 from normkit.diagnostics._verdict import diagnose
 
 if TYPE_CHECKING:
@@ -72,67 +61,6 @@ RECORD: tuple[str, ...] = ("activations", "gradients", "updates")
 # pass-through modules: their output is their input (or a view of it); nothing new to measure
 _PASS_THROUGH: tuple[type[nn.Module], ...] = (nn.Flatten, nn.Unflatten, nn.Identity)
 _HIST_SAMPLE = 2048
-_FLOATS = (torch.float32, torch.float64)
-_DEAD_STD = 1e-3  # a BN channel whose output std is below this is dead
-
-# A pending entry: (what, key, step, meta, tensors it owns in the scalar list, in the vector
-# list); turned into metrics by Recorder._flush.
-_Entry = tuple[str, str, int, Any, int, int]
-
-
-def _first_tensor(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return next((o for o in output if isinstance(o, Tensor)), None)
-    return None
-
-
-def _norm(t: Tensor) -> Tensor:
-    """The L2 norm of ``t`` (of its stored values when sparse), accumulated in float32 or
-    float64."""
-    t = t.detach()
-    if t.is_sparse:
-        t = t.coalesce().values()
-    if t.dtype in _FLOATS:
-        return torch.linalg.vector_norm(t)
-    return torch.linalg.vector_norm(t, dtype=accumulation_dtype(t.dtype))
-
-
-def _group_sq(norms: list[float], sizes: list[int]) -> list[float]:
-    """Σ norm² of consecutive groups of ``norms`` (``sizes``: how many per group)."""
-    out, i = [], 0
-    for n in sizes:
-        out.append(sum(v * v for v in norms[i : i + n]))
-        i += n
-    return out
-
-
-def _to_host(ts: list[Tensor], join: Callable[[list[Tensor]], Tensor]) -> list[float]:
-    """The values of ``ts`` as floats, joined with ``join`` (torch.stack for 0-d tensors,
-    torch.cat for vectors; both promote dtypes) and copied once per device."""
-    by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, t in enumerate(ts):
-        by_device[t.device].append(i)
-    if len(by_device) == 1:
-        return join(ts).tolist()
-    parts: list[list[float]] = [[] for _ in ts]
-    for idx in by_device.values():
-        flat = join([ts[i] for i in idx]).tolist()
-        for i in idx:
-            n = ts[i].numel()
-            parts[i], flat = flat[:n], flat[n:]
-    return [v for p in parts for v in p]
-
-
-def _warmup(bn: nn.Module) -> int:
-    """Updates after which a batch norm's running statistics forgot their initial values to
-    5% (3/momentum for an exponential average; Keras-convention momenta count as 1 − m)."""
-    m = getattr(bn, "momentum", None)
-    if not isinstance(m, float) or not 0 < m < 1:
-        return 0  # (a cumulative average: no start-up bias)
-    conv = getattr(bn, "momentum_convention", None) or getattr(bn, "convention", None)
-    return math.ceil(3 / (1 - m if conv == "keras" else m))
 
 
 class Recorder:
@@ -200,14 +128,12 @@ class Recorder:
             n: ps for n, m in leaves if (ps := [p for p in m.parameters(recurse=False)])
         }
         self._flat_params = [(n, p) for n, ps in self._params.items() for p in ps]
-        self._init: dict[int, Tensor] = {}  # id(param) → its values when watching started
-        self._init_sq: dict[str, float] = {}  # layer → ‖w₀‖²
-        if self._rec_upd:
-            with torch.no_grad():
-                for n, ps in self._params.items():
-                    self._init.update((id(p), p.detach().clone()) for p in ps)
-                    self._init_sq[n] = sum(float(_norm(p)) ** 2 for p in ps)
+        self._updates = Updates(self._flat_params) if self._rec_upd else None
+        # the hooks a recorded step registers, made once
+        self._leaf_hooks = [(m, partial(self._on_leaf, n)) for n, m in self._leaves]
+        self._norm_hooks = [(m, partial(self._on_norm, n)) for n, m in self._norms]
         self._order: list[str] = []
+        self._seen: set[str] = set()
         self._steps: list[int] = []
         self._step = -1
         self._paused = False
@@ -220,19 +146,9 @@ class Recorder:
         self._curvature: list[Curvature] = []
         self._noise: list[GradientNoise] = []
         self._last_opt: weakref.ref[torch.optim.Optimizer] | None = None
-        # this step's measurements, read to the host at once (see _flush)
-        self._entries: list[_Entry] = []
-        self._scalars: list[Tensor] = []
-        self._vectors: list[Tensor] = []
-        # the stepping optimizer, the step, its watched parameters, their copies, and per layer
-        # (names, parameter counts, [Σw², Σ(w − w₀)²])
-        self._snapshot: tuple[Any, int, list[tuple[str, Tensor]], list[Tensor], Any] | None
-        self._snapshot = None
-        # the stored metrics: (step, metric id, value) columns
-        self._col_step = array("q")
-        self._col_id = array("q")
-        self._col_val = array("d")
-        self._ids: dict[tuple[str, str], int] = {}
+        self._store = Store()
+        # the stepping optimizer, the step and the weights' snapshot before it
+        self._snapshot: tuple[torch.optim.Optimizer, int, Snapshot] | None = None
         self._cache: tuple[int, Recording] | None = None
         self._step_handles: list[RemovableHandle] = []  # on for a recorded forward only
         self._grad_handle: RemovableHandle | None = None  # until the next step starts
@@ -282,6 +198,9 @@ class Recorder:
         self._opt_handles.clear()
         self._snapshot = None
 
+    def _flush(self) -> None:
+        self._store.flush(self._updates.init_sq if self._updates is not None else {})
+
     # ----------------------------------------------------------------------- hooks
 
     def _on_forward_start(self, module: nn.Module, args: Any) -> None:
@@ -302,11 +221,9 @@ class Recorder:
         self._calls = {}
         hooks = self._step_handles
         if self._rec_act or self._rec_grad:
-            hooks += [m.register_forward_hook(partial(self._on_leaf, n)) for n, m in self._leaves]
+            hooks += [m.register_forward_hook(h) for m, h in self._leaf_hooks]
         if self._rec_act:
-            hooks += [
-                m.register_forward_pre_hook(partial(self._on_norm, n)) for n, m in self._norms
-            ]
+            hooks += [m.register_forward_pre_hook(h) for m, h in self._norm_hooks]
         hooks.append(module.register_forward_hook(self._on_forward_end))
         if self._rec_upd and not self._opt_handles:
             if self._optimizer is None:  # (any optimizer: torch's global step hooks)
@@ -326,229 +243,73 @@ class Recorder:
 
     def _key(self, name: str, calls: int) -> str:
         key = name if calls == 1 else f"{name}#{calls}"
-        if key not in self._info:
-            base = self._info[name]
-            self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation, base.norm)
-        if key not in self._order:
+        if key not in self._seen:
+            self._seen.add(key)
             self._order.append(key)
+            if key not in self._info:
+                base = self._info[name]
+                self._info[key] = LayerInfo(key, base.kind, base.depth, base.activation, base.norm)
         return key
 
     def _on_leaf(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
-        out = _first_tensor(output)
+        out = first_tensor(output)
         if out is None or not out.is_floating_point() or out.numel() == 0:
             return
         calls = self._calls[name] = self._calls.get(name, 0) + 1
         key = self._key(name, calls)
         if self._rec_act:
-            self._measure_output(key, self._info[name].activation, out.detach())
+            x = out.detach()
+            self._store.add("act", key, self._step, *output_stats(x, self._info[name]))
+            if self._hist_now:  # a systematic sample of ≤ 2048 values (a copy); binned when read
+                flat = (x if x.dtype in (torch.float32, torch.float64) else x.float()).reshape(-1)
+                sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
+                kept = self._samples.setdefault(key, [])
+                kept[1:] = []  # keep the first and the latest only
+                kept.append((self._step, sample))
         if self._rec_grad and out.requires_grad:
             out.register_hook(partial(self._on_out_grad, key, self._step))
 
-    def _measure_output(self, key: str, act: ActivationKind | None, x: Tensor) -> None:
-        # Σx and ‖x‖ (the std is combined in float64 when read as √(‖x‖²/n − mean²): exact
-        # enough to monitor scale unless |mean| > 1000·std), min and max, then the dead or
-        # saturated count: one reduction each, no temporaries but the saturation test's.
-        x = x if x.dtype in _FLOATS else x.float()
-        n = x.numel()
-        units = x.shape[1] if x.ndim >= 2 else n  # ReLU units: channels (or each value)
-        lo, hi = torch.aminmax(x)
-        vals = [x.sum(), torch.linalg.vector_norm(x), lo, hi]
-        if act == "relu":  # a unit is dead if ≤ 0 for every sample and position
-            peak = x.amax(dim=[d for d in range(x.ndim) if d != 1]) if x.ndim >= 2 else x
-            vals.append(torch.count_nonzero(peak))
-        elif act is not None:
-            centre, half = (0.5, SAT_HIGH - 0.5) if act == "sigmoid" else (0.0, SAT_HIGH)
-            vals.append(torch.count_nonzero(x.sub(centre).abs_().gt_(half)))
-        self._add("act", key, (n, units, act), vals)
-        if self._hist_now:  # a systematic sample of ≤ 2048 values (a copy); binned when read
-            flat = x.reshape(-1)
-            sample = torch.nan_to_num(flat[:: max(1, flat.numel() // _HIST_SAMPLE)])
-            kept = self._samples.setdefault(key, [])
-            kept[1:] = []  # keep the first and the latest only
-            kept.append((self._step, sample))
-
     def _on_norm(self, name: str, module: nn.Module, args: Any) -> None:
-        x = _first_tensor(args)
+        x = first_tensor(args)
         if x is None or not x.is_floating_point() or x.numel() == 0:
             return
         key = self._key(name, self._calls.get(name, 0) + 1)  # (the call about to run)
-        x = x.detach()
-        w = getattr(module, "weight", None)
-        vecs = [w.detach().reshape(-1).clone()] if isinstance(w, Tensor) and w.numel() else []
-        rm, rv = getattr(module, "running_mean", None), getattr(module, "running_var", None)
-        batch = (
-            module.training
-            and x.ndim >= 2
-            and isinstance(rm, Tensor)
-            and isinstance(rv, Tensor)
-            and rm.numel() == rv.numel() == x.shape[1]
-        )
-        scalars = []
-        if batch:  # per channel the mean and ‖x − mean‖ (two passes: torch.var_mean is ~20x
-            # slower on CPU), and the running statistics before this step updates them
-            dims = [d for d in range(x.ndim) if d != 1]
-            mean = x.mean(dims, keepdim=True)
-            vecs += [mean.reshape(-1), torch.linalg.vector_norm(x - mean, dim=dims)]
-            vecs += [cast(Tensor, rm).detach().clone(), cast(Tensor, rv).detach().clone()]
+        meta, vals = norm_stats(module, x.detach())
+        if meta[1]:  # (a batch norm's batch statistics)
             self._bn_counts[key] = x.numel() // x.shape[1]
-            self._bn_warmup[key] = _warmup(module)
-        else:
-            scalars.append(torch.linalg.vector_norm(x))
-        eps = float(getattr(module, "eps", 1e-5))
-        meta = (x.numel(), len(vecs) in (1, 5), batch, eps)
-        self._add("norm", key, meta, scalars, vecs)
+            self._bn_warmup[key] = warmup(module)
+        self._store.add("norm", key, self._step, meta, vals)
 
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
-        self._add("grad_out", key, None, [_norm(grad)], step=step)
+        self._store.add("grad_out", key, step, None, [tensor_norm(grad)])
 
     def _on_param_grads(
         self, step: int, params: Sequence[Tensor], grads: Sequence[Tensor | None]
     ) -> None:
         by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
-        ts: list[Tensor] = []
-        layers, sizes = [], []
-        for layer, ps in self._params.items():
-            gs = [g for p in ps if (g := by_param.get(id(p))) is not None]
-            if gs:
-                ts += gs
+        layers, norms = [], []
+        for layer, p in self._flat_params:
+            g = by_param.get(id(p))
+            if g is not None:
                 layers.append(layer)
-                sizes.append(len(gs))
-        if ts:
-            self._add("grad", "", (layers, sizes), [_norm(g) for g in ts], step=step)
+                norms.append(tensor_norm(g))
+        if norms:
+            self._store.add("grad", "", step, layers, norms)
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if self._snapshot is not None:
+        if self._snapshot is not None or self._updates is None:
             return
-        ids = {id(p) for g in opt.param_groups for p in g["params"]}
-        watched: list[tuple[str, Tensor]] = [(n, p) for n, p in self._flat_params if id(p) in ids]
-        if not watched:
-            return  # (another model's optimizer)
-        self._last_opt = weakref.ref(opt)
-        names = [n for n, _ in watched]
-        layers = list(dict.fromkeys(names))  # (in order: _flat_params is grouped by layer)
-        sizes = [names.count(n) for n in layers]
-        with torch.no_grad():
-            olds = [p.detach().clone() for _, p in watched]
-            norms = [_norm(o) for o in olds]
-            norms += [_norm(o - self._init[id(p)]) for (_, p), o in zip(watched, olds, strict=True)]
-        self._snapshot = (opt, self._steps[-1], watched, olds, (layers, sizes, norms))
+        snap = self._updates.before({id(p) for g in opt.param_groups for p in g["params"]})
+        if snap is not None:  # (else another model's optimizer)
+            self._last_opt = weakref.ref(opt)
+            self._snapshot = (opt, self._steps[-1], snap)
 
     def _on_opt_post(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        snap = self._snapshot
-        if snap is None or snap[0] is not opt:
+        if self._snapshot is None or self._snapshot[0] is not opt or self._updates is None:
             return
-        _, step, watched, olds, (layers, sizes, norms) = snap
-        with torch.no_grad():  # (−Δw in place of the old weights)
-            norms += [_norm(o.sub_(p.detach())) for (_, p), o in zip(watched, olds, strict=True)]
-        self._add("update", "", (layers, sizes), norms, step=step)
+        _, step, snap = self._snapshot
+        self._store.add("update", "", step, snap.layers, self._updates.after(snap))
         self._remove_opt_hooks()
-
-    # ----------------------------------------------------------------------- storing
-
-    def _add(
-        self,
-        what: str,
-        key: str,
-        meta: Any,
-        scalars: list[Tensor],
-        vectors: Sequence[Tensor] = (),
-        *,
-        step: int | None = None,
-    ) -> None:
-        self._entries.append(
-            (what, key, self._step if step is None else step, meta, len(scalars), len(vectors))
-        )
-        self._scalars += scalars
-        self._vectors += vectors
-
-    def _put(self, step: int, metric: str, key: str, value: float) -> None:
-        i = self._ids.get((metric, key))
-        if i is None:
-            i = self._ids[(metric, key)] = len(self._ids)
-        self._col_step.append(step)
-        self._col_id.append(i)
-        self._col_val.append(value)
-
-    def _flush(self) -> None:
-        """Read this step's measurements to the host (one join per device) and store them as
-        metrics."""
-        if not self._entries:
-            return
-        entries, self._entries = self._entries, []
-        scalars = _to_host(self._scalars, torch.stack)
-        vectors = _to_host(self._vectors, torch.cat) if self._vectors else []
-        lens = [v.numel() for v in self._vectors]
-        self._scalars, self._vectors = [], []
-        s = vi = vpos = 0
-        put = self._put
-        for what, key, step, meta, ns, nv in entries:
-            vals = scalars[s : s + ns]
-            s += ns
-            vecs = []
-            for length in lens[vi : vi + nv]:
-                vecs.append(vectors[vpos : vpos + length])
-                vpos += length
-            vi += nv
-            if what == "act":
-                n, units, act = meta
-                mean = vals[0] / n
-                put(step, "act_mean", key, mean)
-                put(step, "act_std", key, math.sqrt(max(vals[1] ** 2 / n - mean**2, 0.0)))
-                put(step, "act_min", key, vals[2])
-                put(step, "act_max", key, vals[3])
-                if act == "relu":
-                    put(step, "dead_frac", key, 1.0 - vals[4] / units)
-                elif act is not None:
-                    put(step, "saturated_frac", key, vals[4] / n)
-                if self._info[key].norm is not None:
-                    put(step, "norm_out_rms", key, vals[1] / math.sqrt(n))
-            elif what == "grad_out":
-                put(step, "grad_out_norm", key, vals[0])
-            elif what == "grad":
-                for layer, sq in zip(meta[0], _group_sq(vals, meta[1]), strict=True):
-                    put(step, "grad_norm", layer, math.sqrt(sq))
-            elif what == "norm":
-                self._put_norm(step, key, meta, vals, vecs)
-            elif what == "update":
-                k = len(vals) // 3
-                sqs = [_group_sq(vals[i * k : (i + 1) * k], meta[1]) for i in range(3)]
-                self._put_update(step, meta[0], *sqs)
-
-    def _put_norm(
-        self, step: int, key: str, meta: Any, vals: list[float], vecs: list[list[float]]
-    ) -> None:
-        n, has_weight, batch, eps = meta
-        if has_weight:
-            w = vecs[0]
-            self._put(step, "gamma_min", key, min(w))
-            self._put(step, "gamma_max", key, max(w))
-        if not batch:
-            self._put(step, "norm_in_rms", key, vals[0] / math.sqrt(n))
-            return
-        mean, dev, rm, rv = vecs[-4:]
-        m = n // len(mean)  # values per channel
-        var = [d * d / m for d in dev]
-        rms = math.sqrt(sum(v + u * u for v, u in zip(var, mean, strict=True)) / len(mean))
-        self._put(step, "norm_in_rms", key, rms)
-        lag, dead = 0.0, 0
-        for c in range(len(mean)):
-            sb, sr = math.sqrt(var[c] + eps), math.sqrt(rv[c] + eps)
-            lag += (sb / sr - 1.0) ** 2 + ((mean[c] - rm[c]) / sr) ** 2
-            gamma = abs(vecs[0][c]) if has_weight and len(vecs[0]) == len(mean) else 1.0
-            dead += gamma * math.sqrt(var[c]) / sb < _DEAD_STD
-        self._put(step, "bn_stat_lag", key, math.sqrt(lag / len(mean)))
-        self._put(step, "bn_dead_frac", key, dead / len(mean))
-
-    def _put_update(
-        self, step: int, layers: list[str], w2: list[float], d2: list[float], u2: list[float]
-    ) -> None:
-        """Per layer, from its sums of squares: the weight norm before the step, ‖Δw‖/‖w‖ and
-        ‖w − w₀‖/‖w₀‖."""
-        for layer, *sq in zip(layers, w2, d2, u2, strict=True):
-            w, d, u, w0 = map(math.sqrt, (*sq, self._init_sq[layer]))
-            self._put(step, "weight_norm", layer, w)
-            self._put(step, "update_ratio", layer, u / w if w > 0 else math.inf)
-            self._put(step, "init_distance", layer, d / w0 if w0 > 0 else math.inf)
 
     # ----------------------------------------------------------------------- reading
 
@@ -556,10 +317,9 @@ class Recorder:
         """The recorded run as a :class:`~normkit.diagnostics.Recording` (what verdicts and
         reports read)."""
         self._flush()
-        size = len(self._col_val) + len(self._curvature) + len(self._noise) + len(self._steps)
+        size = len(self._store) + len(self._curvature) + len(self._noise) + len(self._steps)
         if self._cache is None or self._cache[0] != size:
-            by_id = values_by_spec(self._col_id, self._col_step, self._col_val)
-            values = {spec: by_id[i] for spec, i in self._ids.items() if i in by_id}
+            values = self._store.values()
             ran = set(self._order)
             self._cache = (
                 size,
@@ -758,9 +518,11 @@ def watch(
     never). ``record`` picks the groups (:data:`RECORD`): ``"activations"`` (output
     statistics, norm health, histograms), ``"gradients"`` (output- and parameter-gradient
     norms: the gradient-flow data) and ``"updates"`` (weight norm, update ratio, distance from
-    the start; it keeps a copy of the parameters as they were when ``watch`` started, on their
-    device: leave ``"updates"`` out where that memory matters). :meth:`Recorder.curvature` and :meth:`Recorder.gradient_noise` measure the
-    loss's sharpness and the gradient noise on demand.
+    the start; it keeps a copy of the parameters as they were when ``watch`` started and, from
+    the first optimizer step, a buffer of twice their size for the step's snapshot, on their
+    device: leave ``"updates"`` out where that memory matters). :meth:`Recorder.curvature` and
+    :meth:`Recorder.gradient_noise` measure the loss's sharpness and the gradient noise on
+    demand.
 
     Vanishing gradients: the gradient reaching layer ``l`` is the product of the Jacobians of
     the layers above it, so it shrinks geometrically when those have gain < 1 (Hochreiter 1991;
