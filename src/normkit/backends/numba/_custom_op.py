@@ -37,15 +37,19 @@ def traced(x: Tensor) -> bool:
 @dataclass(frozen=True)
 class NumbaOp:
     """A kernel-backed op: ``op`` (the custom op, for traced calls), ``backward`` (its backward
-    custom op, or ``None`` when the gradient is plain torch) and ``eager`` (the autograd.Function
-    that eager calls take)."""
+    custom op, or ``None`` when the gradient is plain torch), ``eager`` (the autograd.Function
+    that eager calls take) and ``kernel`` (the forward itself, for eager calls with autograd off:
+    no graph to record, so no Function)."""
 
     op: Any
     backward: Any
     eager: Any
+    kernel: Callable[..., Any]
 
     def __call__(self, x: Tensor, *args: Any) -> Any:
-        return self.op(x, *args) if traced(x) else self.eager.apply(x, *args)
+        if traced(x):
+            return self.op(x, *args)
+        return self.eager.apply(x, *args) if torch.is_grad_enabled() else self.kernel(x, *args)
 
 
 def _eager_function(
@@ -100,7 +104,7 @@ def define(
         backward_op.register_fake(backward_fake)
     op.register_autograd(functools.partial(grad, backward=backward_op), setup_context=setup)
     eager = _eager_function(name, forward, setup, functools.partial(grad, backward=backward))
-    return NumbaOp(op, backward_op, eager)
+    return NumbaOp(op, backward_op, eager, forward)
 
 
 def stats_norm_grad(ctx: Any, dy: Tensor | None, *_: Any, backward: Any) -> tuple:
