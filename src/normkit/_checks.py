@@ -19,6 +19,7 @@ __all__ = [
     "check_nan_policy",
     "check_normalized_shape",
     "check_param",
+    "check_positive",
     "check_residual",
     "expand_mask",
     "feature_axis",
@@ -130,6 +131,19 @@ def check_nan_policy(nan_policy: str) -> None:
     """``nan_policy`` is one of :data:`NAN_POLICIES`."""
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES} (got {nan_policy!r})")
+
+
+def check_positive(owner: str, **sizes: int) -> None:
+    """Each of ``sizes`` (``num_features=...``, ``size=...``) is a positive int.
+
+    >>> check_positive("GroupNorm", num_channels=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: GroupNorm: num_channels must be a positive int (got 0)
+    """
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int (got {value})")
 
 
 def memory_format_of(x: Tensor) -> torch.memory_format | None:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from normkit._checks import check_nan_policy
+from normkit._checks import check_nan_policy, check_positive
 from normkit._stats import NanPolicy
 
 __all__ = [
@@ -184,10 +184,8 @@ class NormBase(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if num_features < 1 and not self._lazy():
-            raise ValueError(
-                f"{type(self).__name__}: num_features must be a positive int (got {num_features})"
-            )
+        if not self._lazy():
+            check_positive(type(self).__name__, num_features=num_features)
         check_nan_policy(nan_policy)
         self.num_features = num_features
         self.eps = eps

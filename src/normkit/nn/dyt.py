@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from normkit import functional as NF
+from normkit._checks import check_positive
 
 __all__ = ["DyT", "replace_norms"]
 
@@ -41,8 +42,7 @@ class DyT(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if num_features < 1:
-            raise ValueError(f"DyT: num_features must be positive (got {num_features})")
+        check_positive("DyT", num_features=num_features)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.alpha_init = alpha_init

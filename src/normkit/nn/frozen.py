@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
 from normkit import functional as NF
+from normkit._checks import check_positive
 from normkit.nn._base import _backend_repr, check_rank
 from normkit.nn.batchnorm import BatchNorm, BatchNorm1d, BatchNorm2d, BatchNorm3d
 
@@ -58,8 +59,7 @@ class FrozenBatchNorm(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if num_features < 1:
-            raise ValueError(f"num_features must be a positive int (got {num_features})")
+        check_positive(type(self).__name__, num_features=num_features)
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_features = num_features
         self.eps = eps

@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor
 
 from normkit import functional as NF
+from normkit._checks import check_positive
 from normkit.nn._base import adds_options
 from normkit.nn.batchnorm import BatchNorm
 
@@ -36,11 +37,7 @@ class GhostBatchNorm(BatchNorm):
 
     @adds_options(BatchNorm)
     def __init__(self, *args: Any, virtual_batch_size: int = 32, **kwargs: Any) -> None:
-        if virtual_batch_size < 1:
-            raise ValueError(
-                f"{type(self).__name__}: virtual_batch_size must be a positive int (got "
-                f"{virtual_batch_size})"
-            )
+        check_positive(type(self).__name__, virtual_batch_size=virtual_batch_size)
         super().__init__(*args, **kwargs)
         self.virtual_batch_size = int(virtual_batch_size)
 

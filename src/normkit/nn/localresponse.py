@@ -7,6 +7,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from normkit import functional as NF
+from normkit._checks import check_positive
 from normkit.nn._base import _backend_repr, adds_options
 
 __all__ = ["CrossMapLRN2d", "LocalResponseNorm"]
@@ -39,8 +40,7 @@ class LocalResponseNorm(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if size < 1:
-            raise ValueError(f"{type(self).__name__}: size must be a positive int (got {size})")
+        check_positive(type(self).__name__, size=size)
         self.size = size
         self.alpha = alpha
         self.beta = beta

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from normkit import backends
+from normkit._checks import check_positive
 from normkit._optional import installed
 from normkit.nn import _recurrent_core as core
 from normkit.nn._recurrent_fused import fused_lstm_direction
@@ -248,11 +249,7 @@ class _LayerNormCellBase(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        if input_size < 1 or hidden_size < 1:
-            raise ValueError(
-                f"{type(self).__name__}: input_size and hidden_size must be positive "
-                f"(got input_size={input_size}, hidden_size={hidden_size})"
-            )
+        check_positive(type(self).__name__, input_size=input_size, hidden_size=hidden_size)
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -465,11 +462,7 @@ class _LayerNormRNNBase(nn.Module):
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        if input_size < 1 or hidden_size < 1 or num_layers < 1:
-            raise ValueError(
-                f"{owner}: input_size, hidden_size and num_layers must be positive (got "
-                f"{input_size}, {hidden_size}, {num_layers})"
-            )
+        check_positive(owner, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         if not 0.0 <= dropout <= 1.0 or isinstance(dropout, bool):
             raise ValueError(f"{owner}: dropout must be a probability in [0, 1] (got {dropout})")
         self.input_size = input_size
