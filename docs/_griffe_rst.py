@@ -8,10 +8,15 @@ package (the source files are not touched):
 * ``.. math:: expr`` (one line, or an indented block) becomes a ``$$ ... $$`` display formula;
 * doctest examples (``>>>`` lines and their output) become ``pycon`` code blocks;
 * simple tables (``=====  =====`` borders) become Markdown tables.
+
+A second extension gives constructors written with :func:`normkit.nn._base.adds_options`
+(``__init__(self, *args, <options>, **kwargs)``) the full signature they have at run time, which
+static analysis cannot see.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import re
 from typing import Any
@@ -131,3 +136,23 @@ class RstToMarkdown(griffe.Extension):
     def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
         if obj.docstring is not None:
             obj.docstring.value = rewrite(obj.docstring.value)
+
+
+class AddsOptionsSignatures(griffe.Extension):
+    """Replace the parameters of ``@adds_options(...)`` constructors by their run-time ones."""
+
+    def on_function_instance(self, *, func: griffe.Function, **kwargs: Any) -> None:
+        if not any(str(d.value).startswith("adds_options") for d in func.decorators):
+            return
+        signature = inspect.signature(griffe.dynamic_import(func.path))
+        func.parameters = griffe.Parameters(
+            *(
+                griffe.Parameter(
+                    p.name,
+                    annotation=None if p.annotation is p.empty else str(p.annotation),
+                    kind=griffe.ParameterKind(p.kind.description),
+                    default=None if p.default is p.empty else repr(p.default),
+                )
+                for p in signature.parameters.values()
+            )
+        )
