@@ -276,11 +276,39 @@ def _randomize_running_stats(ours: nn.Module, theirs: nn.Module) -> dict[str, to
     return before
 
 
+#: Constructor options tried beside the defaults, where the torch twin takes them.
+EMPTY_OPTIONS = [
+    {},
+    {"momentum": None},
+    {"track_running_stats": False},
+    {"affine": True, "track_running_stats": True},
+    {"elementwise_affine": False},
+]
+
+
+def _options(row: catalog.NormKind) -> list[dict]:
+    """The options of EMPTY_OPTIONS the row's torch twin and the row itself accept (BatchRenorm
+    refuses track_running_stats=False)."""
+    params = inspect.signature(row.constructor_twin.__init__).parameters
+    accepted = []
+    for options in (o for o in EMPTY_OPTIONS if set(o) <= set(params)):
+        try:
+            row.build(C, **options)
+        except ValueError:
+            continue
+        accepted.append(options)
+    return accepted
+
+
 @pytest.mark.filterwarnings("ignore:SyncBatchNorm. torch.distributed is not initialized")
 @pytest.mark.filterwarnings("ignore:.*left unchanged:RuntimeWarning")
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("row", TWIN_ROWS, ids=_name)
-def test_empty_batch_as_the_torch_twin(row, train):
+@pytest.mark.parametrize(
+    ("row", "options"),
+    [(r, o) for r in TWIN_ROWS for o in _options(r)],
+    ids=lambda v: _name(v) if isinstance(v, catalog.NormKind) else ",".join(v) or "defaults",
+)
+def test_empty_batch_as_the_torch_twin(row, options, train):
     """N = 0 as torch: the same output shape and dtype (or the same exception type), running
     statistics untouched and ``num_batches_tracked`` as torch counts it.
 
@@ -288,7 +316,7 @@ def test_empty_batch_as_the_torch_twin(row, train):
     default ``nan_policy="skip"`` keeps them (tests/test_functional.py covers "propagate").
     A residual norm (``AddLayerNorm(x, r)``) is compared with its twin on ``x + r``."""
     for shape in EMPTY_SHAPES[row.constructor_twin]:
-        ours = _instance(row)
+        ours = row.build(C, **options) if options else _instance(row)
         theirs = _oracle(row, ours)
         before = _randomize_running_stats(ours, theirs)
         counted = getattr(ours, "num_batches_tracked", None)
