@@ -68,13 +68,23 @@ def test_a_channels_last_model_records_what_its_contiguous_twin_records() -> Non
     _assert_same_series(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_values_of_a_later_step_match_oracles() -> None:
+@pytest.mark.parametrize("kernels", ["numba", "torch"])
+def test_values_of_a_later_step_match_oracles(
+    kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from normkit.diagnostics import _updates
+
+    if kernels == "torch":  # the update statistics without the Numba kernels
+        monkeypatch.setattr(_updates, "kernels", lambda: None)
+    elif _updates.kernels() is None:
+        pytest.skip("numba is not installed")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 6), nn.Sigmoid())
     with torch.no_grad():
         model[0].bias[:4] = -1e3  # exactly 4 of 16 ReLU units dead
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     xs = torch.randn(3, 20, 12, generator=torch.Generator().manual_seed(1))
+    w_start = [p.detach().double().clone() for p in model[0].parameters()]
     with watch(model, every=1) as rec:
         for i in range(3):
             if i == 2:  # oracles of the last step, before it runs (no hooks fire in no_grad)
@@ -100,6 +110,10 @@ def test_values_of_a_later_step_match_oracles() -> None:
     assert r["grad_norm"]["0"] == pytest.approx(g0, rel=1e-5)
     assert r["weight_norm"]["0"] == pytest.approx(w0, rel=1e-5)
     assert r["update_ratio"]["0"] == pytest.approx(0.05 * g0 / w0, rel=1e-4)
+    moved = [w - s for w, s in zip(w_before, w_start, strict=True)]
+    d0 = math.sqrt(sum(d.square().sum().item() for d in moved))
+    s0 = math.sqrt(sum(s.square().sum().item() for s in w_start))
+    assert r["init_distance"]["0"] == pytest.approx(d0 / s0, rel=1e-5)
 
 
 class _LateInPlace(nn.Module):

@@ -13,13 +13,27 @@ instead of a clone, a subtraction and three norms per parameter.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from normkit._optional import installed
 from normkit.diagnostics._measure import tensor_norm
 
-__all__ = ["Snapshot", "Updates"]
+__all__ = ["Snapshot", "Updates", "kernels"]
+
+
+@cache
+def kernels() -> Any:
+    """:mod:`normkit.diagnostics._kernels` (serial Numba kernels), or None without numba."""
+    if not installed("numba"):
+        return None
+    from normkit.diagnostics import _kernels
+
+    return _kernels
 
 
 def _flat(params: Sequence[Tensor]) -> list[Tensor]:
@@ -35,13 +49,30 @@ class _Flat:
         self.init = init
         self.buf: Tensor | None = None
         self.spans: list[tuple[str, int, int]] = []
+        self.span_of: list[int] = []  # per parameter, the index of its span
         pos = 0
         for layer, p in named:
             if self.spans and self.spans[-1][0] == layer:
                 self.spans[-1] = (layer, self.spans[-1][1], pos + p.numel())
             else:
                 self.spans.append((layer, pos, pos + p.numel()))
+            self.span_of.append(len(self.spans) - 1)
             pos += p.numel()
+        # the Numba kernels take float32/float64 CPU parameters
+        ok = init.device.type == "cpu" and init.dtype in (torch.float32, torch.float64)
+        self.kernels = kernels() if ok else None
+
+    def numpy_parts(self) -> list[tuple[Any, Any, Any]]:
+        """Per parameter: NumPy views of its values, its initial values and its slice of the
+        buffer's first row."""
+        assert self.buf is not None
+        init, old = self.init.numpy(), self.buf[0].numpy()
+        parts, pos = [], 0
+        for p in self.params:
+            n = p.numel()
+            parts.append((p.detach().reshape(-1).numpy(), init[pos : pos + n], old[pos : pos + n]))
+            pos += n
+        return parts
 
 
 def _groups(named: list[tuple[str, Tensor]]) -> list[list[tuple[str, Tensor]]]:
@@ -121,8 +152,14 @@ class Updates:
         norms: list[Tensor] = []
         with torch.no_grad():
             for f in flats:
-                if f.buf is None:
-                    f.buf = f.init.new_empty((2, f.init.numel()))
+                if f.buf is None:  # (the kernels need one row: the weights before the step)
+                    f.buf = f.init.new_empty((1 if f.kernels else 2, f.init.numel()))
+                if f.kernels is not None:
+                    sq = np.zeros((len(f.spans), 2))
+                    for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
+                        sq[span] += f.kernels.snapshot(w, w0, old)
+                    norms.append(torch.from_numpy(np.sqrt(sq)))
+                    continue
                 torch.cat(_flat(f.params), out=f.buf[0])
                 torch.sub(f.buf[0], f.init, out=f.buf[1])
                 norms.append(torch.stack(self._span_norms(f.buf, f)))
@@ -135,7 +172,13 @@ class Updates:
         with torch.no_grad():
             for f, before in zip(snap.flats, snap.before, strict=True):
                 assert f.buf is not None
-                torch.cat(_flat(f.params), out=f.buf[1])
-                delta = torch.stack(self._span_norms(f.buf[1].sub_(f.buf[0]), f))
+                if f.kernels is not None:
+                    sq = np.zeros(len(f.spans))
+                    for span, (w, _, old) in zip(f.span_of, f.numpy_parts(), strict=True):
+                        sq[span] += f.kernels.change(w, old)
+                    delta = torch.from_numpy(np.sqrt(sq))
+                else:
+                    torch.cat(_flat(f.params), out=f.buf[1])
+                    delta = torch.stack(self._span_norms(f.buf[1].sub_(f.buf[0]), f))
                 out.append(torch.cat([before, delta[:, None]], 1).reshape(-1))
         return out
