@@ -13,6 +13,7 @@ from normkit._stats import (
     accumulation_dtype,
     bessel_correction,
     merge_moments,
+    merge_stacked,
     moments,
     running_average_factor,
     update_running_stats,
@@ -131,3 +132,28 @@ def test_cumulative_running_stats_equal_plain_average_like_torch():
     torch.testing.assert_close(ours.running_mean, torch.stack(means).mean(0))
     torch.testing.assert_close(ours.running_var, theirs.running_var)
     assert ours.num_batches_tracked.item() == 5
+
+
+def test_merges_with_fractional_counts_equal_the_weighted_moments():
+    # counts are sums of sample weights, which may be below 1 (a one-row chunk of weight 0.26)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    w = torch.tensor([0.26, 0.55, 0.1, 1.7, 0.3, 0.9], dtype=torch.float64)
+    parts = []
+    for a, b in ((0, 1), (1, 2), (2, 6)):
+        wi, xi = w[a:b, None], x[a:b]
+        n = wi.sum(0).expand(3)
+        mean = (wi * xi).sum(0) / n
+        parts.append(Moments(n, mean, (wi * (xi - mean) ** 2).sum(0)))
+    total = w.sum()
+    want_mean = (w[:, None] * x).sum(0) / total
+    want_var = (w[:, None] * (x - want_mean) ** 2).sum(0) / total
+    streamed = merge_moments([merge_moments(parts[:2]), parts[2]])  # partial_fit's order
+    streamed_k = merge_stacked(_stack([merge_stacked(_stack(parts[:2])), parts[2]]))
+    for merged in (merge_moments(parts), merge_stacked(_stack(parts)), streamed, streamed_k):
+        torch.testing.assert_close(merged.mean, want_mean, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(merged.var, want_var, rtol=1e-12, atol=1e-12)
+
+
+def _stack(parts: list[Moments]) -> Moments:
+    return Moments(*(torch.stack([getattr(p, f) for p in parts]) for f in ("count", "mean", "m2")))

@@ -61,7 +61,7 @@ class Moments:
     @property
     def var(self) -> Tensor:
         """Biased (population) variance ``m2 / count``; 0 where ``count == 0``."""
-        return self.m2 / self.count.clamp_min(1)
+        return self.m2 / torch.where(self.count > 0, self.count, 1)  # (weight sums may be < 1)
 
     @property
     def unbiased_var(self) -> Tensor:
@@ -119,26 +119,30 @@ def moments(
 
 
 def merge_moments(parts: Sequence[Moments]) -> Moments:
-    """Merge partial moments exactly (Chan, Golub & LeVeque 1979): the parts stacked, then
-    :func:`merge_stacked`. The result equals the moments of the concatenated data.
+    """Merge partial moments exactly (Chan, Golub & LeVeque 1979, pairwise update).
+
+    .. math::
+        n = n_a + n_b,\\quad \\delta = \\mu_b - \\mu_a,\\quad
+        \\mu = \\mu_a + \\delta\\, n_b / n,\\quad M_2 = M_{2,a} + M_{2,b} + \\delta^2 n_a n_b / n
+
+    Groups with ``count == 0`` are neutral. The result equals the moments of the concatenated data.
+    :func:`merge_stacked` merges many parts of one shape in one step.
 
     >>> a, b = torch.randn(5, 2), torch.randn(7, 2)
     >>> m = merge_moments([Moments.of(a, [0]), Moments.of(b, [0])])
     """
     if not parts:
         raise ValueError("merge_moments needs at least one Moments (got an empty sequence)")
-    if len(parts) == 1:
-        return parts[0]
-    means = torch.broadcast_tensors(*[p.mean for p in parts])
-    like = means[0]
-    counts = [torch.as_tensor(p.count, dtype=like.dtype, device=like.device) for p in parts]
-    return merge_stacked(
-        Moments(
-            torch.stack([c.expand_as(like) for c in counts]),
-            torch.stack(means),
-            torch.stack([p.m2.expand_as(like) for p in parts]),
-        )
-    )
+    acc = parts[0]
+    for p in parts[1:]:
+        n = acc.count + p.count
+        n_ = torch.as_tensor(n)
+        safe = torch.where(n_ > 0, n_, 1)  # (counts are weights sums: may be < 1)
+        delta = p.mean - acc.mean
+        mean = acc.mean + delta * (p.count / safe)
+        m2 = acc.m2 + p.m2 + delta.square() * (acc.count * p.count / safe)
+        acc = Moments(n, mean, m2)
+    return acc
 
 
 def merge_stacked(parts: Moments) -> Moments:
@@ -150,7 +154,8 @@ def merge_stacked(parts: Moments) -> Moments:
         M_2 = \\sum_i M_{2,i} + \\sum_i n_i (\\mu_i - \\mu)^2
 
     ``count``, ``mean`` and ``m2`` share their shape ``(k, ...)``. Parts with ``count == 0`` are
-    neutral (a total of 0 gives mean 0 and M2 0). A handful of ops for any ``k``.
+    neutral (a feature no part saw keeps the largest part's mean, M2 0); counts may be fractional
+    (sample weights). A handful of ops for any ``k``.
 
     >>> x = torch.randn(3, 10, 2, dtype=torch.float64)   # 3 chunks of 10 rows
     >>> m = merge_stacked(Moments(torch.full((3, 2), 10.0, dtype=torch.float64),
@@ -159,7 +164,11 @@ def merge_stacked(parts: Moments) -> Moments:
     True
     """
     n = parts.count.sum(0)
-    mean = (parts.count * parts.mean).sum(0) / n.clamp_min(1)
+    # the mean as an offset from the largest part's (exact when the parts agree, e.g. a constant
+    # feature, and free of the cancellation a plain weighted sum of large means suffers)
+    ref = parts.mean.gather(0, parts.count.argmax(0, keepdim=True)).squeeze(0)
+    delta = parts.mean - ref
+    mean = ref + (parts.count * delta).sum(0) / torch.where(n > 0, n, 1)  # (weights may be < 1)
     m2 = parts.m2.sum(0) + (parts.count * (parts.mean - mean).square()).sum(0)
     return Moments(n, mean, m2)
 
