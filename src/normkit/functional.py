@@ -269,24 +269,32 @@ def _batch_norm_native(
     training: bool,
     momentum: float | None,
     eps: float,
+    axis: int,
     num_batches_tracked: Tensor | None,
+    momentum_convention: MomentumConvention,
     nan_policy: NanPolicy,
     backend: str,
 ) -> Tensor | None:
-    """The hot path of :func:`batch_norm` (feature axis 1, no mask, torch's momentum): torch's
-    native op, run directly when it computes exactly what the general path would (plain CPU
-    tensors of one native dtype, the backend resolved to torch, a valid ``eps`` and batch; in
-    training under the NaN guard of :func:`_batch_norm_fused`). ``None`` otherwise, and where
-    torch rejects the shapes: the general path then decides, and raises normkit's errors.
+    """The hot path of :func:`batch_norm` (no mask): torch's native op on features at dim 1,
+    run directly when it computes exactly what the general path would (plain CPU tensors of one
+    native dtype, the backend resolved to torch, a valid ``eps`` and batch; in training torch's
+    momentum convention, under the NaN guard of :func:`_batch_norm_fused`). ``None`` otherwise,
+    and where torch rejects the shapes: the general path then decides (another backend, casts,
+    the reference math) and raises normkit's errors.
     """
-    if input.ndim < 2 or not eps > 0 or nan_policy not in NAN_POLICIES:
+    nd = input.ndim
+    if nd < 2 or not -nd <= axis < nd or axis % nd != 1:
+        return None
+    if not eps > 0 or nan_policy not in NAN_POLICIES:
         return None
     if (running_mean is None) != (running_var is None):
         return None
     if training:
         if input.numel() <= input.shape[1]:  # at most one value per channel, or empty
             return None
-        if running_mean is not None and momentum is None and num_batches_tracked is None:
+        if running_mean is not None and (
+            momentum_convention != "torch" or (momentum is None and num_batches_tracked is None)
+        ):
             return None
     elif running_mean is None or running_var is None:
         return None
@@ -401,10 +409,10 @@ def batch_norm(
     >>> rm, rv = torch.zeros(8), torch.ones(8)
     >>> y = batch_norm(x, rm, rv, training=True)
     """
-    if mask is None and axis == 1 and momentum_convention == "torch":
+    if mask is None:
         y = _batch_norm_native(
-            input, running_mean, running_var, weight, bias, training, momentum, eps,
-            num_batches_tracked, nan_policy, backend,
+            input, running_mean, running_var, weight, bias, training, momentum, eps, axis,
+            num_batches_tracked, momentum_convention, nan_policy, backend,
         )  # fmt: skip
         if y is not None:
             return y
@@ -449,21 +457,6 @@ def batch_norm(
                 f"{' inside the mask' if m is not None else ''}); use eval mode, "
                 "GroupNorm/LayerNorm, or normkit.nn.BatchRenorm"
             )
-        if (
-            m is None
-            and ax == 1
-            and (running_mean is None or momentum_convention == "torch")
-            and (momentum is not None or num_batches_tracked is not None)
-            and _fused_update_ok((running_mean, running_var), input, weight, bias)
-            and backends.resolve(
-                "batch_norm_train", input, backend, needs_grad=_needs_grad(input, weight, bias)
-            ).name
-            == "torch"
-        ):
-            return _batch_norm_fused(
-                input, running_mean, running_var, weight, bias, momentum, eps,
-                num_batches_tracked, nan_policy,
-            )  # fmt: skip
         if m is None:
             y, mean, var = backends.dispatch(
                 "batch_norm_train", input, weight, bias, eps, ax, backend=backend
