@@ -93,19 +93,22 @@ def test_fused_instance_norm_running_stats_match_torch_nn(fmt):
         lambda: nkn.BatchNorm2d(3),
         lambda: nkn.BatchNorm2d(3, momentum=None),
         lambda: nkn.InstanceNorm2d(3, track_running_stats=True),
+        lambda: nkn.BatchNorm2d(200),  # buffers above the guard's small-buffer size
     ],
 )
 def test_fused_update_skips_a_non_finite_batch_bitwise(layer, poison):
     m = layer()
-    m(torch.randn(4, 3, 5, 5))
+    c = m.num_features
+    m(torch.randn(4, c, 5, 5))
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    x = torch.randn(4, 3, 5, 5)
-    x[1, 2, 0, :2] = poison
+    x = torch.randn(4, c, 5, 5, requires_grad=True)
+    with torch.no_grad():
+        x[1, c - 1, 0, :2] = poison
     with pytest.warns(RuntimeWarning, match="left unchanged"):
-        m(x)
+        m(x).sum().backward()  # the restored buffers keep the graph that saved them valid
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
-    m(torch.randn(4, 3, 5, 5))  # a later finite batch updates again
+    m(torch.randn(4, c, 5, 5))  # a later finite batch updates again
     assert not torch.equal(m.running_mean, before["running_mean"])
 
 
