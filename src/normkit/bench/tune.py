@@ -27,7 +27,16 @@ from torch import Tensor
 from normkit import backends
 from normkit import functional as NF
 
-__all__ = ["DEFAULT_SIZES", "TUNED_OPS", "TuneCell", "add_parser", "cells", "measure_cell", "tune"]
+__all__ = [
+    "DEFAULT_SIZES",
+    "TUNED_OPS",
+    "TuneCell",
+    "add_parser",
+    "cells",
+    "measure_cell",
+    "smooth",
+    "tune",
+]
 
 #: The registry ops ``tune`` measures (the functional call that runs each).
 TUNED_OPS: tuple[str, ...] = (
@@ -206,7 +215,32 @@ def tune(
         "margin": margin,
         "contenders": ["torch", *contenders],
     }
-    return {"meta": meta, "rows": rows}
+    return {"meta": meta, "rows": smooth(rows)}
+
+
+def smooth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Overrule isolated cells: where a cell's backend differs from both neighbouring sizes of
+    its signature and those two agree, it takes theirs (one noisy measurement must not send one
+    size class to a backend that loses on either side of it). The overruled choice is kept in
+    the row as ``"measured"``.
+
+    >>> rows = [{"op": "x", "dir": "fwd", "device": "cpu", "dtype": "float32",
+    ...          "layout": "contiguous", "numel": 2**k, "backend": b}
+    ...         for k, b in ((13, "torch"), (14, "numba"), (15, "torch"))]
+    >>> [r["backend"] for r in smooth(rows)]
+    ['torch', 'torch', 'torch']
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["op"], r["dir"], r["device"], r["dtype"], r["layout"])
+        groups.setdefault(key, []).append(r)
+    out = {id(r): r for r in rows}
+    for cells_ in groups.values():
+        cells_.sort(key=lambda r: r["numel"])
+        for lo, mid, hi in zip(cells_, cells_[1:], cells_[2:], strict=False):
+            if lo["backend"] == hi["backend"] != mid["backend"]:
+                out[id(mid)] = {**mid, "backend": lo["backend"], "measured": mid["backend"]}
+    return [out[id(r)] for r in rows]
 
 
 def _main(args: argparse.Namespace) -> int:
