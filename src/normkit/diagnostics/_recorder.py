@@ -4,9 +4,11 @@ Public hooks only. The model's forward pre-hook (always on) counts the steps; a 
 (every ``every``-th training forward) registers, for that step only, a forward hook per leaf
 module, a forward pre-hook per normalization layer, a forward hook on the model and the
 optimizer's step pre/post hooks. A leaf hook measures its output and registers a tensor hook
-(``Tensor.register_hook``) on it for the gradient w.r.t. that output; a multi-grad hook
-(``torch.autograd.graph.register_multi_grad_hook``) over the parameters receives the parameter
-gradients of the step's backward. The graph is left untouched: a watched model computes
+(``Tensor.register_hook``) on it for the gradient w.r.t. that output; a tensor hook on each
+parameter receives its gradient of the step's backward before it is accumulated into ``.grad``
+and keeps no reference to it, so torch's ``AccumulateGrad`` still takes the gradient over
+without a copy (a multi-grad hook holds the gradients until all are there, which makes it copy
+every one). The graph is left untouched: a watched model computes
 bit-identical outputs and gradients, and in-place ops after a layer (``ReLU(inplace=True)``)
 keep working (the layer's output is measured in its hook, before they run).
 
@@ -151,7 +153,7 @@ class Recorder:
         self._snapshot: tuple[torch.optim.Optimizer, int, Snapshot] | None = None
         self._cache: tuple[int, Recording] | None = None
         self._step_handles: list[RemovableHandle] = []  # on for a recorded forward only
-        self._grad_handle: RemovableHandle | None = None  # until the next step starts
+        self._grad_handles: list[RemovableHandle] = []  # until the next step starts
         self._opt_handles: list[RemovableHandle] = []  # until the next optimizer step ends
         self._handles = [model.register_forward_pre_hook(self._on_forward_start)]
         self._closed = False
@@ -177,15 +179,18 @@ class Recorder:
     def close(self) -> None:
         """Remove every hook this recorder installed; the recorded data stays readable."""
         self._remove_step_hooks()
-        if self._grad_handle is not None:
-            self._grad_handle.remove()
-            self._grad_handle = None
+        self._remove_grad_hooks()
         self._remove_opt_hooks()
         for h in self._handles:
             h.remove()
         self._handles.clear()
         self._closed = True
         self._flush()
+
+    def _remove_grad_hooks(self) -> None:
+        for h in self._grad_handles:
+            h.remove()
+        self._grad_handles.clear()
 
     def _remove_step_hooks(self) -> None:
         for h in self._step_handles:
@@ -208,9 +213,7 @@ class Recorder:
             self._remove_step_hooks()  # (a recorded forward that failed)
         if self._paused or not (module.training and torch.is_grad_enabled()):
             return
-        if self._grad_handle is not None:  # (the last recorded step's backward is over)
-            self._grad_handle.remove()
-            self._grad_handle = None
+        self._remove_grad_hooks()  # (the last recorded step's backward is over)
         self._step += 1
         if self._step % self.every:
             return
@@ -235,11 +238,12 @@ class Recorder:
 
     def _on_forward_end(self, module: nn.Module, args: Any, output: Any) -> None:
         self._remove_step_hooks()  # (the root's own hook too: torch iterates over a copy)
-        params = [p for _, p in self._flat_params if p.requires_grad]
-        if self._rec_grad and params:
-            self._grad_handle = torch.autograd.graph.register_multi_grad_hook(
-                params, partial(self._on_param_grads, self._step, params), mode="all"
-            )
+        if self._rec_grad:
+            self._grad_handles += [
+                p.register_hook(partial(self._on_param_grad, layer, i, self._step))
+                for i, (layer, p) in enumerate(self._flat_params)
+                if p.requires_grad
+            ]
 
     def _key(self, name: str, calls: int) -> str:
         key = name if calls == 1 else f"{name}#{calls}"
@@ -283,18 +287,8 @@ class Recorder:
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
         self._store.add("grad_out", key, step, None, [tensor_norm(grad)])
 
-    def _on_param_grads(
-        self, step: int, params: Sequence[Tensor], grads: Sequence[Tensor | None]
-    ) -> None:
-        by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
-        layers, norms = [], []
-        for layer, p in self._flat_params:
-            g = by_param.get(id(p))
-            if g is not None:
-                layers.append(layer)
-                norms.append(tensor_norm(g))
-        if norms:
-            self._store.add("grad", "", step, layers, norms)
+    def _on_param_grad(self, layer: str, index: int, step: int, grad: Tensor) -> None:
+        self._store.add("grad", layer, step, index, [tensor_norm(grad)])
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._snapshot is not None or self._updates is None:

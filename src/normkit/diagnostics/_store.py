@@ -93,6 +93,7 @@ class Store:
         lens = [t.numel() for t in tensors]
         flat = _to_host(tensors)
         pos = ti = 0
+        grads: dict[tuple[int, str], dict[int, float]] = {}  # per step and layer: per param
         for kind, key, step, meta, nt in entries:
             vals = []
             for n in lens[ti : ti + nt]:
@@ -103,16 +104,14 @@ class Store:
                 self._put_act(step, key, meta, vals)
             elif kind == "grad_out":
                 self.put(step, "grad_out_norm", key, vals[0][0])
-            elif kind == "grad":
-                sq: dict[str, float] = {}
-                for layer, [v] in zip(meta, vals, strict=True):
-                    sq[layer] = sq.get(layer, 0.0) + v * v
-                for layer, s in sq.items():
-                    self.put(step, "grad_norm", layer, math.sqrt(s))
+            elif kind == "grad":  # (a second backward's gradient replaces the first's)
+                grads.setdefault((step, key), {})[meta] = vals[0][0] ** 2
             elif kind == "norm":
                 self._put_norm(step, key, meta, vals)
             else:
                 self._put_update(step, meta, [v for part in vals for v in part], init_sq)
+        for (step, layer), sq in grads.items():
+            self.put(step, "grad_norm", layer, math.sqrt(sum(sq.values())))
 
     def _put_act(self, step: int, key: str, meta: Any, vals: list[list[float]]) -> None:
         n, units, act, is_norm = meta

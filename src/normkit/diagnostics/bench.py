@@ -74,8 +74,8 @@ def _block(
 
 class _NoOpHooks:
     """The recorder's hook sites with nothing measured, on every step: a pre-hook on the model,
-    a forward hook per watched leaf that registers a tensor hook on its output, a multi-grad
-    hook over the parameters and optimizer pre/post hooks."""
+    a forward hook per watched leaf that registers a tensor hook on its output, a tensor hook
+    per parameter and optimizer pre/post hooks."""
 
     def __init__(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
         self.handles = [model.register_forward_pre_hook(self._noop)]
@@ -84,9 +84,8 @@ class _NoOpHooks:
             for _, m in leaf_modules(model)
             if not isinstance(m, (nn.Flatten, nn.Unflatten, nn.Identity))
         ]
-        params = [p for p in model.parameters() if p.requires_grad]
+        self.handles += [p.register_hook(self._noop) for p in model.parameters() if p.requires_grad]
         self.handles += [
-            torch.autograd.graph.register_multi_grad_hook(params, self._noop),
             opt.register_step_pre_hook(self._noop),
             opt.register_step_post_hook(self._noop),
         ]
