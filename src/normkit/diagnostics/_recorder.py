@@ -8,9 +8,9 @@ optimizer's step pre/post hooks. A leaf hook measures its output and registers a
 parameter receives its gradient of the step's backward before it is accumulated into ``.grad``
 and keeps no reference to it, so torch's ``AccumulateGrad`` still takes the gradient over
 without a copy (a multi-grad hook holds the gradients until all are there, which makes it copy
-every one). The graph is left untouched: a watched model computes
-bit-identical outputs and gradients, and in-place ops after a layer (``ReLU(inplace=True)``)
-keep working (the layer's output is measured in its hook, before they run).
+every one). The graph is left untouched: a watched model computes bit-identical outputs and
+gradients, and in-place ops after a layer (``ReLU(inplace=True)``) keep working (the layer's
+output is measured in its hook, before they run).
 
 Each statistic is a torch reduction left on the device (:mod:`~normkit.diagnostics._store`
 reads them to the host in one go and keeps the metrics); the update statistics come from flat
