@@ -68,6 +68,7 @@ from normkit._optional import require
 
 __all__ = [
     "OPS",
+    "ROW_OPS",
     "Backend",
     "auto_table",
     "auto_table_path",
@@ -260,13 +261,13 @@ def _table() -> _Table:
 
 #: Ops over feature axis 1 whose kernels stream a 2-D ``(N, C)`` input as rows of features (as
 #: they stream channels_last), not as the ``(N, C, *)`` planes a contiguous 4-D input gives: a
-#: layout of its own in the table (``"rows"``), measured apart.
-_ROW_OPS = frozenset({"batch_norm_train", "batch_norm_eval"})
+#: layout of its own in the table (``"rows"``), measured apart by ``normkit tune``.
+ROW_OPS: tuple[str, ...] = ("batch_norm_train", "batch_norm_eval")
 
 
 def _layout(x: Tensor, op: str = "") -> str:
     if x.is_contiguous():
-        return "rows" if x.ndim == 2 and op in _ROW_OPS else "contiguous"
+        return "rows" if x.ndim == 2 and op in ROW_OPS else "contiguous"
     if (x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)) or (
         x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)
     ):

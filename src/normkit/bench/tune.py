@@ -26,6 +26,7 @@ from torch import Tensor
 
 from normkit import backends
 from normkit import functional as NF
+from normkit.backends.registry import ROW_OPS
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -50,7 +51,6 @@ TUNED_OPS: tuple[str, ...] = (
     "add_rms_norm",
 )
 _CHANNEL_OPS = ("batch_norm_train", "batch_norm_eval", "group_norm", "instance_norm")
-_ROW_OPS = ("batch_norm_train", "batch_norm_eval")
 #: Input sizes measured by default, as powers of two (elements): every octave from 8 Ki to 8 Mi
 #: values, so a layer is never judged by a cell four times smaller or larger than itself.
 DEFAULT_SIZES: tuple[int, ...] = tuple(range(13, 24))
@@ -87,7 +87,7 @@ def cells(
             layouts: tuple[str, ...] = ("contiguous",)
             if op in _CHANNEL_OPS:
                 layouts += ("channels_last",)
-            if op in _ROW_OPS:  # 2-D (N, C) batch norm: features streamed as rows
+            if op in ROW_OPS:  # 2-D (N, C) batch norm: features streamed as rows
                 layouts += ("rows",)
             for layout in layouts:
                 for d in ("fwd", "fwd+bwd"):
