@@ -61,7 +61,7 @@ class Moments:
     @property
     def var(self) -> Tensor:
         """Biased (population) variance ``m2 / count``; 0 where ``count == 0``."""
-        return self.m2 / torch.where(self.count > 0, self.count, 1)  # (weight sums may be < 1)
+        return self.m2 / _divisor(self.count)
 
     @property
     def unbiased_var(self) -> Tensor:
@@ -118,6 +118,13 @@ def moments(
     return (mean, var, count) if return_count else (mean, var)
 
 
+def _divisor(count: Tensor) -> Tensor:
+    """``count`` where positive, 1 where 0: the divisor of a mean over ``count`` values. Counts
+    are sums of sample weights, so they may lie in (0, 1), where ``clamp_min(1)`` would be wrong.
+    """
+    return torch.where(count > 0, count, 1)
+
+
 def merge_moments(parts: Sequence[Moments]) -> Moments:
     """Merge partial moments exactly (Chan, Golub & LeVeque 1979, pairwise update).
 
@@ -136,8 +143,7 @@ def merge_moments(parts: Sequence[Moments]) -> Moments:
     acc = parts[0]
     for p in parts[1:]:
         n = acc.count + p.count
-        n_ = torch.as_tensor(n)
-        safe = torch.where(n_ > 0, n_, 1)  # (counts are weights sums: may be < 1)
+        safe = _divisor(torch.as_tensor(n))
         delta = p.mean - acc.mean
         mean = acc.mean + delta * (p.count / safe)
         m2 = acc.m2 + p.m2 + delta.square() * (acc.count * p.count / safe)
@@ -154,7 +160,7 @@ def merge_stacked(parts: Moments) -> Moments:
         M_2 = \\sum_i M_{2,i} + \\sum_i n_i (\\mu_i - \\mu)^2
 
     ``count``, ``mean`` and ``m2`` share their shape ``(k, ...)``. Parts with ``count == 0`` are
-    neutral (a feature no part saw keeps the largest part's mean, M2 0); counts may be fractional
+    neutral (a feature no part saw keeps the first part's mean, M2 0); counts may be fractional
     (sample weights). A handful of ops for any ``k``.
 
     >>> x = torch.randn(3, 10, 2, dtype=torch.float64)   # 3 chunks of 10 rows
@@ -168,7 +174,7 @@ def merge_stacked(parts: Moments) -> Moments:
     # feature, and free of the cancellation a plain weighted sum of large means suffers)
     ref = parts.mean.gather(0, parts.count.argmax(0, keepdim=True)).squeeze(0)
     delta = parts.mean - ref
-    mean = ref + (parts.count * delta).sum(0) / torch.where(n > 0, n, 1)  # (weights may be < 1)
+    mean = ref + (parts.count * delta).sum(0) / _divisor(n)
     m2 = parts.m2.sum(0) + (parts.count * (parts.mean - mean).square()).sum(0)
     return Moments(n, mean, m2)
 

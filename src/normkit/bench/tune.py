@@ -235,9 +235,9 @@ def smooth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         key = (r["op"], r["dir"], r["device"], r["dtype"], r["layout"])
         groups.setdefault(key, []).append(r)
     out = {id(r): r for r in rows}
-    for cells_ in groups.values():
-        cells_.sort(key=lambda r: r["numel"])
-        for lo, mid, hi in zip(cells_, cells_[1:], cells_[2:], strict=False):
+    for column in groups.values():
+        column.sort(key=lambda r: r["numel"])
+        for lo, mid, hi in zip(column, column[1:], column[2:], strict=False):
             if lo["backend"] == hi["backend"] != mid["backend"]:
                 out[id(mid)] = {**mid, "backend": lo["backend"], "measured": mid["backend"]}
     return [out[id(r)] for r in rows]

@@ -372,9 +372,7 @@ class StandardScaler(CallbackSupportMixin, StreamingScaler):
         self.n_samples_seen_ = _publish_counts(count, np.float64 if kept else np.int64)
         nan = torch.full_like(mean, float("nan"))
         mean = torch.where(count > 0, mean, nan)
-        var = torch.where(
-            count > 0, m2 / torch.where(count > 0, count, 1), nan
-        )  # (weight sums < 1)
+        var = torch.where(count > 0, Moments(count, mean, m2).var, nan)
         self.mean_ = to_attr(mean, dev) if kept else None
         self.var_ = to_attr(var, dev) if self.with_std else None
         self.scale_ = to_attr(std_scale(var, mean, count), dev) if self.with_std else None
