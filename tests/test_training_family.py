@@ -159,6 +159,28 @@ def test_batch_renorm_warmup_and_schedule():
     assert seen == [0, 1]
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_renorm_fast_path_equals_the_general_path(fmt: torch.memory_format, momentum):
+    """The native two-pass path (float32, auto) against the composed reference path: outputs,
+    gradients, running buffers and the batch counter over a few steps, clipping active."""
+    fast = nkn.BatchRenorm2d(4, momentum=momentum, r_max=1.5, d_max=0.5)
+    slow = nkn.BatchRenorm2d(4, momentum=momentum, r_max=1.5, d_max=0.5, backend="reference")
+    _same_params(fast.double(), slow.double())
+    fast.float(), slow.float()
+    for s in range(3):
+        x = _x((5, 4, 3, 3), seed=s, scale=3.0, shift=1.0).float()
+        x = x.contiguous(memory_format=fmt)
+        (ya, gxa, gpa), (yb, gxb, gpb) = _step(fast, x, 10 + s), _step(slow, x, 10 + s)
+        assert ya.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(ya, yb)
+        torch.testing.assert_close(gxa, gxb)
+        for k in gpa:
+            torch.testing.assert_close(gpa[k], gpb[k])
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name))
+
+
 def test_batch_renorm_bad_input():
     with pytest.raises(ValueError, match="r_max must be >= 1"):
         nkn.BatchRenorm2d(4, r_max=0.5)
