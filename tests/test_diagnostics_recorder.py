@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normkit.diagnostics import METRICS, Recorder, watch
+from normkit.diagnostics import METRICS, Recorder, _recorder, watch
 
 
 class _Net(nn.Module):
@@ -158,16 +158,43 @@ def test_a_recorded_step_leaves_no_tracked_objects_behind() -> None:
         model(x).square().mean().backward()
         opt.step()
 
-    with watch(model, every=1):
+    with watch(model, every=1) as rec:
         for _ in range(5):
             step()
+        rec.recording()
         gc.collect()
         before = len(gc.get_objects())
         for _ in range(200):
             step()
+        rec.recording()  # (converts the pending measurements to the stored columns)
         gc.collect()
         grown = len(gc.get_objects()) - before
     assert grown < 50, f"{grown} objects kept by 200 recorded steps"
+
+
+def test_pending_measurements_are_bounded_and_converted_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def run(bound: int) -> tuple[int, list[dict[str, object]]]:
+        monkeypatch.setattr(_recorder, "MAX_PENDING", bound)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        most = 0
+        with watch(model, every=1) as rec:
+            for _ in range(30):
+                opt.zero_grad()
+                model(torch.randn(8, 3)).square().mean().backward()
+                opt.step()
+                most = max(most, rec._store.pending)
+        return most, rec.rows()
+
+    most, rows = run(20)
+    # a step adds 4 outputs, 1 norm, 4 output gradients, 6 parameter gradients, 1 update
+    assert 20 < most <= 20 + 16, most
+    unbounded, rows_at_the_end = run(1 << 30)
+    assert unbounded == 30 * 16
+    assert rows == rows_at_the_end
 
 
 def test_caller_tensor_hooks_on_layer_outputs_still_fire_with_their_gradients() -> None:

@@ -49,7 +49,7 @@ from normkit.diagnostics._measure import (
 )
 from normkit.diagnostics._modules import activation_kind, is_depth_layer, leaf_modules, norm_kind
 from normkit.diagnostics._report import html_report, plot_recorder, print_report
-from normkit.diagnostics._store import Store
+from normkit.diagnostics._store import MAX_PENDING, Store
 from normkit.diagnostics._updates import Snapshot, Updates
 from normkit.diagnostics._verdict import diagnose
 
@@ -217,7 +217,8 @@ class Recorder:
         self._step += 1
         if self._step % self.every:
             return
-        self._flush()
+        if self._store.pending > MAX_PENDING:
+            self._flush()
         self._steps.append(self._step)
         self._hist_now = self.hist_every > 0 and self._n_records % self.hist_every == 0
         self._n_records += 1

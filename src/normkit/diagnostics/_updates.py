@@ -7,7 +7,8 @@ fresh tensors of tens of MiB cost page faults on CPU). Before the step one ``tor
 copies the weights into row 0 and one subtraction puts w − w₀ into row 1; after it, row 1
 becomes the step's change. Norms are taken per layer over slices of the buffer (one reduction
 for all of a layer's parameters of that device and dtype), so a step costs a few ops per layer
-instead of a clone, a subtraction and three norms per parameter.
+instead of a clone, a subtraction and three norms per parameter. On CPU, float32/float64, Numba
+kernels (:mod:`~normkit.diagnostics._kernels`) take the norms in fewer passes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def kernels() -> Any:
     return _kernels
 
 
+_ONE_CALL = 1 << 18
+"""Up to this many values of a device and dtype, the kernels take all parameters in one call
+after a ``torch.cat`` copy; above, one call per parameter (a pass less over memory)."""
+
+
 def _flat(params: Sequence[Tensor]) -> list[Tensor]:
     return [p.detach().reshape(-1) for p in params]
 
@@ -61,6 +67,7 @@ class _Flat:
         # the Numba kernels take float32/float64 CPU parameters
         ok = init.device.type == "cpu" and init.dtype in (torch.float32, torch.float64)
         self.kernels = kernels() if ok else None
+        self.bounds = np.array([0, *(b for _, _, b in self.spans)], dtype=np.int64)
 
     def numpy_parts(self) -> list[tuple[Any, Any, Any]]:
         """Per parameter: NumPy views of its values, its initial values and its slice of the
@@ -152,15 +159,21 @@ class Updates:
         norms: list[Tensor] = []
         with torch.no_grad():
             for f in flats:
-                if f.buf is None:  # (the kernels need one row: the weights before the step)
-                    f.buf = f.init.new_empty((1 if f.kernels else 2, f.init.numel()))
-                if f.kernels is not None:
+                if f.buf is None:  # (one row for the per-parameter kernels: the old weights)
+                    rows = 1 if f.kernels is not None and f.init.numel() > _ONE_CALL else 2
+                    f.buf = f.init.new_empty((rows, f.init.numel()))
+                if f.kernels is not None and f.init.numel() > _ONE_CALL:
                     sq = np.zeros((len(f.spans), 2))
                     for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
                         sq[span] += f.kernels.snapshot(w, w0, old)
-                    norms.append(torch.from_numpy(np.sqrt(sq)))
+                    norms.append(torch.from_numpy(np.sqrt(sq, out=sq)))
                     continue
                 torch.cat(_flat(f.params), out=f.buf[0])
+                if f.kernels is not None:
+                    sq = np.empty((len(f.spans), 2))
+                    f.kernels.span_snapshot(f.buf[0].numpy(), f.init.numpy(), f.bounds, sq)
+                    norms.append(torch.from_numpy(np.sqrt(sq, out=sq)))
+                    continue
                 torch.sub(f.buf[0], f.init, out=f.buf[1])
                 norms.append(torch.stack(self._span_norms(f.buf, f)))
         return Snapshot(flats, norms)
@@ -172,11 +185,16 @@ class Updates:
         with torch.no_grad():
             for f, before in zip(snap.flats, snap.before, strict=True):
                 assert f.buf is not None
-                if f.kernels is not None:
+                if f.kernels is not None and f.init.numel() > _ONE_CALL:
                     sq = np.zeros(len(f.spans))
                     for span, (w, _, old) in zip(f.span_of, f.numpy_parts(), strict=True):
                         sq[span] += f.kernels.change(w, old)
-                    delta = torch.from_numpy(np.sqrt(sq))
+                    delta = torch.from_numpy(np.sqrt(sq, out=sq))
+                elif f.kernels is not None:
+                    torch.cat(_flat(f.params), out=f.buf[1])
+                    sq = np.empty(len(f.spans))
+                    f.kernels.span_change(f.buf[1].numpy(), f.buf[0].numpy(), f.bounds, sq)
+                    delta = torch.from_numpy(np.sqrt(sq, out=sq))
                 else:
                     torch.cat(_flat(f.params), out=f.buf[1])
                     delta = torch.stack(self._span_norms(f.buf[1].sub_(f.buf[0]), f))
