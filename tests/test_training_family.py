@@ -256,6 +256,27 @@ def test_ghost_batch_norm_bad_input_and_channels_last():
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_ghost_batch_norm_native_path_equals_torch_bn_per_virtual_batch(fmt):
+    """The float32 native path (virtual batches written into slices of one output), both
+    layouts, a short last virtual batch: outputs, gradients and buffers as chunked torch BN."""
+    ours = nkn.GhostBatchNorm2d(3, virtual_batch_size=4)
+    bn = nn.BatchNorm2d(3)
+    _same_params(ours.double(), bn.double())
+    ours.float(), bn.float()
+    oracle = _ChunkedBN(bn, 4)
+    for s in range(2):
+        x = _x((10, 3, 3, 2), seed=s).float().contiguous(memory_format=fmt)
+        (y, gx, gp), (yo, gxo, gpo) = _step(ours, x, s), _step(oracle, x, s)
+        assert y.is_contiguous(memory_format=fmt)
+        torch.testing.assert_close(y, yo)
+        torch.testing.assert_close(gx, gxo)
+        torch.testing.assert_close(gp["weight"], gpo["bn.weight"])
+        torch.testing.assert_close(gp["bias"], gpo["bn.bias"])
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(bn, name))
+
+
 def test_ghost_batch_norm_gradcheck():
     m = nkn.GhostBatchNorm1d(2, virtual_batch_size=3).double()
     _same_params(m)

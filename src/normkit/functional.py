@@ -11,6 +11,7 @@ Memory format: outputs keep the input's (channels_last in → channels_last out)
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -1046,6 +1047,129 @@ def batch_renorm(
     )
 
 
+class _GhostBatchNormFn(torch.autograd.Function):
+    """Training ghost batch norm on torch's native batch norm, one call per virtual batch.
+
+    Forward: ``native_batch_norm.out`` on each virtual batch (a dim-0 slice, so a view in
+    either memory format), writing its slice of one output and updating the running buffers in
+    place, in order (Algorithm 1 of the paper), each update under the NaN guard of
+    :func:`_guarded`. Backward: ``native_batch_norm_backward.out`` per virtual batch into one
+    input gradient; the parameter gradients are the sums over the virtual batches. No copy of
+    the input or the output: a single batch-norm call over ``(virtual batch, feature)`` pairs
+    needs two (the pairs are not one dim of any view).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        virtual_batch_size: int,
+        momentum: float | None,
+        eps: float,
+        num_batches_tracked: Tensor | None,
+        nan_policy: NanPolicy,
+    ) -> Tensor:
+        aten = torch.ops.aten
+        xs = input.split(virtual_batch_size)
+        y = torch.empty_like(input)
+        c = input.shape[1]
+        means, invstds = input.new_empty(len(xs), c), input.new_empty(len(xs), c)
+        seen = None if momentum is not None else int(num_batches_tracked)  # type: ignore[arg-type]
+        for x_i, y_i, mean_i, invstd_i in zip(
+            xs, y.split(virtual_batch_size), means.unbind(), invstds.unbind(), strict=True
+        ):
+            if running_mean is None or running_var is None:
+                aten.native_batch_norm.out(
+                    x_i, weight, bias, None, None, True, 0.0, eps,
+                    out=y_i, save_mean=mean_i, save_invstd=invstd_i,
+                )  # fmt: skip
+                continue
+            factor = momentum if seen is None else 1.0 / (seen + 1)
+            step = functools.partial(
+                aten.native_batch_norm.out,
+                x_i, weight, bias, running_mean, running_var, True, factor, eps,
+                out=y_i, save_mean=mean_i, save_invstd=invstd_i,
+            )  # fmt: skip
+            _, ok = _guarded(step, running_mean, running_var, nan_policy)
+            if ok and num_batches_tracked is not None:
+                num_batches_tracked.add_(1)
+                seen = None if seen is None else seen + 1
+        ctx.save_for_backward(input, weight, means, invstds)
+        ctx.virtual_batch_size, ctx.eps, ctx.has_bias = virtual_batch_size, eps, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, means, invstds = ctx.saved_tensors
+        v = ctx.virtual_batch_size
+        need_x = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1] and weight is not None
+        need_b = ctx.needs_input_grad[2] and ctx.has_bias
+        k, c = means.shape
+        gx = torch.empty_like(input) if need_x else input.new_empty(0)
+        gw = input.new_empty(k, c) if need_w else input.new_empty(k, 0)
+        gb = input.new_empty(k, c) if need_b else input.new_empty(k, 0)
+        gx_parts = gx.split(v) if need_x else [gx] * k
+        for args in zip(
+            grad.split(v), input.split(v), means.unbind(), invstds.unbind(), gx_parts,
+            gw.unbind(), gb.unbind(), strict=True,
+        ):  # fmt: skip
+            g_i, x_i, mean_i, invstd_i, gx_i, gw_i, gb_i = args
+            torch.ops.aten.native_batch_norm_backward.out(
+                g_i, x_i, weight, None, None, mean_i, invstd_i, True, ctx.eps,
+                [need_x, need_w, need_b], out0=gx_i, out1=gw_i, out2=gb_i,
+            )  # fmt: skip
+        return (
+            gx if need_x else None,
+            gw.sum(0) if need_w else None,
+            gb.sum(0) if need_b else None,
+            *(None,) * 7,
+        )
+
+
+def _ghost_native_ok(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float | None,
+    ax: int,
+    num_batches_tracked: Tensor | None,
+    backend: str,
+) -> bool:
+    """Whether :class:`_GhostBatchNormFn` runs a training step of :func:`ghost_batch_norm`
+    (after its checks): features at dim 1, a contiguous or channels_last input, plain CPU
+    tensors of one native dtype, torch's momentum rule computable, ``backend`` ``"auto"`` or
+    ``"torch"``.
+
+    ``auto`` takes it even where it picks numba for batch norm: numba's path groups the virtual
+    batches into one call at the cost of a copy of the input and of the output (and of both
+    gradients), which costs more than it saves (virtual batches of 4, 32x64x16x16, contiguous,
+    interleaved: forward 1.0 ms this way, 1.8-2.1 ms through the grouped call; torch.nn's plain
+    batch norm 0.8 ms).
+    """
+    if ax != 1 or backend not in ("auto", "torch"):
+        return False
+    # the virtual batches write slices of one output, laid out as torch's kernels write them
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(input.ndim)
+    if not (input.is_contiguous() or (fmt is not None and input.is_contiguous(memory_format=fmt))):
+        return False
+    if (running_mean is None) != (running_var is None):
+        return False
+    if running_mean is not None and momentum is None and num_batches_tracked is None:
+        return False
+    c = input.shape[1]
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None and t.shape != (c,):
+            return False
+    return _fused_update_ok((running_mean, running_var), input, weight, bias)
+
+
 def ghost_batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -1121,6 +1245,13 @@ def ghost_batch_norm(
             f"{op}: a virtual batch of {v} sample(s) has one value per channel (input of shape "
             f"{tuple(input.shape)}); batch statistics need more, raise virtual_batch_size"
         )
+    if mask is None and _ghost_native_ok(
+        input, running_mean, running_var, weight, bias, momentum, ax, num_batches_tracked, backend
+    ):
+        return _GhostBatchNormFn.apply(
+            input, weight, bias, running_mean, running_var, v, momentum, eps,
+            num_batches_tracked, nan_policy,
+        )  # fmt: skip
     if mask is None and n // v > 1:
         # The full virtual batches in ONE batch-norm call: (k·v, …, C, …) → (v, …, k·C, …), so
         # each (virtual batch, feature) pair is a feature of an ordinary batch norm.
