@@ -137,6 +137,40 @@ def test_masked_layer_norm_gradcheck_and_full_mask_is_plain_layer_norm():
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+def test_row_masked_layer_norm_equals_layer_norm_and_the_affine_map_of_dropped_rows(dtype, affine):
+    """A (N, L) mask over (N, L, C) with normalized_shape (C,) keeps or drops whole rows (the
+    native path): kept rows are F.layer_norm, dropped rows x/√ε·γ + β (their moments are 0, 0),
+    gradients as the reference math's, non-finite padding kept out of the kept rows."""
+    from normkit import _reference
+
+    n, length, c = 3, 5, 4
+    mask = _lengths_mask([5, 2, 0], length)
+    x = torch.randn(n, length, c, dtype=torch.float64) * 2 + 3
+    x = x.masked_fill(~mask[..., None], float("nan")).to(dtype)
+    x[1, 3] = 7.0  # a finite dropped row: its gradient is the affine map's
+    w = (torch.rand(c, dtype=dtype) + 0.5) if affine else None
+    b = torch.randn(c, dtype=dtype) if affine else None
+    params = [t.requires_grad_() for t in (w, b) if t is not None]
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = NF.layer_norm(xa, (c,), w, b, eps=1e-5, mask=mask)
+    yb = _reference.layer_norm(xb, (c,), w, b, 1e-5, mask=mask[..., None])
+    torch.testing.assert_close(ya, yb, equal_nan=True)
+    torch.testing.assert_close(ya[0], F.layer_norm(x[0], (c,), w, b))
+    g = torch.randn(ya.shape, dtype=dtype)
+    grads_a = torch.autograd.grad(ya, [xa, *params], g)
+    grads_b = torch.autograd.grad(yb, [xb, *params], g)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, equal_nan=True)
+    assert torch.isfinite(grads_a[0]).all()  # dx: the padding's NaN stays in its own output
+    if dtype == torch.float64 and affine:
+        xf = x.nan_to_num(1.5).requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: NF.layer_norm(x, (c,), w, b, mask=mask), (xf, *params)
+        )
+
+
 def test_mask_errors_say_what_to_do():
     x = torch.randn(2, 3, 4)
     with pytest.raises(TypeError, match="bool tensor"):

@@ -509,6 +509,75 @@ def batch_norm(
     return keep_format(y, input)
 
 
+class _RowMaskedLayerNormFn(torch.autograd.Function):
+    """Layer norm whose mask keeps or drops whole rows (the normalized slices), on torch's
+    native ops: ``rows`` are the indices of the dropped rows of ``input.view(-1, D)``.
+
+    A dropped row has no kept value, so its moments are 0 and 0 (:func:`normkit._stats.moments`)
+    and it is the affine map ``y = x·(1/√ε)·γ + β``; every other row is plain layer norm. So:
+    forward, native layer norm over all rows, then the dropped rows' statistics set to
+    ``(0, 1/√ε)`` and their outputs recomputed; backward, ``native_layer_norm_backward`` with
+    those statistics (which gives the right ``dγ``, ``dβ``), then the dropped rows' input
+    gradient replaced by the affine map's ``dy·γ/√ε`` (no statistics depend on them).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        shape: list[int],
+        weight: Tensor | None,
+        bias: Tensor | None,
+        eps: float,
+        rows: Tensor,
+    ) -> Tensor:
+        y, mean, rstd = torch.native_layer_norm(input, shape, weight, bias, eps)
+        scale, d = eps**-0.5, math.prod(shape)
+        # the dropped rows' affine map, weight and 1/√ε folded into one per-feature factor
+        factor = None if weight is None else weight.reshape(-1) * scale
+        if rows.numel():
+            mean.view(-1).index_fill_(0, rows, 0.0)
+            rstd.view(-1).index_fill_(0, rows, scale)
+            xm = input.view(-1, d).index_select(0, rows)
+            if bias is not None and factor is not None:
+                ym = torch.addcmul(bias.reshape(-1), xm, factor)
+            else:
+                ym = xm * (scale if factor is None else factor)
+                ym = ym if bias is None else ym + bias.reshape(-1)
+            y.view(-1, d).index_copy_(0, rows, ym)
+        ctx.save_for_backward(input, weight, bias, mean, rstd, rows, factor)
+        ctx.shape, ctx.scale, ctx.d = shape, scale, d
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, bias, mean, rstd, rows, factor = ctx.saved_tensors
+        need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
+        dx, dw, db = torch.ops.aten.native_layer_norm_backward(
+            grad, input, ctx.shape, mean, rstd, weight, bias,
+            [need_x, need_w and weight is not None, need_b and bias is not None],
+        )  # fmt: skip
+        if need_x and rows.numel():
+            gm = grad.reshape(-1, ctx.d).index_select(0, rows)
+            dx.view(-1, ctx.d).index_copy_(0, rows, gm * (ctx.scale if factor is None else factor))
+        return dx, None, dw, db, None, None
+
+
+def _dropped_rows(m: Tensor, input: Tensor, k: int) -> Tensor | None:
+    """The indices of the rows of ``input.view(-1, D)`` that the (expanded, bool) mask ``m``
+    drops, where ``m`` keeps or drops whole normalized slices of the last ``k`` dims of a
+    contiguous float32/float64 ``input``; ``None`` for any other mask (the reference path)."""
+    if (
+        m.ndim != input.ndim
+        or any(s != 1 for s in m.shape[input.ndim - k :])
+        or not input.is_contiguous()
+        or input.dtype not in _NATIVE_DTYPES
+    ):
+        return None
+    keep = m.reshape(m.shape[: input.ndim - k]).expand(input.shape[: input.ndim - k])
+    return torch.logical_not(keep).reshape(-1).nonzero().view(-1)
+
+
 def layer_norm(
     input: Tensor,
     normalized_shape: int | Sequence[int],
@@ -564,6 +633,10 @@ def layer_norm(
         weight = weight + offset
     if mask is not None:
         m = expand_mask(mask, input, op, insert_at=None)
+        rows = _dropped_rows(m, input, len(shape))
+        same = all(t is None or t.dtype == input.dtype for t in (weight, bias))
+        if rows is not None and same and eps > 0:
+            return _RowMaskedLayerNormFn.apply(input, list(shape), weight, bias, eps, rows)
         y = _reference.layer_norm(input, shape, weight, bias, eps, mask=m)
     else:
         y = backends.dispatch("layer_norm", input, shape, weight, bias, eps, backend=backend)
