@@ -1,20 +1,22 @@
-"""Serial Numba kernels of the update snapshot (private; imported only when numba is installed,
-through :func:`normkit.diagnostics._updates.kernels`; cached on disk where the numba backend's
-kernels are, :func:`normkit.backends.numba.cache_dir`).
+"""Serial Numba kernels of :func:`~normkit.diagnostics.watch` (private; imported only when
+numba is installed, through :func:`normkit.diagnostics._measure.kernels`; cached on disk where
+the numba backend's kernels are, :func:`normkit.backends.numba.cache_dir`). They take NumPy
+views of CPU tensors (``Tensor.numpy()``: no raw addresses) and run on one thread (a second
+OpenMP pool next to torch's costs more than it brings on a small machine).
 
 An optimizer step's statistics are memory-bound: the torch ops that copy the weights, subtract
 the initial ones and take three norms read and write the parameters about thirteen times over;
-these kernels read them three times before the step and twice after, accumulating in float64.
-``snapshot``/``change`` take one parameter per call (large models: no extra pass);
-``span_snapshot``/``span_change`` take all of them at once after a ``torch.cat`` copy (small
-models, where a call per parameter costs more than the extra pass). They take NumPy views of CPU tensors (``Tensor.numpy()``: no raw addresses) and run
-on one thread (a second OpenMP pool next to torch's costs more than it brings on a small
-machine). Measured against the torch ops (2.4M float32 values, one thread): 2.3 ms against
-4.2 ms.
+these kernels read them three times before the step and twice after, accumulating in float64
+(2.4M float32 values, one thread: 2.3 ms against 4.2 ms). ``snapshot``/``change`` take one
+parameter per call (large models: no extra pass); ``span_snapshot``/``span_change`` take all
+of them at once after a ``torch.cat`` copy (small models, where a call per parameter costs more
+than the extra pass).
 
-The activation statistics stay torch reductions: a fused one-pass kernel over a layer's output
-(sum, sum of squares, min, max, per-channel max) measured 1.6x slower than torch's four
-vectorized reductions on a 2M-value output and slower on small ones (numba's call overhead).
+``channel_moments`` gives a batch norm's batch statistics to the health timeline in two reads
+of its input (the torch ops take six passes: 2-4x slower on one thread, from 32×8×8×8 to
+32×64×32×32). The output statistics stay torch reductions: a fused one-pass kernel over a
+layer's output (sum, sum of squares, min, max, per-channel max) measured 1.3-2.5x slower than
+torch's vectorized reductions from 64k values up (its min/max do not vectorize).
 """
 
 from __future__ import annotations
@@ -76,3 +78,35 @@ def span_change(w, old, bounds, sq):  # pragma: no cover - jitted
     """Per span ``s`` of the 1-D ``w`` and ``old``, ``sq[s] = Σ(w − old)²``."""
     for s in range(bounds.shape[0] - 1):
         sq[s] = change(w[bounds[s] : bounds[s + 1]], old[bounds[s] : bounds[s + 1]])
+
+
+@njit(**_FLAGS)
+def _row_sum(r):  # pragma: no cover - jitted
+    a = 0.0
+    for i in range(r.shape[0]):
+        a += r[i]
+    return a
+
+
+@njit(**_FLAGS)
+def _row_dev2(r, m):  # pragma: no cover - jitted
+    a = 0.0
+    for i in range(r.shape[0]):
+        d = r[i] - m
+        a += d * d
+    return a
+
+
+@njit(**_FLAGS)
+def channel_moments(x, out):  # pragma: no cover - jitted
+    """Of ``x`` (N, C, R), per channel ``c``: ``out[0, c]`` the mean and ``out[1, c]`` Σ(x −
+    mean)² over N and R, in two reads (a NaN or ±inf reaches its channel's values)."""
+    n, c, r = x.shape
+    out[:] = 0.0
+    for i in range(n):
+        for j in range(c):
+            out[0, j] += _row_sum(x[i, j])
+    out[0] /= max(n * r, 1)
+    for i in range(n):
+        for j in range(c):
+            out[1, j] += _row_dev2(x[i, j], out[0, j])

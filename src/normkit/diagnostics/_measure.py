@@ -8,18 +8,31 @@ metrics; later in-place ops on the measured tensor cannot change them.
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from normkit._optional import installed
 from normkit._stats import accumulation_dtype
 from normkit.diagnostics._data import LayerInfo
 from normkit.diagnostics._modules import SAT_HIGH
 
-__all__ = ["first_tensor", "norm_stats", "output_stats", "tensor_norm", "warmup"]
+__all__ = ["first_tensor", "kernels", "norm_stats", "output_stats", "tensor_norm", "warmup"]
 
 _FLOATS = (torch.float32, torch.float64)
+
+
+@cache
+def kernels() -> Any:
+    """:mod:`normkit.diagnostics._kernels` (serial Numba kernels), or None without numba."""
+    if not installed("numba"):
+        return None
+    from normkit.diagnostics import _kernels
+
+    return _kernels
 
 
 def first_tensor(output: Any) -> Tensor | None:
@@ -62,9 +75,15 @@ def output_stats(x: Tensor, info: LayerInfo) -> tuple[Any, list[Tensor]]:
 def _channel_stats(x: Tensor) -> list[Tensor]:
     """Per channel (dim 1) the mean and Σ(x − mean)², in two passes (torch.var_mean is ~20x
     slower on CPU); a contiguous input is reduced as (N, C, rest), which torch does faster than
-    over dims (0, 2, 3, ...)."""
+    over dims (0, 2, 3, ...), by a Numba kernel on CPU (two reads instead of six passes: 2-4x
+    faster, float64 sums)."""
     if x.is_contiguous():
         x = x.reshape(x.shape[0], x.shape[1], -1)
+        k = kernels() if x.device.type == "cpu" and x.dtype in _FLOATS else None
+        if k is not None:
+            out = np.empty((2, x.shape[1]))
+            k.channel_moments(x.numpy(), out)
+            return [torch.from_numpy(out[0]), torch.from_numpy(out[1])]
     dims = [d for d in range(x.ndim) if d != 1]
     mean = x.mean(dims, keepdim=True)
     dev = x - mean

@@ -3,9 +3,10 @@
 A recorded step's measurements stay on their device as tensors (0-d statistics and small
 vectors; no hook synchronises an accelerator). When read, or once :data:`MAX_PENDING`
 measurements wait, they go to the host together, one ``torch.cat`` per device, and are turned
-into the metrics in float64, in one pass of Python over many recorded steps (Python run between
-a training step's kernels costs 3-5x what it costs in a loop of its own). The metrics go into three typed columns (step, metric id, value): no
-per-value Python object for the garbage collector to scan.
+into the metrics in float64, in one pass of Python over many recorded steps (Python run
+between a training step's kernels costs 3-5x what it costs in a loop of its own). The metrics
+go into three typed columns (step, metric id, value): no per-value Python object for the
+garbage collector to scan.
 """
 
 from __future__ import annotations

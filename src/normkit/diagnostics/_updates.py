@@ -14,27 +14,15 @@ kernels (:mod:`~normkit.diagnostics._kernels`) take the norms in fewer passes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from normkit._optional import installed
-from normkit.diagnostics._measure import tensor_norm
+from normkit.diagnostics._measure import kernels, tensor_norm
 
-__all__ = ["Snapshot", "Updates", "kernels"]
-
-
-@cache
-def kernels() -> Any:
-    """:mod:`normkit.diagnostics._kernels` (serial Numba kernels), or None without numba."""
-    if not installed("numba"):
-        return None
-    from normkit.diagnostics import _kernels
-
-    return _kernels
+__all__ = ["Snapshot", "Updates"]
 
 
 _ONE_CALL = 1 << 18
