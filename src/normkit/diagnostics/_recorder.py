@@ -4,11 +4,14 @@ Public hooks only. The model's forward pre-hook (always on) counts the steps; a 
 (every ``every``-th training forward) registers, for that step only, a forward hook per leaf
 module, a forward pre-hook per normalization layer, a forward hook on the model and the
 optimizer's step pre/post hooks. A leaf hook measures its output and registers a tensor hook
-(``Tensor.register_hook``) on it for the gradient w.r.t. that output; a tensor hook on each
-parameter receives its gradient of the step's backward before it is accumulated into ``.grad``
-and keeps no reference to it, so torch's ``AccumulateGrad`` still takes the gradient over
-without a copy (a multi-grad hook holds the gradients until all are there, which makes it copy
-every one). The graph is left untouched: a watched model computes bit-identical outputs and
+(``Tensor.register_hook``) on it for the gradient w.r.t. that output; a pre-hook on each
+parameter's gradient accumulator (``torch.autograd.graph.get_gradient_edge``) receives its
+gradient of the step's backward before it is accumulated into ``.grad`` and keeps no reference
+to it, so torch's ``AccumulateGrad`` still takes the gradient over without a copy (a
+multi-grad hook holds the gradients until all are there, which makes it copy every one). The
+accumulator lives as long as the step's graph: a tensor hook on the parameter instead would
+leave torch calling into Python for it on every later backward, even once removed (~1% of a
+small model's step). The graph is left untouched: a watched model computes bit-identical outputs and
 gradients, and in-place ops after a layer (``ReLU(inplace=True)``) keep working (the layer's
 output is measured in its hook, before they run).
 
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -241,7 +245,9 @@ class Recorder:
         self._remove_step_hooks()  # (the root's own hook too: torch iterates over a copy)
         if self._rec_grad:
             self._grad_handles += [
-                p.register_hook(partial(self._on_param_grad, layer, i, self._step))
+                get_gradient_edge(p).node.register_prehook(
+                    partial(self._on_param_grad, layer, i, self._step)
+                )
                 for i, (layer, p) in enumerate(self._flat_params)
                 if p.requires_grad
             ]
@@ -288,8 +294,11 @@ class Recorder:
     def _on_out_grad(self, key: str, step: int, grad: Tensor) -> None:
         self._store.add("grad_out", key, step, None, [tensor_norm(grad)])
 
-    def _on_param_grad(self, layer: str, index: int, step: int, grad: Tensor) -> None:
-        self._store.add("grad", layer, step, index, [tensor_norm(grad)])
+    def _on_param_grad(
+        self, layer: str, index: int, step: int, grads: tuple[Tensor | None, ...]
+    ) -> None:
+        if grads[0] is not None:
+            self._store.add("grad", layer, step, index, [tensor_norm(grads[0])])
 
     def _on_opt_pre(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._snapshot is not None or self._updates is None:
