@@ -91,6 +91,44 @@ def test_masked_batch_norm_statistics_property(lengths: list[int], c: int, extra
     torch.testing.assert_close(rv, valid.var(0, unbiased=True))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 4, 6), (2, 3, 4, 5)], ids=["ncl", "nchw"])
+def test_masked_batch_norm_native_path_equals_the_reference_math(dtype, shape):
+    """The native masked path (CPU float, features at dim 1, mask constant along them) against
+    the reference math: outputs, gradients of input and parameters (every output depends on the
+    kept inputs through the statistics), running buffers and the batch counter."""
+    from normkit import _reference
+
+    g = torch.Generator().manual_seed(3)
+    mask = torch.rand((shape[0], *shape[2:]), generator=g) < 0.7
+    mask.view(shape[0], -1)[0, 0] = True  # kept: the NaN below enters the statistics
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 1).to(dtype)
+    x = x.masked_fill(~mask.unsqueeze(1), 1e3)  # far-off padding: any leak shows
+    c = shape[1]
+    w = (torch.rand(c, generator=g, dtype=dtype) + 0.5).requires_grad_()
+    b = torch.randn(c, generator=g, dtype=dtype).requires_grad_()
+    rm, rv, nbt = torch.zeros(c, dtype=dtype), torch.ones(c, dtype=dtype), torch.tensor(0)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya = NF.batch_norm(xa, rm, rv, w, b, True, momentum=None, num_batches_tracked=nbt, mask=mask)
+    yb = _reference.batch_norm(xb, None, None, w, b, True, 1e-5, 1, mask=mask.unsqueeze(1))[0]
+    torch.testing.assert_close(ya, yb)
+    dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    ga = torch.autograd.grad(ya, [xa, w, b], dy)
+    gb = torch.autograd.grad(yb, [xb, w, b], dy)
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v)
+    valid = x.movedim(1, -1)[mask]
+    torch.testing.assert_close(rm, valid.mean(0))  # momentum=None, first batch: the batch's
+    torch.testing.assert_close(rv, valid.var(0, unbiased=True))
+    assert nbt.item() == 1
+    bad = x.clone()
+    bad[0, 0].view(-1)[0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="left unchanged"):  # kept NaN: buffers stay
+        NF.batch_norm(bad, rm, rv, training=True, num_batches_tracked=nbt, mask=mask)
+    torch.testing.assert_close(rm, valid.mean(0))
+    assert nbt.item() == 1
+
+
 def test_masked_batch_norm_eval_ignores_mask_and_gradcheck():
     x = _padded(3, 4, 5, [5, 2, 3]).requires_grad_()
     mask = _lengths_mask([5, 2, 3], 5)

@@ -381,6 +381,103 @@ def _update_running_buffers_k(
 # --------------------------------------------------------------------------- ops
 
 
+class _MaskedBatchNormFn(torch.autograd.Function):
+    """Training batch norm whose statistics ``mean``, ``var`` come from the ``count`` positions
+    that the bool ``keep`` (broadcastable to ``input``, size 1 along the features) keeps.
+
+    Forward: torch's batch norm in eval mode with those moments (every position normalized).
+    Backward: every output depends on the kept inputs through ``μ``, ``σ²``, so with
+    :math:`S_1 = \\sum_j dy_j`, :math:`S_2 = \\sum_j dy_j \\hat{x}_j` over all positions
+
+    .. math:: dx_i = \\gamma\\,\\mathrm{invstd}\\,\\big(dy_i - [i\\ \\text{kept}]
+        (S_1 + \\hat{x}_i S_2)/K\\big),\\quad d\\gamma = S_2,\\quad d\\beta = S_1:
+
+    ``native_batch_norm_backward`` in eval mode gives the first term, ``S_2`` and ``S_1`` in one
+    call; the kept positions' correction is an ``addcmul`` and a ``where`` (which keeps the
+    padding, whatever its values, out of the kept positions' gradient).
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        input: Tensor,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        mean: Tensor,
+        var: Tensor,
+        keep: Tensor,
+        count: int,
+        eps: float,
+    ) -> Tensor:
+        ctx.save_for_backward(input, weight, mean, var, keep)
+        ctx.count, ctx.eps, ctx.has_bias = count, eps, bias is not None
+        return torch.batch_norm(input, weight, bias, mean, var, False, 0.0, eps, False)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        input, weight, mean, var, keep = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        need_w = ctx.needs_input_grad[1] and weight is not None
+        need_b = ctx.needs_input_grad[2] and ctx.has_bias
+        dx, s2, s1 = torch.ops.aten.native_batch_norm_backward(
+            grad, input, weight, mean, var, None, None, False, ctx.eps,
+            [need_x, need_w or need_x, need_b or need_x],
+        )  # fmt: skip
+        if need_x:
+            along = (-1,) + (1,) * (input.ndim - 2)  # a per-feature vector against dim 1
+            invstd = (var + ctx.eps).rsqrt()
+            coef = invstd / ctx.count if weight is None else weight * invstd / ctx.count
+            correction = torch.addcmul(
+                (coef * s1).view(along), input - mean.view(along), (coef * s2 * invstd).view(along)
+            )
+            dx = torch.where(keep, dx - correction, dx)
+        return dx, s2 if need_w else None, s1 if need_b else None, *(None,) * 5
+
+
+def _masked_batch_norm_native(
+    input: Tensor,
+    m: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float | None,
+    eps: float,
+    num_batches_tracked: Tensor | None,
+    nan_policy: NanPolicy,
+) -> Tensor | None:
+    """The masked training step of :func:`batch_norm` on torch's native ops, for features at
+    dim 1, a mask ``m`` (expanded) constant along them and torch's momentum convention: the
+    kept positions gathered into ``(K, C)``, whose moments (and the running update, fused,
+    under the NaN guard of :func:`_guarded`) ``torch.batch_norm_update_stats`` takes; then
+    :class:`_MaskedBatchNormFn`. Non-finite padding never enters the statistics. ``None``
+    elsewhere, and for fewer than two kept positions (the general path raises)."""
+    if m.ndim != input.ndim or m.shape[1] != 1 or input.ndim < 3:
+        return None
+    if running_mean is not None and momentum is None and num_batches_tracked is None:
+        return None
+    if not _fused_update_ok((running_mean, running_var), input, weight, bias):
+        return None
+    kept = input.movedim(1, -1)[m.squeeze(1).expand(input.shape[:1] + input.shape[2:])]
+    if kept.shape[0] <= 1:
+        return None
+    nbt = num_batches_tracked
+    factor = momentum if momentum is not None else 1.0 / (int(nbt) + 1)  # type: ignore[arg-type]
+    with torch.no_grad():
+        if running_mean is None or running_var is None:
+            mean, var = torch.batch_norm_update_stats(kept, None, None, 0.0)
+        else:
+            (mean, var), ok = _guarded(
+                lambda: torch.batch_norm_update_stats(kept, running_mean, running_var, factor),
+                running_mean,
+                running_var,
+                nan_policy,
+            )
+            if ok and nbt is not None:
+                nbt.add_(1)
+    return _MaskedBatchNormFn.apply(input, weight, bias, mean, var, m, kept.shape[0], eps)
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -411,8 +508,10 @@ def batch_norm(
     ``mask`` (bool; training only, ignored in eval): only ``True`` positions enter the batch
     statistics and hence the running averages (padded sequence positions), as Keras' ``mask=``;
     every position is normalized. Shaped like the input without the feature axis (``(N, L)``
-    for ``(N, C, L)`` or ``(N, L, C)``) or broadcastable to the input. The masked path runs the
-    reference math (``backend`` is not used).
+    for ``(N, C, L)`` or ``(N, L, C)``) or broadcastable to the input. The masked path runs
+    torch's native ops where it can (CPU float32/float64, features at dim 1, a mask constant
+    along them, torch's momentum convention) and the reference math otherwise (``backend`` is
+    not used).
 
     Shapes: ``input`` ``(N, C, *)`` for ``axis=1`` (torch), ``(N, *, C)`` for ``axis=-1``
     (Keras/channels-last); ``running_*``, ``weight``, ``bias``: ``(C,)``.
@@ -444,6 +543,13 @@ def batch_norm(
     check_batch_norm_eps(eps, training, op)
     if training:
         m = None if mask is None else expand_mask(mask, input, op, insert_at=ax)
+        if m is not None and ax == 1 and momentum_convention == "torch" and eps > 0:
+            y = _masked_batch_norm_native(
+                input, m, running_mean, running_var, weight, bias, momentum, eps,
+                num_batches_tracked, nan_policy,
+            )  # fmt: skip
+            if y is not None:
+                return y
         count: int | Tensor
         if m is None:
             count = input.numel() // max(c, 1)
