@@ -248,3 +248,24 @@ def test_ghost_closed_form_update_equals_sequential_updates_and_skips_per_virtua
     for name in ("running_mean", "running_var"):
         torch.testing.assert_close(getattr(ours, name), getattr(bn, name))
     assert ours.num_batches_tracked.item() == 4 + 3
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4), (4, 3, 3, 5)], ids=["nlc", "nhwc"])
+def test_fused_native_path_keeps_keras_statistics_and_the_layout(shape):
+    """The fused native path (CPU float32, features last, Keras' momentum convention through
+    the n/(n−1) scaling) against the moments computed here: moving mean and the biased moving
+    variance, the output contiguous like the input; a NaN batch leaves them untouched."""
+    bn = nkn.BatchNormalization(momentum=0.9)
+    x = torch.randn(shape) * 3 + 2
+    y = bn(x)
+    assert y.is_contiguous()
+    dims = tuple(range(x.ndim - 1))
+    var, mean = torch.var_mean(x.double(), dims, correction=0)
+    torch.testing.assert_close(bn.running_mean, (0.1 * mean).float())
+    torch.testing.assert_close(bn.running_var, (0.9 + 0.1 * var).float())
+    before = [t.clone() for t in (bn.running_mean, bn.running_var)]
+    x[0, 0] = float("nan")
+    with pytest.warns(RuntimeWarning, match="left unchanged"):
+        bn(x)
+    torch.testing.assert_close(bn.running_mean, before[0], rtol=0, atol=0)
+    torch.testing.assert_close(bn.running_var, before[1], rtol=0, atol=0)

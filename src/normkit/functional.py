@@ -250,23 +250,43 @@ def _batch_norm_fused(
     eps: float,
     num_batches_tracked: Tensor | None,
     nan_policy: NanPolicy,
+    convention: MomentumConvention = "torch",
 ) -> Tensor:
     """Training batch norm with torch's fused running-statistics update (same ATen ops as
     ``torch.nn.BatchNorm*``), guarded against non-finite batches by :func:`_guarded`; the
-    output keeps the input's memory format (the native op does)."""
+    output keeps the input's memory format (the native op does).
+
+    The Keras convention (``momentum`` the weight of the old value, the biased variance
+    stored) runs the same op with the factor ``1 − momentum`` and the stored variance scaled
+    by ``n/(n−1)`` before it and back after it: the op's unbiased ``n/(n−1)·σ²_B`` then lands
+    as the biased one, ``momentum·old + (1 − momentum)·σ²_B``.
+    """
     if running_mean is None or running_var is None:
         return torch.batch_norm(input, weight, bias, None, None, True, 0.0, eps, _cudnn(input))
-    # momentum=None: the cumulative average over the batches seen, this one included
-    nbt = num_batches_tracked
-    factor = momentum if momentum is not None else 1.0 / (int(nbt) + 1)  # type: ignore[arg-type]
-    y, ok = _guarded(
-        lambda: torch.batch_norm(
-            input, weight, bias, running_mean, running_var, True, factor, eps, _cudnn(input)
-        ),
-        running_mean,
-        running_var,
-        nan_policy,
-    )
+    rm, rv, cudnn = running_mean, running_var, _cudnn(input)
+    if convention == "keras":
+        assert momentum is not None
+        n = input.numel() // input.shape[1]
+        factor, unbias = 1.0 - momentum, n / (n - 1)
+
+        def native() -> Tensor:
+            # scaled through NumPy: no version bump of a buffer that graphs save (as the
+            # native op's own update of it)
+            rv_np = rv.numpy()
+            rv_np *= unbias
+            y = torch.batch_norm(input, weight, bias, rm, rv, True, factor, eps, cudnn)
+            rv_np /= unbias
+            return y
+
+    else:
+        # momentum=None: the cumulative average over the batches seen, this one included
+        nbt = num_batches_tracked
+        factor = momentum if momentum is not None else 1.0 / (int(nbt) + 1)  # type: ignore[arg-type]
+
+        def native() -> Tensor:
+            return torch.batch_norm(input, weight, bias, rm, rv, True, factor, eps, cudnn)
+
+    y, ok = _guarded(native, running_mean, running_var, nan_policy)
     if ok and num_batches_tracked is not None:
         num_batches_tracked.add_(1)
     return y
@@ -287,25 +307,30 @@ def _batch_norm_native(
     nan_policy: NanPolicy,
     backend: str,
 ) -> Tensor | None:
-    """The hot path of :func:`batch_norm` (no mask): torch's native op on features at dim 1,
-    run directly when it computes exactly what the general path would (plain CPU tensors of one
-    native dtype, the backend resolved to torch, a valid ``eps`` and batch; in training torch's
-    momentum convention, under the NaN guard of :func:`_batch_norm_fused`). ``None`` otherwise,
-    and where torch rejects the shapes: the general path then decides (another backend, casts,
-    the reference math) and raises normkit's errors.
+    """The hot path of :func:`batch_norm` (no mask): torch's native op, on the features moved
+    to dim 1 (a view) when ``axis`` is another dim, run directly when it computes what the
+    general path would (plain CPU tensors of one native dtype, the backend resolved to torch, a
+    valid ``eps`` and batch; in training under the NaN guard of :func:`_batch_norm_fused`, which
+    also takes the Keras momentum convention). ``None`` otherwise, and where torch rejects the
+    shapes: the general path then decides (another backend, casts, the reference math) and
+    raises normkit's errors.
     """
     nd = input.ndim
-    if nd < 2 or not -nd <= axis < nd or axis % nd != 1:
+    if nd < 2 or not -nd <= axis < nd or axis % nd == 0:
         return None
     if not eps > 0 or nan_policy not in NAN_POLICIES:
         return None
     if (running_mean is None) != (running_var is None):
         return None
+    ax = axis % nd
     if training:
-        if input.numel() <= input.shape[1]:  # at most one value per channel, or empty
+        if input.numel() <= input.shape[ax]:  # at most one value per channel, or empty
             return None
         if running_mean is not None and (
-            momentum_convention != "torch" or (momentum is None and num_batches_tracked is None)
+            momentum_convention not in ("torch", "keras")
+            or (
+                momentum is None and (momentum_convention != "torch" or num_batches_tracked is None)
+            )
         ):
             return None
     elif running_mean is None or running_var is None:
@@ -317,17 +342,20 @@ def _batch_norm_native(
         "torch"
     ):
         return None
+    xm = input if ax == 1 else input.movedim(ax, 1)
     try:
         if training:
-            return _batch_norm_fused(
-                input, running_mean, running_var, weight, bias, momentum, eps,
-                num_batches_tracked, nan_policy,
+            y = _batch_norm_fused(
+                xm, running_mean, running_var, weight, bias, momentum, eps,
+                num_batches_tracked, nan_policy, momentum_convention,
             )  # fmt: skip
-        return torch.batch_norm(
-            input, weight, bias, running_mean, running_var, False, 0.0, eps, False
-        )
+        else:
+            y = torch.batch_norm(
+                xm, weight, bias, running_mean, running_var, False, 0.0, eps, False
+            )
     except RuntimeError:
         return None
+    return y if ax == 1 else keep_format(y.movedim(1, ax), input)
 
 
 @torch.no_grad()
