@@ -420,9 +420,9 @@ class _MaskedBatchNormFn(torch.autograd.Function):
     .. math:: dx_i = \\gamma\\,\\mathrm{invstd}\\,\\big(dy_i - [i\\ \\text{kept}]
         (S_1 + \\hat{x}_i S_2)/K\\big),\\quad d\\gamma = S_2,\\quad d\\beta = S_1:
 
-    ``native_batch_norm_backward`` in eval mode gives the first term, ``S_2`` and ``S_1`` in one
-    call; the kept positions' correction is an ``addcmul`` and a ``where`` (which keeps the
-    padding, whatever its values, out of the kept positions' gradient).
+    ``native_batch_norm_backward`` in eval mode gives ``S_2`` and ``S_1`` in one pass; the
+    correction is one eval-mode batch norm (an affine map of ``x`` per feature), zeroed where
+    not kept (so the padding, whatever its values, stays out of it), and one ``addcmul``.
     """
 
     @staticmethod
@@ -447,18 +447,22 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1] and weight is not None
         need_b = ctx.needs_input_grad[2] and ctx.has_bias
-        dx, s2, s1 = torch.ops.aten.native_batch_norm_backward(
+        _, s2, s1 = torch.ops.aten.native_batch_norm_backward(
             grad, input, weight, mean, var, None, None, False, ctx.eps,
-            [need_x, need_w or need_x, need_b or need_x],
+            [False, need_w or need_x, need_b or need_x],
         )  # fmt: skip
+        dx = None
         if need_x:
-            along = (-1,) + (1,) * (input.ndim - 2)  # a per-feature vector against dim 1
             invstd = (var + ctx.eps).rsqrt()
-            coef = invstd / ctx.count if weight is None else weight * invstd / ctx.count
-            correction = torch.addcmul(
-                (coef * s1).view(along), input - mean.view(along), (coef * s2 * invstd).view(along)
+            k1 = invstd if weight is None else weight * invstd
+            coef = k1 / ctx.count
+            # −(S1 + x̂·S2)·γ·invstd/K at every position, as one eval-mode batch norm (an
+            # affine map per feature), zeroed where not kept, then + dy·γ·invstd
+            correction = torch.batch_norm(
+                input, -coef * s2, -coef * s1, mean, var, False, 0.0, ctx.eps, False
             )
-            dx = torch.where(keep, dx - correction, dx)
+            correction.masked_fill_(keep.logical_not(), 0.0)
+            dx = torch.addcmul(correction, grad, k1.view((-1,) + (1,) * (input.ndim - 2)))
         return dx, s2 if need_w else None, s1 if need_b else None, *(None,) * 5
 
 
