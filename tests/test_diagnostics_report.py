@@ -113,7 +113,13 @@ def test_overhead_bench_rows() -> None:
     assert r["case"] == "tiny"
     assert r["recorded_steps_every1"] == 2 * 10  # warm-up block + one timed block, 10 steps each
     assert r["recorded_steps_every10"] == 2
-    for k in ("ms_step_off", "ms_step_hooks_only", "ms_step_every1", "ms_step_every10"):
+    for k in (
+        "ms_step_off",
+        "ms_step_hooks_only",
+        "ms_step_every1",
+        "ms_step_every10",
+        "ms_convert_per_record",
+    ):
         assert r[k] > 0
     assert r["overhead_hooks_only_pct"] == pytest.approx(
         100 * (r["ms_step_hooks_only"] / r["ms_step_off"] - 1), rel=1e-3, abs=0.2

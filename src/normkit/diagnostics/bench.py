@@ -111,7 +111,11 @@ def run_diagnostics_bench(
 ) -> list[dict[str, Any]]:
     """Per case: ms per training step unwatched, with no-op hooks, ``every=1`` and
     ``every=10``, and the overheads in % of the unwatched step (median over rounds of
-    interleaved blocks). ``cases`` replaces :data:`CASES` (name → (model factory, data
+    interleaved blocks); and the ms per recorded step that turning the pending measurements
+    into metrics costs when the results are read (``ms_convert_per_record``: the ``every=1``
+    recorder's :meth:`~normkit.diagnostics.Recorder.close`, which reads them, over its recorded
+    steps; a run pays it once per :data:`~normkit.diagnostics._store.MAX_PENDING` measurements
+    or when read). ``cases`` replaces :data:`CASES` (name → (model factory, data
     factory, steps per block)); ``quick`` runs the first case with 8 rounds."""
     rounds = reps or (8 if quick else 20)
     batch = 32
@@ -140,8 +144,10 @@ def run_diagnostics_bench(
                 for k in order:
                     times[k].append(_block(models[k], opts[k], x, y, steps, batch))
         finally:
-            for rec in recs.values():
-                rec.close()
+            t0 = time.perf_counter()
+            recs["every=1"].close()  # (converts what is pending: what reading it costs)
+            convert = time.perf_counter() - t0
+            recs["every=10"].close()
             floor.remove()
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         pct = {  # median over rounds of the ratio to the unwatched block of the same round
@@ -165,6 +171,7 @@ def run_diagnostics_bench(
                 "overhead_every10_pct": pct["every=10"],
                 "recorded_steps_every1": len(recs["every=1"].steps),
                 "recorded_steps_every10": len(recs["every=10"].steps),
+                "ms_convert_per_record": round(convert * 1e3 / len(recs["every=1"].steps), 4),
             }
         )
     return rows
