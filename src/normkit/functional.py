@@ -15,7 +15,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -238,6 +238,23 @@ def _guarded(
 def _needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd records a call on ``tensors`` (the auto rule's direction)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+class _NoGradContext:
+    """The ``ctx`` of an :class:`torch.autograd.Function` forward run outside autograd: keeps
+    nothing (no backward will come)."""
+
+    def save_for_backward(self, *tensors: Tensor | None) -> None:
+        pass
+
+
+def _apply(fn: type[torch.autograd.Function], needs_grad: bool, *args: object) -> Tensor:
+    """``fn.apply(*args)``, or where no input needs a gradient ``fn.forward`` called directly:
+    the same ops without autograd's bookkeeping around them (~10 µs a call on CPU, a third of a
+    small layer's forward)."""
+    if needs_grad:
+        return cast(Tensor, fn.apply(*args))
+    return cast(Tensor, fn.forward(_NoGradContext(), *args))
 
 
 def _batch_norm_fused(
@@ -507,7 +524,10 @@ def _masked_batch_norm_native(
             )
             if ok and nbt is not None:
                 nbt.add_(1)
-    return _MaskedBatchNormFn.apply(input, weight, bias, mean, var, m, kept.shape[0], eps)
+    needs_grad = _needs_grad(input, weight, bias)
+    return _apply(
+        _MaskedBatchNormFn, needs_grad, input, weight, bias, mean, var, m, kept.shape[0], eps
+    )
 
 
 def batch_norm(
@@ -774,7 +794,10 @@ def layer_norm(
         rows = _dropped_rows(m, input, len(shape))
         same = all(t is None or t.dtype == input.dtype for t in (weight, bias))
         if rows is not None and same and eps > 0:
-            return _RowMaskedLayerNormFn.apply(input, list(shape), weight, bias, eps, rows)
+            needs_grad = _needs_grad(input, weight, bias)
+            return _apply(
+                _RowMaskedLayerNormFn, needs_grad, input, list(shape), weight, bias, eps, rows
+            )
         y = _reference.layer_norm(input, shape, weight, bias, eps, mask=m)
     else:
         y = backends.dispatch("layer_norm", input, shape, weight, bias, eps, backend=backend)
@@ -1158,7 +1181,8 @@ def _batch_renorm_native(
             r, d = torch.clamp(r, 1 / r_lim, r_lim), torch.clamp(d, -d_lim, d_lim)
         else:
             r, d = r.clamp_(1 / r_max, r_max), d.clamp_(-d_max, d_max)
-    return _BatchRenormFn.apply(input, weight, bias, mean, var, invstd, r, d, eps)
+    needs_grad = _needs_grad(input, weight, bias)
+    return _apply(_BatchRenormFn, needs_grad, input, weight, bias, mean, var, invstd, r, d, eps)
 
 
 def batch_renorm(
@@ -1459,7 +1483,9 @@ def ghost_batch_norm(
     if mask is None and _ghost_native_ok(
         input, running_mean, running_var, weight, bias, momentum, ax, num_batches_tracked, backend
     ):
-        return _GhostBatchNormFn.apply(
+        return _apply(
+            _GhostBatchNormFn,
+            _needs_grad(input, weight, bias),
             input, weight, bias, running_mean, running_var, v, momentum, eps,
             num_batches_tracked, nan_policy,
         )  # fmt: skip
