@@ -45,7 +45,7 @@ class GhostBatchNorm(BatchNorm):
         """Ghost-batch-normalize ``input`` (training) or batch-normalize it with running stats."""
         self._check_input_dim(input)
         if not self.uses_batch_stats:  # the running statistics normalize: plain batch norm
-            return super().forward(input, mask)
+            return self.apply_functional(NF.batch_norm, input, mask)
         return self.apply_functional(
             NF.ghost_batch_norm, input, mask, virtual_batch_size=self.virtual_batch_size
         )

@@ -92,7 +92,9 @@ class BatchRenorm(BatchNorm):
     def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:
         """Renormalize ``input`` (training) or batch-normalize it with the running statistics."""
         self._check_input_dim(input)
-        r_max, d_max = self.clip_limits() if self.training else (self.r_max, self.d_max)
+        if not self.training:  # eval renorm is batch norm with the running statistics
+            return self.apply_functional(NF.batch_norm, input, mask)
+        r_max, d_max = self.clip_limits()
         return self.apply_functional(NF.batch_renorm, input, mask, r_max=r_max, d_max=d_max)
 
     def extra_options(self) -> str:
