@@ -256,12 +256,13 @@ def test_ghost_batch_norm_bad_input_and_channels_last():
     assert y.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_ghost_batch_norm_native_path_equals_torch_bn_per_virtual_batch(fmt):
+def test_ghost_batch_norm_native_path_equals_torch_bn_per_virtual_batch(fmt, momentum):
     """The float32 native path (virtual batches written into slices of one output), both
     layouts, a short last virtual batch: outputs, gradients and buffers as chunked torch BN."""
-    ours = nkn.GhostBatchNorm2d(3, virtual_batch_size=4)
-    bn = nn.BatchNorm2d(3)
+    ours = nkn.GhostBatchNorm2d(3, virtual_batch_size=4, momentum=momentum)
+    bn = nn.BatchNorm2d(3, momentum=momentum)
     _same_params(ours.double(), bn.double())
     ours.float(), bn.float()
     oracle = _ChunkedBN(bn, 4)

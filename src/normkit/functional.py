@@ -202,9 +202,12 @@ def _guarded(
     running_mean: Tensor,
     running_var: Tensor,
     nan_policy: NanPolicy,
+    *,
+    report: bool = True,
 ) -> tuple[_T, bool]:
     """Run ``native`` (a torch op that updates the running buffers in place) and undo a
-    non-finite update: returns ``(output, ok)``.
+    non-finite update: returns ``(output, ok)``; ``report=False`` leaves the warning (or the
+    error of ``nan_policy="raise"``) to the caller.
 
     Costs no ATen op. The previous values are kept on the host: as Python floats for small
     buffers (up to :data:`_SMALL_BUFFER` values: cheaper than NumPy there, whose calls between
@@ -231,7 +234,8 @@ def _guarded(
     # written back as the native op wrote them (no version bump: the output's graph, which
     # saved the buffers, stays differentiable)
     running_mean.numpy()[...], running_var.numpy()[...] = old
-    _nan_found(nan_policy)
+    if report:
+        _nan_found(nan_policy)
     return y, False
 
 
@@ -1287,8 +1291,9 @@ class _GhostBatchNormFn(torch.autograd.Function):
 
     Forward: ``native_batch_norm.out`` on each virtual batch (a dim-0 slice, so a view in
     either memory format), writing its slice of one output and updating the running buffers in
-    place, in order (Algorithm 1 of the paper), each update under the NaN guard of
-    :func:`_guarded`. Backward: ``native_batch_norm_backward.out`` per virtual batch into one
+    place, in order (Algorithm 1 of the paper), under one NaN guard (:func:`_guarded`); when
+    it trips, the updates are redone one virtual batch at a time, each guarded, so that a
+    virtual batch with non-finite statistics is skipped and the others count. Backward: ``native_batch_norm_backward.out`` per virtual batch into one
     input gradient; the parameter gradients are the sums over the virtual batches. No copy of
     the input or the output: a single batch-norm call over ``(virtual batch, feature)`` pairs
     needs two (the pairs are not one dim of any view).
@@ -1308,31 +1313,47 @@ class _GhostBatchNormFn(torch.autograd.Function):
         num_batches_tracked: Tensor | None,
         nan_policy: NanPolicy,
     ) -> Tensor:
-        aten = torch.ops.aten
         xs = input.split(virtual_batch_size)
         y = torch.empty_like(input)
         c = input.shape[1]
         means, invstds = input.new_empty(len(xs), c), input.new_empty(len(xs), c)
-        seen = None if momentum is not None else int(num_batches_tracked)  # type: ignore[arg-type]
-        for x_i, y_i, mean_i, invstd_i in zip(
-            xs, y.split(virtual_batch_size), means.unbind(), invstds.unbind(), strict=True
-        ):
-            if running_mean is None or running_var is None:
-                aten.native_batch_norm.out(
-                    x_i, weight, bias, None, None, True, 0.0, eps,
+        ys, ms, vs = y.split(virtual_batch_size), means.unbind(), invstds.unbind()
+        parts = list(zip(xs, ys, ms, vs, strict=True))
+        nbt = num_batches_tracked
+        seen = 0 if momentum is not None else int(nbt)  # type: ignore[arg-type]
+
+        def steps(rm: Tensor | None, rv: Tensor | None) -> None:
+            for i, (x_i, y_i, mean_i, invstd_i) in enumerate(parts):
+                factor = momentum if momentum is not None else 1.0 / (seen + i + 1)
+                torch.ops.aten.native_batch_norm.out(
+                    x_i, weight, bias, rm, rv, True, factor, eps,
                     out=y_i, save_mean=mean_i, save_invstd=invstd_i,
                 )  # fmt: skip
-                continue
-            factor = momentum if seen is None else 1.0 / (seen + 1)
-            step = functools.partial(
-                aten.native_batch_norm.out,
-                x_i, weight, bias, running_mean, running_var, True, factor, eps,
-                out=y_i, save_mean=mean_i, save_invstd=invstd_i,
-            )  # fmt: skip
-            _, ok = _guarded(step, running_mean, running_var, nan_policy)
-            if ok and num_batches_tracked is not None:
-                num_batches_tracked.add_(1)
-                seen = None if seen is None else seen + 1
+
+        if running_mean is None or running_var is None:
+            steps(None, None)
+        else:  # one guard around all the virtual batches' updates
+            _, ok = _guarded(
+                lambda: steps(running_mean, running_var),
+                running_mean,
+                running_var,
+                nan_policy,
+                report=False,
+            )
+            if ok and nbt is not None:
+                nbt.add_(len(parts))
+            elif not ok:  # the buffers are back as before: update per virtual batch, each guarded
+                for x_i in xs:
+                    factor = momentum if momentum is not None else 1.0 / (seen + 1)
+                    update = functools.partial(
+                        torch.batch_norm_update_stats, x_i, running_mean, running_var, factor
+                    )
+                    if (
+                        _guarded(update, running_mean, running_var, nan_policy)[1]
+                        and nbt is not None
+                    ):
+                        nbt.add_(1)
+                        seen += 1
         ctx.save_for_backward(input, weight, means, invstds)
         ctx.virtual_batch_size, ctx.eps, ctx.has_bias = virtual_batch_size, eps, bias is not None
         return y
