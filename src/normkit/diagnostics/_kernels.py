@@ -67,7 +67,7 @@ def _norms(w, w0):  # pragma: no cover - jitted
 # range(bounds[s], bounds[s + 1]) measured 4x slower, not vectorized)
 @njit(**_FLAGS)
 def span_snapshot(w, w0, bounds, sq):  # pragma: no cover - jitted
-    """Per span ``s`` (``bounds[s]:bounds[s + 1]`` of the 1-D ``w`` and ``w0``), ``sq[s] =
+    """Per span ``s`` (``bounds[s]:bounds[s + 1]`` of the 1-D ``w`` and ``w0``), ``sq[s, :2] =
     (Σw², Σ(w − w₀)²)``."""
     for s in range(bounds.shape[0] - 1):
         sq[s, 0], sq[s, 1] = _norms(w[bounds[s] : bounds[s + 1]], w0[bounds[s] : bounds[s + 1]])
@@ -75,9 +75,9 @@ def span_snapshot(w, w0, bounds, sq):  # pragma: no cover - jitted
 
 @njit(**_FLAGS)
 def span_change(w, old, bounds, sq):  # pragma: no cover - jitted
-    """Per span ``s`` of the 1-D ``w`` and ``old``, ``sq[s] = Σ(w − old)²``."""
+    """Per span ``s`` of the 1-D ``w`` and ``old``, ``sq[s, 2] = Σ(w − old)²``."""
     for s in range(bounds.shape[0] - 1):
-        sq[s] = change(w[bounds[s] : bounds[s + 1]], old[bounds[s] : bounds[s + 1]])
+        sq[s, 2] = change(w[bounds[s] : bounds[s + 1]], old[bounds[s] : bounds[s + 1]])
 
 
 @njit(**_FLAGS)

@@ -81,9 +81,11 @@ def _groups(named: list[tuple[str, Tensor]]) -> list[list[tuple[str, Tensor]]]:
 class Snapshot:
     """One optimizer step in flight: the layout it uses and its norms before the step."""
 
-    def __init__(self, flats: list[_Flat], before: list[Tensor]) -> None:
+    def __init__(self, flats: list[_Flat], before: list[Tensor | np.ndarray]) -> None:
         self.flats = flats
-        self.before = before  # per flat (spans, 2): ‖w‖ and ‖w − w₀‖ per span
+        # per flat (spans, 2): ‖w‖ and ‖w − w₀‖ per span; or from the kernels (spans, 3): their
+        # squares and a column for Σ(Δw)²
+        self.before = before
 
     @property
     def layers(self) -> list[str]:
@@ -144,47 +146,43 @@ class Updates:
         if not key:
             return None
         flats = self._layout(key)
-        norms: list[Tensor] = []
-        with torch.no_grad():
-            for f in flats:
-                if f.buf is None:  # (one row for the per-parameter kernels: the old weights)
-                    rows = 1 if f.kernels is not None and f.init.numel() > _ONE_CALL else 2
-                    f.buf = f.init.new_empty((rows, f.init.numel()))
-                if f.kernels is not None and f.init.numel() > _ONE_CALL:
-                    sq = np.zeros((len(f.spans), 2))
-                    for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
-                        sq[span] += f.kernels.snapshot(w, w0, old)
-                    norms.append(torch.from_numpy(np.sqrt(sq, out=sq)))
-                    continue
+        norms: list[Tensor | np.ndarray] = []  # (the detached views need no no_grad())
+        for f in flats:
+            if f.buf is None:  # (one row for the per-parameter kernels: the old weights)
+                rows = 1 if f.kernels is not None and f.init.numel() > _ONE_CALL else 2
+                f.buf = f.init.new_empty((rows, f.init.numel()))
+            if f.kernels is None:
                 torch.cat(_flat(f.params), out=f.buf[0])
-                if f.kernels is not None:
-                    sq = np.empty((len(f.spans), 2))
-                    f.kernels.span_snapshot(f.buf[0].numpy(), f.init.numpy(), f.bounds, sq)
-                    norms.append(torch.from_numpy(np.sqrt(sq, out=sq)))
-                    continue
                 torch.sub(f.buf[0], f.init, out=f.buf[1])
                 norms.append(torch.stack(self._span_norms(f.buf, f)))
+                continue
+            sq = np.zeros((len(f.spans), 3))  # Σw², Σ(w − w₀)², then Σ(Δw)²
+            if f.init.numel() > _ONE_CALL:
+                for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
+                    sq[span, :2] += f.kernels.snapshot(w, w0, old)
+            else:
+                torch.cat(_flat(f.params), out=f.buf[0])
+                f.kernels.span_snapshot(f.buf[0].numpy(), f.init.numpy(), f.bounds, sq)
+            norms.append(sq)
         return Snapshot(flats, norms)
 
     def after(self, snap: Snapshot) -> list[Tensor]:
         """Per device and dtype, the flat ``(‖w‖, ‖w − w₀‖, ‖Δw‖)`` of each of its spans (in
         the order of :attr:`Snapshot.layers`): the norms before the step and of its change."""
         out = []
-        with torch.no_grad():
-            for f, before in zip(snap.flats, snap.before, strict=True):
-                assert f.buf is not None
-                if f.kernels is not None and f.init.numel() > _ONE_CALL:
-                    sq = np.zeros(len(f.spans))
+        for f, before in zip(snap.flats, snap.before, strict=True):
+            assert f.buf is not None
+            if isinstance(before, np.ndarray):  # (the kernels' squared sums)
+                assert f.kernels is not None
+                if f.init.numel() > _ONE_CALL:
                     for span, (w, _, old) in zip(f.span_of, f.numpy_parts(), strict=True):
-                        sq[span] += f.kernels.change(w, old)
-                    delta = torch.from_numpy(np.sqrt(sq, out=sq))
-                elif f.kernels is not None:
-                    torch.cat(_flat(f.params), out=f.buf[1])
-                    sq = np.empty(len(f.spans))
-                    f.kernels.span_change(f.buf[1].numpy(), f.buf[0].numpy(), f.bounds, sq)
-                    delta = torch.from_numpy(np.sqrt(sq, out=sq))
+                        before[span, 2] += f.kernels.change(w, old)
                 else:
                     torch.cat(_flat(f.params), out=f.buf[1])
-                    delta = torch.stack(self._span_norms(f.buf[1].sub_(f.buf[0]), f))
-                out.append(torch.cat([before, delta[:, None]], 1).reshape(-1))
+                    f.kernels.span_change(f.buf[1].numpy(), f.buf[0].numpy(), f.bounds, before)
+                out.append(torch.from_numpy(np.sqrt(before, out=before).reshape(-1)))
+                continue
+            torch.cat(_flat(f.params), out=f.buf[1])
+            delta = torch.stack(self._span_norms(f.buf[1].sub_(f.buf[0]), f))
+            out.append(torch.cat([before, delta[:, None]], 1).reshape(-1))
         return out
