@@ -181,6 +181,29 @@ def test_batch_renorm_fast_path_equals_the_general_path(fmt: torch.memory_format
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name))
 
 
+@pytest.mark.parametrize(("x_grad", "p_grad"), [(False, True), (True, False)])
+@pytest.mark.parametrize("layer", ["brn", "gbn"])
+def test_native_paths_with_gradients_for_the_input_or_the_parameters_only(layer, x_grad, p_grad):
+    """The native autograd.Functions when only the input or only the parameters need a gradient
+    (a first layer on raw data; frozen affine): the same gradients as with both."""
+    make = {
+        "brn": lambda: nkn.BatchRenorm2d(4, r_max=1.5, d_max=0.5),
+        "gbn": lambda: nkn.GhostBatchNorm2d(4, virtual_batch_size=3),
+    }[layer]
+    x = _x((8, 4, 3, 3), seed=4).float().contiguous(memory_format=torch.channels_last)
+    both, some = make(), make()
+    for p in some.parameters():
+        p.requires_grad_(p_grad)
+    xb, xs = x.clone().requires_grad_(), x.clone().requires_grad_(x_grad)
+    both(xb).square().sum().backward()
+    some(xs).square().sum().backward()
+    if x_grad:
+        torch.testing.assert_close(xs.grad, xb.grad)
+    if p_grad:
+        torch.testing.assert_close(some.weight.grad, both.weight.grad)
+        torch.testing.assert_close(some.bias.grad, both.bias.grad)
+
+
 def test_batch_renorm_bad_input():
     with pytest.raises(ValueError, match="r_max must be >= 1"):
         nkn.BatchRenorm2d(4, r_max=0.5)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from normkit import _reference, backends
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
@@ -463,6 +464,7 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         return torch.batch_norm(input, weight, bias, mean, var, False, 0.0, eps, False)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, mean, var, keep = ctx.saved_tensors
         need_x = ctx.needs_input_grad[0]
@@ -712,6 +714,7 @@ class _RowMaskedLayerNormFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, bias, mean, rstd, rows, factor = ctx.saved_tensors
         need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
@@ -1097,6 +1100,7 @@ class _BatchRenormFn(torch.autograd.Function):
         return torch.batch_norm(input, w_eff, b_eff, mean, var, False, 0.0, eps, False)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, w_eff, mean, invstd, r, d = ctx.saved_tensors
         has_w, has_b = ctx.affine
@@ -1359,6 +1363,7 @@ class _GhostBatchNormFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, means, invstds = ctx.saved_tensors
         v = ctx.virtual_batch_size
@@ -1366,18 +1371,17 @@ class _GhostBatchNormFn(torch.autograd.Function):
         need_w = ctx.needs_input_grad[1] and weight is not None
         need_b = ctx.needs_input_grad[2] and ctx.has_bias
         k, c = means.shape
-        gx = torch.empty_like(input) if need_x else input.new_empty(0)
-        gw = input.new_empty(k, c) if need_w else input.new_empty(k, 0)
-        gb = input.new_empty(k, c) if need_b else input.new_empty(k, 0)
-        gx_parts = gx.split(v) if need_x else [gx] * k
+        # all three outputs always (the .out form takes no masked-off output; the sums behind
+        # dγ, dβ are the input gradient's anyway)
+        gx, gw, gb = torch.empty_like(input), input.new_empty(k, c), input.new_empty(k, c)
         for args in zip(
-            grad.split(v), input.split(v), means.unbind(), invstds.unbind(), gx_parts,
+            grad.split(v), input.split(v), means.unbind(), invstds.unbind(), gx.split(v),
             gw.unbind(), gb.unbind(), strict=True,
         ):  # fmt: skip
             g_i, x_i, mean_i, invstd_i, gx_i, gw_i, gb_i = args
             torch.ops.aten.native_batch_norm_backward.out(
                 g_i, x_i, weight, None, None, mean_i, invstd_i, True, ctx.eps,
-                [need_x, need_w, need_b], out0=gx_i, out1=gw_i, out2=gb_i,
+                [True, True, True], out0=gx_i, out1=gw_i, out2=gb_i,
             )  # fmt: skip
         return (
             gx if need_x else None,
