@@ -49,6 +49,9 @@ TUNED_OPS: tuple[str, ...] = (
     "instance_norm",
     "add_layer_norm",
     "add_rms_norm",
+    "rms_norm_cast",
+    "dyt",
+    "modulate",
 )
 _CHANNEL_OPS = ("batch_norm_train", "batch_norm_eval", "group_norm", "instance_norm")
 #: Input sizes measured by default, as powers of two (elements): every octave from 8 Ki to 8 Mi
@@ -73,6 +76,8 @@ class TuneCell:
         if self.op in _CHANNEL_OPS and self.layout != "rows":
             hw = self.log2 - 9  # 8 × 64 = 2^9
             return (8, _CHANNELS, 1 << (hw // 2), 1 << (hw - hw // 2))
+        if self.op == "modulate":  # (samples, tokens, features), 8 samples
+            return (8, 1 << (self.log2 - 13), _HIDDEN)
         return (1 << (self.log2 - 10), _HIDDEN)
 
 
@@ -101,9 +106,12 @@ def _call(cell: TuneCell, backend: str) -> tuple[Callable[[], Any], Callable[[],
     if cell.layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     c = x.shape[1] if cell.op in _CHANNEL_OPS else x.shape[-1]
-    w = torch.rand(c, generator=g, dtype=cell.dtype) + 0.5
-    b = torch.randn(c, generator=g, dtype=cell.dtype)
+    # (modulate's w and b are its per-sample shift and scale)
+    per = (x.shape[0], c) if cell.op == "modulate" else (c,)
+    w = torch.rand(per, generator=g, dtype=cell.dtype) + 0.5
+    b = torch.randn(per, generator=g, dtype=cell.dtype)
     r = torch.randn_like(x)
+    alpha = torch.full((1,), 0.5, dtype=cell.dtype, requires_grad=cell.direction != "fwd")
     rm, rv = torch.zeros(c, dtype=cell.dtype), torch.ones(c, dtype=cell.dtype)
     op, h = cell.op, (x.shape[-1],)
     fns: dict[str, Callable[[Tensor, Tensor, Tensor], Any]] = {
@@ -115,6 +123,11 @@ def _call(cell: TuneCell, backend: str) -> tuple[Callable[[], Any], Callable[[],
         "instance_norm": lambda x, w, b: NF.instance_norm(x, None, None, w, b, backend=backend),
         "add_layer_norm": lambda x, w, b: NF.add_layer_norm(x, r, h, w, b, backend=backend),
         "add_rms_norm": lambda x, w, b: NF.add_rms_norm(x, r, h, w, 1e-6, backend=backend),
+        "rms_norm_cast": lambda x, w, b: NF.rms_norm(
+            x, h, w, 1e-6, casting="llama", backend=backend
+        ),
+        "dyt": lambda x, w, b: NF.dyt(x, alpha, w, b, backend=backend),
+        "modulate": lambda x, w, b: NF.modulate(x, w, b, backend=backend),
     }
     fn = fns[op]
     if cell.direction == "fwd":
@@ -129,7 +142,7 @@ def _call(cell: TuneCell, backend: str) -> tuple[Callable[[], Any], Callable[[],
     grads = [torch.randn_like(o) for o in (out if isinstance(out, tuple) else (out,))]
 
     def clear() -> None:
-        for t in leaves:
+        for t in (*leaves, alpha):
             t.grad = None
 
     def fwd_bwd() -> None:
