@@ -737,6 +737,7 @@ def _dropped_rows(m: Tensor, input: Tensor, k: int) -> Tensor | None:
         or any(s != 1 for s in m.shape[input.ndim - k :])
         or not input.is_contiguous()
         or input.dtype not in _NATIVE_DTYPES
+        or torch.compiler.is_compiling()  # nonzero's data-dependent size: the reference path
     ):
         return None
     keep = m.reshape(m.shape[: input.ndim - k]).expand(input.shape[: input.ndim - k])
