@@ -113,7 +113,7 @@ def update_running_buffers(
     if not isinstance(count, Tensor) and _fused_update_ok(
         (running_mean, running_var), batch_mean, batch_var
     ):
-        # CPU fast path: four in-place ops under the NumPy guard of the fused native path
+        # CPU fast path: three in-place ops under the host guard of the fused native path
         seen = (
             0
             if momentum is not None or num_batches_tracked is None
@@ -123,9 +123,13 @@ def update_running_buffers(
         w_new = rate if convention == "torch" else 1 - rate
         scale = count / (count - 1) if bessel and count is not None and count > 1 else 1.0
 
+        # (an op less each: lerp_ for the mean, no detach of moments autograd does not record)
+        mean = batch_mean.detach() if batch_mean.requires_grad else batch_mean
+        var = batch_var.detach() if batch_var.requires_grad else batch_var
+
         def update() -> None:
-            running_mean.mul_(1 - w_new).add_(batch_mean.detach(), alpha=w_new)
-            running_var.mul_(1 - w_new).add_(batch_var.detach(), alpha=w_new * scale)
+            running_mean.lerp_(mean, w_new)
+            running_var.mul_(1 - w_new).add_(var, alpha=w_new * scale)
 
         _, ok_host = _guarded(update, running_mean, running_var, nan_policy)
         if ok_host and num_batches_tracked is not None:

@@ -70,6 +70,17 @@ def _eager_function(
     return type(name, (torch.autograd.Function,), body)
 
 
+def _unmaterialized(setup: Callable[..., None]) -> Callable[..., None]:
+    """``setup`` with unused outputs' gradients left ``None`` (autograd would otherwise make a
+    zero tensor for each statistic output of a traced call, as the eager Function does not)."""
+
+    def wrapped(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.set_materialize_grads(False)
+        setup(ctx, inputs, output)
+
+    return wrapped
+
+
 def define(
     name: str,
     forward: Callable[..., Any],
@@ -102,7 +113,9 @@ def define(
             f"normkit::{name}_backward", backward, mutates_args=()
         )
         backward_op.register_fake(backward_fake)
-    op.register_autograd(functools.partial(grad, backward=backward_op), setup_context=setup)
+    op.register_autograd(
+        functools.partial(grad, backward=backward_op), setup_context=_unmaterialized(setup)
+    )
     eager = _eager_function(name, forward, setup, functools.partial(grad, backward=backward))
     return NumbaOp(op, backward_op, eager, forward)
 
