@@ -683,9 +683,9 @@ class _RowMaskedLayerNormFn(torch.autograd.Function):
 
     A dropped row has no kept value, so its moments are 0 and 0 (:func:`normkit._stats.moments`)
     and it is the affine map ``y = x·(1/√ε)·γ + β``; every other row is plain layer norm. So:
-    forward, native layer norm over all rows, then the dropped rows' statistics set to
-    ``(0, 1/√ε)`` and their outputs recomputed; backward, ``native_layer_norm_backward`` with
-    those statistics (which gives the right ``dγ``, ``dβ``), then the dropped rows' input
+    forward, native layer norm over all rows, then the dropped rows' outputs recomputed;
+    backward, the dropped rows' statistics set to ``(0, 1/√ε)`` and ``native_layer_norm_backward``
+    with them (which gives the right ``dγ``, ``dβ``), then the dropped rows' input
     gradient replaced by the affine map's ``dy·γ/√ε`` (no statistics depend on them).
     """
 
@@ -701,18 +701,19 @@ class _RowMaskedLayerNormFn(torch.autograd.Function):
     ) -> Tensor:
         y, mean, rstd = torch.native_layer_norm(input, shape, weight, bias, eps)
         scale, d = eps**-0.5, math.prod(shape)
+        w = weight if weight is None or weight.ndim == 1 else weight.reshape(-1)
         # the dropped rows' affine map, weight and 1/√ε folded into one per-feature factor
-        factor = None if weight is None else weight.reshape(-1) * scale
+        factor = None if w is None else w * scale
         if rows.numel():
-            mean.view(-1).index_fill_(0, rows, 0.0)
-            rstd.view(-1).index_fill_(0, rows, scale)
             xm = input.view(-1, d).index_select(0, rows)
-            if bias is not None and factor is not None:
-                ym = torch.addcmul(bias.reshape(-1), xm, factor)
+            b = bias if bias is None or bias.ndim == 1 else bias.reshape(-1)
+            if b is not None and factor is not None:
+                ym = torch.addcmul(b, xm, factor)
             else:
                 ym = xm * (scale if factor is None else factor)
-                ym = ym if bias is None else ym + bias.reshape(-1)
+                ym = ym if b is None else ym + b
             y.view(-1, d).index_copy_(0, rows, ym)
+        # mean, rstd as layer norm left them: the backward sets the dropped rows' (0, 1/√ε)
         ctx.save_for_backward(input, weight, bias, mean, rstd, rows, factor)
         ctx.shape, ctx.scale, ctx.d = shape, scale, d
         return y
@@ -722,6 +723,9 @@ class _RowMaskedLayerNormFn(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, bias, mean, rstd, rows, factor = ctx.saved_tensors
         need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
+        if rows.numel():  # (out of place: a retained graph may run this backward again)
+            mean = mean.view(-1).index_fill(0, rows, 0.0).view(mean.shape)
+            rstd = rstd.view(-1).index_fill(0, rows, ctx.scale).view(rstd.shape)
         dx, dw, db = torch.ops.aten.native_layer_norm_backward(
             grad, input, ctx.shape, mean, rstd, weight, bias,
             [need_x, need_w and weight is not None, need_b and bias is not None],
@@ -744,8 +748,9 @@ def _dropped_rows(m: Tensor, input: Tensor, k: int) -> Tensor | None:
         or torch.compiler.is_compiling()  # nonzero's data-dependent size: the reference path
     ):
         return None
-    keep = m.reshape(m.shape[: input.ndim - k]).expand(input.shape[: input.ndim - k])
-    return torch.logical_not(keep).reshape(-1).nonzero().view(-1)
+    lead = input.shape[: input.ndim - k]
+    keep = m if m.shape[: input.ndim - k] == lead else m.expand(*lead, *m.shape[input.ndim - k :])
+    return torch.logical_not(keep).reshape(-1).nonzero().view(-1)  # (trailing dims are 1)
 
 
 def layer_norm(
