@@ -333,8 +333,8 @@ def _batch_norm_native(
     nan_policy: NanPolicy,
     backend: str,
 ) -> Tensor | None:
-    """The hot path of :func:`batch_norm` (no mask): torch's native op, on the features moved
-    to dim 1 (a view) when ``axis`` is another dim, run directly when it computes what the
+    """The hot path of :func:`batch_norm` (no mask): torch's native op, for features at dim 1
+    or last (a contiguous input, seen as rows), run directly when it computes what the
     general path would (plain CPU tensors of one native dtype, the backend resolved to torch, a
     valid ``eps`` and batch; in training under the NaN guard of :func:`_batch_norm_fused`, which
     also takes the Keras momentum convention). ``None`` otherwise, and where torch rejects the
@@ -342,7 +342,9 @@ def _batch_norm_native(
     raises normkit's errors.
     """
     nd = input.ndim
-    if nd < 2 or not -nd <= axis < nd or axis % nd == 0:
+    if nd < 2 or not -nd <= axis < nd or axis % nd not in (1, nd - 1):
+        return None
+    if axis % nd != 1 and not input.is_contiguous():
         return None
     if not eps > 0 or nan_policy not in NAN_POLICIES:
         return None
@@ -364,11 +366,14 @@ def _batch_norm_native(
     if not _fused_update_ok((running_mean, running_var), input, weight, bias):
         return None
     op = "batch_norm_train" if training else "batch_norm_eval"
-    if backends.resolve(op, input, backend, needs_grad=_needs_grad(input, weight, bias)).name != (
+    # features last (Keras' axis=-1) of a contiguous input: rows (N·…, C), a view, which is
+    # how the kernels stream it; resolved on that view (the input's own strides read as
+    # contiguous NCHW)
+    xm = input if ax == 1 else input.view(-1, input.shape[ax])
+    if backends.resolve(op, xm, backend, needs_grad=_needs_grad(input, weight, bias)).name != (
         "torch"
     ):
         return None
-    xm = input if ax == 1 else input.movedim(ax, 1)
     try:
         if training:
             y = _batch_norm_fused(
@@ -381,7 +386,7 @@ def _batch_norm_native(
             )
     except RuntimeError:
         return None
-    return y if ax == 1 else keep_format(y.movedim(1, ax), input)
+    return y if ax == 1 else y.view(input.shape)
 
 
 @torch.no_grad()
