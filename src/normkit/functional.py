@@ -587,7 +587,7 @@ def batch_norm(
     >>> rm, rv = torch.zeros(8), torch.ones(8)
     >>> y = batch_norm(x, rm, rv, training=True)
     """
-    if mask is None:
+    if mask is None or not training:  # (eval ignores the mask)
         y = _batch_norm_native(
             input, running_mean, running_var, weight, bias, training, momentum, eps, axis,
             num_batches_tracked, momentum_convention, nan_policy, backend,
