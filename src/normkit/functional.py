@@ -778,7 +778,9 @@ def layer_norm(
     shape ``normalized_shape``. ``mask`` (bool, as Flax's ``LayerNorm(mask=)``): only ``True``
     entries enter the statistics; useful when ``normalized_shape`` spans padded positions, e.g.
     ``(L, C)`` with a ``(N, L)`` mask. A mask equal to the input's leading dims is extended on the
-    right; otherwise it must broadcast to the input. The masked path runs the reference math.
+    right; otherwise it must broadcast to the input. A mask that keeps or drops whole normalized
+    slices (an ``(N, L)`` mask with ``normalized_shape`` ``(C,)``) runs torch's native layer norm
+    (CPU float32/float64); any other mask runs the reference math.
 
     ``casting`` (``"torch"``, ``"llama"``, ``"gemma"``, ``"fp32"``) fixes where the computation
     casts between dtypes, bit for bit as the named stack does (:mod:`normkit._casting`);
