@@ -6,11 +6,11 @@ OpenMP pool next to torch's costs more than it brings on a small machine).
 
 An optimizer step's statistics are memory-bound: the torch ops that copy the weights, subtract
 the initial ones and take three norms read and write the parameters about thirteen times over;
-these kernels read them three times before the step and twice after, accumulating in float64
-(2.4M float32 values, one thread: 2.3 ms against 4.2 ms). ``snapshot``/``change`` take one
-parameter per call (large models: no extra pass); ``span_snapshot``/``span_change`` take all
-of them at once after a ``torch.cat`` copy (small models, where a call per parameter costs more
-than the extra pass).
+these kernels read them three times after torch's (multi-threaded) copy of the weights before
+the step, accumulating in float64. ``after_step`` takes one parameter per call (large models);
+``span_snapshot``/``span_change`` take all of them at once, before and after the step, after a
+``torch.cat`` copy each (small models, where a call per parameter costs more than the extra
+pass).
 
 ``channel_moments`` gives a batch norm's batch statistics to the health timeline in two reads
 of its input (the torch ops take six passes: 2-4x slower on one thread, from 32×8×8×8 to
@@ -28,17 +28,20 @@ _FLAGS = {"fastmath": {"reassoc", "contract", "nsz"}, "error_model": "numpy", "c
 
 
 @njit(**_FLAGS)
-def snapshot(w, w0, old):  # pragma: no cover - jitted
-    """Copy ``w`` into ``old`` (all 1-D, the same length) and return (Σw², Σ(w − w₀)²)."""
+def after_step(w, w0, old):  # pragma: no cover - jitted
+    """Of the weights ``w`` after a step, their initial values ``w0`` and their copy ``old``
+    from before it (all 1-D, the same length): (Σold², Σ(old − w₀)², Σ(w − old)²)."""
     a = 0.0
     b = 0.0
+    c = 0.0
     for i in range(w.shape[0]):
-        v = w[i]
-        old[i] = v
+        v = old[i]
         d = v - w0[i]
+        e = w[i] - v
         a += v * v
         b += d * d
-    return a, b
+        c += e * e
+    return a, b, c
 
 
 @njit(**_FLAGS)
