@@ -20,7 +20,6 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from normkit import _reference, backends
 from normkit._casting import CASTINGS, LAYER_NORM_CASTINGS, check_casting
@@ -440,6 +439,22 @@ def _update_running_buffers_k(
 # --------------------------------------------------------------------------- ops
 
 
+def _twice(
+    reference: Callable[..., Tensor], grad: Tensor, inputs: Sequence[Tensor | None]
+) -> list[Tensor | None]:
+    """The gradients of ``reference(*inputs)`` against ``grad``, with a graph: what the native
+    autograd Functions below return when a backward runs with ``create_graph=True``. Their
+    first-order backward treats the batch statistics they saved as constants, which is right
+    for one derivative and wrong for a second (the statistics depend on the input), so a
+    double backward (gradient penalties, meta-learning) goes through the composed reference
+    math of the same function instead."""
+    with torch.enable_grad():
+        y = reference(*inputs)
+    wrt = [t for t in inputs if t is not None and t.requires_grad]
+    got = iter(torch.autograd.grad(y, wrt, grad, create_graph=True, allow_unused=True))
+    return [next(got) if t is not None and t.requires_grad else None for t in inputs]
+
+
 class _MaskedBatchNormFn(torch.autograd.Function):
     """Training batch norm whose statistics ``mean``, ``var`` come from the ``count`` positions
     that the bool ``keep`` (broadcastable to ``input``, size 1 along the features) keeps.
@@ -468,14 +483,16 @@ class _MaskedBatchNormFn(torch.autograd.Function):
         count: int,
         eps: float,
     ) -> Tensor:
-        ctx.save_for_backward(input, weight, mean, var, keep)
+        ctx.save_for_backward(input, weight, bias, mean, var, keep)
         ctx.count, ctx.eps, ctx.has_bias = count, eps, bias is not None
         return torch.batch_norm(input, weight, bias, mean, var, False, 0.0, eps, False)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        input, weight, mean, var, keep = ctx.saved_tensors
+        input, weight, bias, mean, var, keep = ctx.saved_tensors
+        if torch.is_grad_enabled():  # (create_graph: see _twice)
+            ref = functools.partial(_masked_reference, keep=keep, eps=ctx.eps)
+            return *_twice(ref, grad, (input, weight, bias)), *(None,) * 5
         need_x = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1] and weight is not None
         need_b = ctx.needs_input_grad[2] and ctx.has_bias
@@ -496,6 +513,12 @@ class _MaskedBatchNormFn(torch.autograd.Function):
             correction.masked_fill_(keep.logical_not(), 0.0)
             dx = torch.addcmul(correction, grad, k1.view((-1,) + (1,) * (input.ndim - 2)))
         return dx, s2 if need_w else None, s1 if need_b else None, *(None,) * 5
+
+
+def _masked_reference(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, *, keep: Tensor, eps: float
+) -> Tensor:
+    return _reference.batch_norm(x, None, None, weight, bias, True, eps, mask=keep)[0]
 
 
 def _masked_batch_norm_native(
@@ -720,13 +743,20 @@ class _RowMaskedLayerNormFn(torch.autograd.Function):
             y.view(-1, d).index_copy_(0, rows, ym)
         # mean, rstd as layer norm left them: the backward sets the dropped rows' (0, 1/√ε)
         ctx.save_for_backward(input, weight, bias, mean, rstd, rows, factor)
-        ctx.shape, ctx.scale, ctx.d = shape, scale, d
+        ctx.shape, ctx.scale, ctx.d, ctx.eps = shape, scale, d, eps
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         input, weight, bias, mean, rstd, rows, factor = ctx.saved_tensors
+        if torch.is_grad_enabled():  # (create_graph: see _twice)
+            keep = torch.ones(mean.numel(), dtype=torch.bool, device=input.device)
+            keep = keep.index_fill(0, rows, False).view(mean.shape)  # (N..., 1, ...)
+            ref = functools.partial(_reference.layer_norm, eps=ctx.eps, mask=keep)
+            dx, dw, db = _twice(
+                lambda x, w, b: ref(x, ctx.shape, w, b), grad, (input, weight, bias)
+            )
+            return dx, None, dw, db, None, None
         need_x, _, need_w, need_b = ctx.needs_input_grad[:4]
         if rows.numel():  # (out of place: a retained graph may run this backward again)
             mean = mean.view(-1).index_fill(0, rows, 0.0).view(mean.shape)
@@ -1111,15 +1141,17 @@ class _BatchRenormFn(torch.autograd.Function):
         b_eff = d if weight is None else weight * d
         if bias is not None:
             b_eff = b_eff + bias
-        ctx.save_for_backward(input, w_eff, mean, invstd, r, d)
+        ctx.save_for_backward(input, weight, bias, w_eff, mean, invstd, r, d)
         ctx.eps = eps
         ctx.affine = weight is not None, bias is not None
         return torch.batch_norm(input, w_eff, b_eff, mean, var, False, 0.0, eps, False)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        input, w_eff, mean, invstd, r, d = ctx.saved_tensors
+        input, weight, bias, w_eff, mean, invstd, r, d = ctx.saved_tensors
+        if torch.is_grad_enabled():  # (create_graph: see _twice)
+            ref = functools.partial(_renorm_reference, r=r, d=d, eps=ctx.eps)
+            return *_twice(ref, grad, (input, weight, bias)), *(None,) * 6
         has_w, has_b = ctx.affine
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_w = need_w and has_w
@@ -1134,6 +1166,17 @@ class _BatchRenormFn(torch.autograd.Function):
             gb if need_b else None,
             *(None,) * 6,
         )
+
+
+def _renorm_reference(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, *, r: Tensor, d: Tensor, eps: float
+) -> Tensor:
+    """Batch renorm's training output, composed: ``x̂·(γr) + (γd + β)`` with ``r``, ``d``
+    constants (the paper's stop-gradient)."""
+    w_eff = r if weight is None else weight * r
+    b_eff = d if weight is None else weight * d
+    b_eff = b_eff if bias is None else b_eff + bias
+    return _reference.batch_norm(x, None, None, w_eff, b_eff, True, eps)[0]
 
 
 def _batch_renorm_native(
@@ -1375,15 +1418,17 @@ class _GhostBatchNormFn(torch.autograd.Function):
                     ):
                         nbt.add_(1)
                         seen += 1
-        ctx.save_for_backward(input, weight, means, invstds)
+        ctx.save_for_backward(input, weight, bias, means, invstds)
         ctx.virtual_batch_size, ctx.eps, ctx.has_bias = virtual_batch_size, eps, bias is not None
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        input, weight, means, invstds = ctx.saved_tensors
+        input, weight, bias, means, invstds = ctx.saved_tensors
         v = ctx.virtual_batch_size
+        if torch.is_grad_enabled():  # (create_graph: see _twice)
+            ref = functools.partial(_ghost_reference, virtual_batch_size=v, eps=ctx.eps)
+            return *_twice(ref, grad, (input, weight, bias)), *(None,) * 7
         need_x = ctx.needs_input_grad[0]
         need_w = ctx.needs_input_grad[1] and weight is not None
         need_b = ctx.needs_input_grad[2] and ctx.has_bias
@@ -1406,6 +1451,17 @@ class _GhostBatchNormFn(torch.autograd.Function):
             gb.sum(0) if need_b else None,
             *(None,) * 7,
         )
+
+
+def _ghost_reference(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, *, virtual_batch_size: int, eps: float
+) -> Tensor:
+    """Ghost batch norm's training output, composed: batch norm per virtual batch."""
+    parts = [
+        _reference.batch_norm(x_i, None, None, weight, bias, True, eps)[0]
+        for x_i in x.split(virtual_batch_size)
+    ]
+    return torch.cat(parts)
 
 
 def _ghost_native_ok(
