@@ -68,7 +68,7 @@ def test_a_channels_last_model_records_what_its_contiguous_twin_records() -> Non
     _assert_same_series(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernels", ["numba", "numba per parameter", "torch"])
+@pytest.mark.parametrize("kernels", ["numba", "numba per parameter", "numba parallel", "torch"])
 def test_values_of_a_later_step_match_oracles(
     kernels: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -78,8 +78,10 @@ def test_values_of_a_later_step_match_oracles(
         monkeypatch.setattr(_updates, "kernels", lambda: None)
     elif _updates.kernels() is None:
         pytest.skip("numba is not installed")
-    elif kernels == "numba per parameter":  # (the large-model path: a kernel call each)
+    elif kernels.startswith("numba p"):  # (the large-model path: a kernel call each)
         monkeypatch.setattr(_updates, "_ONE_CALL", 0)
+        if kernels == "numba parallel":
+            monkeypatch.setattr(_updates, "_PARALLEL", 0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 6), nn.Sigmoid())
     with torch.no_grad():

@@ -2,7 +2,10 @@
 numba is installed, through :func:`normkit.diagnostics._measure.kernels`; cached on disk where
 the numba backend's kernels are, :func:`normkit.backends.numba.cache_dir`). They take NumPy
 views of CPU tensors (``Tensor.numpy()``: no raw addresses) and run on one thread (a second
-OpenMP pool next to torch's costs more than it brings on a small machine).
+OpenMP pool next to torch's costs more than it brings on a small machine), except
+``after_step_parallel``: a large parameter's sums after an optimizer step, on torch's thread
+budget (:func:`normkit.backends.numba._runtime.threads`), where a serial pass over a ResNet's
+weights held a recorded step back while the step itself ran on every thread.
 
 An optimizer step's statistics are memory-bound: the torch ops that copy the weights, subtract
 the initial ones and take three norms read and write the parameters about thirteen times over;
@@ -20,6 +23,8 @@ torch's vectorized reductions from 64k values up (its min/max do not vectorize).
 """
 
 from __future__ import annotations
+
+from numba import prange
 
 from normkit.backends.numba._cache import njit
 
@@ -113,3 +118,19 @@ def channel_moments(x, out):  # pragma: no cover - jitted
     for i in range(n):
         for j in range(c):
             out[1, j] += _row_dev2(x[i, j], out[0, j])
+
+
+@njit(parallel=True, **_FLAGS)
+def after_step_parallel(w, w0, old):  # pragma: no cover - jitted
+    """:func:`after_step` over the worker threads (for a parameter of many values)."""
+    a = 0.0
+    b = 0.0
+    c = 0.0
+    for i in prange(w.shape[0]):
+        v = old[i]
+        d = v - w0[i]
+        e = w[i] - v
+        a += v * v
+        b += d * d
+        c += e * e
+    return a, b, c

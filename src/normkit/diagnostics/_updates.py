@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normkit.backends.numba._runtime import threads
 from normkit.diagnostics._measure import kernels, tensor_norm
 
 __all__ = ["Snapshot", "Updates"]
@@ -30,6 +31,10 @@ _ONE_CALL = 1 << 18
 before the step and one after (after ``torch.cat`` copies); above, the norms of the weights
 before the step are taken after it, from their copy, in one call per parameter that reads the
 weights, the copy and the initial weights once (three reads instead of five)."""
+
+
+_PARALLEL = 1 << 16
+"""From this many values a parameter's after-step sums run on torch's thread budget."""
 
 
 def _flat(params: Sequence[Tensor]) -> list[Tensor]:
@@ -174,8 +179,13 @@ class Updates:
             if isinstance(before, np.ndarray):  # (the kernels' squared sums)
                 assert f.kernels is not None
                 if f.init.numel() > _ONE_CALL:
+                    k = f.kernels
                     for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
-                        before[span] += f.kernels.after_step(w, w0, old)
+                        if w.shape[0] < _PARALLEL:
+                            before[span] += k.after_step(w, w0, old)
+                            continue
+                        with threads(w.shape[0]):
+                            before[span] += k.after_step_parallel(w, w0, old)
                 else:
                     torch.cat(_flat(f.params), out=f.buf[1])
                     f.kernels.span_change(f.buf[1].numpy(), f.buf[0].numpy(), f.bounds, before)
