@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from normkit.backends.numba._runtime import threads
 from normkit.diagnostics._measure import kernels, tensor_norm
 
 __all__ = ["Snapshot", "Updates"]
@@ -184,6 +183,10 @@ class Updates:
                         if w.shape[0] < _PARALLEL:
                             before[span] += k.after_step(w, w0, old)
                             continue
+                        # (imported here: importing the numba backend registers it, which
+                        # only an installed numba may do; the kernels exist only then)
+                        from normkit.backends.numba._runtime import threads
+
                         with threads(w.shape[0]):
                             before[span] += k.after_step_parallel(w, w0, old)
                 else:
