@@ -80,8 +80,10 @@ def test_values_of_a_later_step_match_oracles(
         pytest.skip("numba is not installed")
     elif kernels.startswith("numba p"):  # (the large-model path: a kernel call each)
         monkeypatch.setattr(_updates, "_ONE_CALL", 0)
-        if kernels == "numba parallel":
-            monkeypatch.setattr(_updates, "_PARALLEL", 0)
+        if kernels == "numba parallel":  # (every parameter on the worker threads)
+            from normkit.backends.numba import _runtime
+
+            monkeypatch.setattr(_runtime, "SERIAL_NUMEL", 0)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 6), nn.Sigmoid())
     with torch.no_grad():

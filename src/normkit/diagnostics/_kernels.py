@@ -3,9 +3,10 @@ numba is installed, through :func:`normkit.diagnostics._measure.kernels`; cached
 the numba backend's kernels are, :func:`normkit.backends.numba.cache_dir`). They take NumPy
 views of CPU tensors (``Tensor.numpy()``: no raw addresses) and run on one thread (a second
 OpenMP pool next to torch's costs more than it brings on a small machine), except
-``after_step_parallel``: a large parameter's sums after an optimizer step, on torch's thread
-budget (:func:`normkit.backends.numba._runtime.threads`), where a serial pass over a ResNet's
-weights held a recorded step back while the step itself ran on every thread.
+``after_step``: a large model's sums after an optimizer step, on torch's thread budget
+(:func:`normkit.backends.numba._runtime.threads`: one thread below its size threshold), where
+a serial pass over a ResNet's weights held a recorded step back while the step itself ran on
+every thread.
 
 An optimizer step's statistics are memory-bound: the torch ops that copy the weights, subtract
 the initial ones and take three norms read and write the parameters about thirteen times over;
@@ -30,23 +31,6 @@ from normkit.backends.numba._cache import njit
 
 # reassociation and FMA only (no nnan/ninf: a NaN must reach the sums, where it is detected)
 _FLAGS = {"fastmath": {"reassoc", "contract", "nsz"}, "error_model": "numpy", "cache": True}
-
-
-@njit(**_FLAGS)
-def after_step(w, w0, old):  # pragma: no cover - jitted
-    """Of the weights ``w`` after a step, their initial values ``w0`` and their copy ``old``
-    from before it (all 1-D, the same length): (Σold², Σ(old − w₀)², Σ(w − old)²)."""
-    a = 0.0
-    b = 0.0
-    c = 0.0
-    for i in range(w.shape[0]):
-        v = old[i]
-        d = v - w0[i]
-        e = w[i] - v
-        a += v * v
-        b += d * d
-        c += e * e
-    return a, b, c
 
 
 @njit(**_FLAGS)
@@ -121,8 +105,11 @@ def channel_moments(x, out):  # pragma: no cover - jitted
 
 
 @njit(parallel=True, **_FLAGS)
-def after_step_parallel(w, w0, old):  # pragma: no cover - jitted
-    """:func:`after_step` over the worker threads (for a parameter of many values)."""
+def after_step(w, w0, old):  # pragma: no cover - jitted
+    """Of the weights ``w`` after a step, their initial values ``w0`` and their copy ``old``
+    from before it (all 1-D, the same length): (Σold², Σ(old − w₀)², Σ(w − old)²). Parallel:
+    call it under :func:`normkit.backends.numba._runtime.threads`, which runs small
+    parameters on one thread."""
     a = 0.0
     b = 0.0
     c = 0.0

@@ -32,10 +32,6 @@ before the step are taken after it, from their copy, in one call per parameter t
 weights, the copy and the initial weights once (three reads instead of five)."""
 
 
-_PARALLEL = 1 << 16
-"""From this many values a parameter's after-step sums run on torch's thread budget."""
-
-
 def _flat(params: Sequence[Tensor]) -> list[Tensor]:
     return [p.detach().reshape(-1) for p in params]
 
@@ -178,17 +174,13 @@ class Updates:
             if isinstance(before, np.ndarray):  # (the kernels' squared sums)
                 assert f.kernels is not None
                 if f.init.numel() > _ONE_CALL:
-                    k = f.kernels
-                    for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
-                        if w.shape[0] < _PARALLEL:
-                            before[span] += k.after_step(w, w0, old)
-                            continue
-                        # (imported here: importing the numba backend registers it, which
-                        # only an installed numba may do; the kernels exist only then)
-                        from normkit.backends.numba._runtime import threads
+                    # (imported here: importing the numba backend registers it, which only an
+                    # installed numba may do; the kernels exist only then)
+                    from normkit.backends.numba._runtime import threads
 
-                        with threads(w.shape[0]):
-                            before[span] += k.after_step_parallel(w, w0, old)
+                    for span, (w, w0, old) in zip(f.span_of, f.numpy_parts(), strict=True):
+                        with threads(w.shape[0]):  # (one thread for a small parameter)
+                            before[span] += f.kernels.after_step(w, w0, old)
                 else:
                     torch.cat(_flat(f.params), out=f.buf[1])
                     f.kernels.span_change(f.buf[1].numpy(), f.buf[0].numpy(), f.bounds, before)
